@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/disk"
+	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/vmm"
+	"github.com/fcmhost/fcm/internal/vmm/qemu"
+)
+
+// testVM is one VM of a test with everything the host made for it.
+type testVM struct {
+	spec   vmm.Spec
+	ip     net.IP
+	client *guest.Client
+}
+
+// setupBridge makes the bridge the VMs' taps join, with the gateway address.
+func setupBridge(t *testing.T) {
+	t.Helper()
+	if _, err := net.InterfaceByName("fcm0"); err == nil {
+		return
+	}
+	sh(t, "ip", "link", "add", "fcm0", "type", "bridge")
+	sh(t, "ip", "addr", "add", "172.16.0.1/24", "dev", "fcm0")
+	sh(t, "ip", "link", "set", "fcm0", "up")
+}
+
+// newVM makes a VM's disk (cloned from the image, keys written in) and tap.
+func newVM(t *testing.T, id, hostname string, ip net.IP) *testVM {
+	t.Helper()
+	setupBridge(t)
+	dir := filepath.Join(t.TempDir(), id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key, err := guest.LoadOrCreateKey(filepath.Join(t.TempDir(), "id_ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(dir, "rootfs.img")
+	if _, err := disk.Create(context.Background(), filepath.Join(imageDir, image.RootfsFile), rootfs, 2<<30); err != nil {
+		t.Fatal(err)
+	}
+	ident, err := guest.NewIdentity(key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := guest.Provision(context.Background(), rootfs, ident); err != nil {
+		t.Fatal(err)
+	}
+	tap := "tap_" + id
+	sh(t, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", tap).Run() })
+	sh(t, "ip", "link", "set", tap, "master", "fcm0", "up")
+
+	spec := vmm.Spec{
+		ID: id, Dir: dir,
+		Kernel:    filepath.Join(imageDir, image.KernelFile),
+		Initrd:    filepath.Join(imageDir, image.InitrdFile),
+		BootArgs:  guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: hostname, SwapMiB: 64}),
+		RootDrive: rootfs, TapDevice: tap,
+		MAC:   fmt.Sprintf("06:00:ac:10:00:%02x", ip.To4()[3]),
+		VCPUs: 1, MemoryMiB: 512,
+	}
+	client := &guest.Client{Addr: net.JoinHostPort(ip.String(), "22"), Signer: key, HostKey: ident.HostKey}
+	t.Cleanup(func() { client.Close() })
+	return &testVM{spec: spec, ip: ip, client: client}
+}
+
+// boot starts the VM and waits for SSH; the VM is killed when the test ends.
+func (v *testVM) boot(t *testing.T, d *qemu.Driver) *qemu.Instance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	inst, err := d.Start(ctx, v.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if inst.Running() {
+			inst.Kill()
+			inst.Wait(context.Background())
+		}
+	})
+	if err := v.client.WaitReady(ctx); err != nil {
+		t.Fatalf("%v\nconsole:\n%s", err, v.console())
+	}
+	return inst.(*qemu.Instance)
+}
+
+func (v *testVM) console() string {
+	b, _ := os.ReadFile(filepath.Join(v.spec.Dir, qemu.ConsoleLog))
+	return string(b)
+}
+
+func (v *testVM) run(t *testing.T, cmd string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := v.client.Run(ctx, cmd)
+	if err != nil {
+		t.Fatalf("in the vm: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
+	d, err := qemu.New(qemu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("accelerator: %s", d.Accel())
+	vm := newVM(t, "e2eboot1", "e2e-vm", net.IPv4(172, 16, 0, 50))
+
+	inst := vm.boot(t, d)
+	t.Run("tmux", func(t *testing.T) {
+		out := vm.run(t, "tmux new -d -s t && tmux ls")
+		if !strings.HasPrefix(out, "t: 1 windows") {
+			t.Errorf("tmux ls = %q, want a session t with 1 window", out)
+		}
+	})
+	t.Run("python", func(t *testing.T) {
+		if out := vm.run(t, "python3 --version"); !strings.HasPrefix(out, "Python 3.") {
+			t.Errorf("python3 --version = %q", out)
+		}
+	})
+	t.Run("hostname and address from the kernel command line", func(t *testing.T) {
+		if out := vm.run(t, "hostname"); out != "e2e-vm" {
+			t.Errorf("hostname = %q, want e2e-vm", out)
+		}
+		if out := vm.run(t, "ip -4 -o addr show dev eth0"); !strings.Contains(out, "inet 172.16.0.50/24") {
+			t.Errorf("eth0 = %q, want 172.16.0.50/24", out)
+		}
+		if out := vm.run(t, "ip route show default"); !strings.HasPrefix(out, "default via 172.16.0.1 dev eth0") {
+			t.Errorf("default route = %q, want via 172.16.0.1", out)
+		}
+		if out := vm.run(t, "cat /proc/cmdline"); !strings.Contains(out, "ip=172.16.0.50::172.16.0.1:255.255.255.0:e2e-vm:eth0:off") {
+			t.Errorf("cmdline = %q", out)
+		}
+	})
+	t.Run("swap file from fcm.swap", func(t *testing.T) {
+		if out := vm.run(t, "cat /proc/swaps"); !strings.Contains(out, "/swapfile") {
+			t.Errorf("/proc/swaps = %q, want /swapfile", out)
+		}
+	})
+	t.Run("root disk grown to 2 GiB", func(t *testing.T) {
+		out := vm.run(t, "df -B1M --output=size / | tail -1")
+		var mib int
+		fmt.Sscan(out, &mib)
+		if mib < 1800 || mib > 2048 {
+			t.Errorf("/ is %s MiB, want about 2048", out)
+		}
+	})
+	t.Run("placeholder page on port 3000", func(t *testing.T) {
+		body := httpGet(t, "http://172.16.0.50:3000/")
+		if !strings.Contains(body, "e2e-vm is running") {
+			t.Errorf("page = %q", body)
+		}
+	})
+	t.Run("no zombies under init", func(t *testing.T) {
+		vm.run(t, "sh -c 'sleep 0.1 & exit 0'") // orphans a child to init
+		time.Sleep(500 * time.Millisecond)
+		if out := vm.run(t, "ps -eo stat= | grep -c '^Z' || true"); out != "0" {
+			t.Errorf("%s zombie processes", out)
+		}
+	})
+	vm.run(t, "echo kept > /root/marker")
+
+	// Ctrl-Alt-Del: the guest stops its processes, syncs and reboots, and QEMU exits.
+	start := time.Now()
+	graceful, err := vmm.Stop(context.Background(), inst, 30*time.Second)
+	if err != nil || !graceful {
+		t.Fatalf("stop: graceful=%v err=%v\nconsole:\n%s", graceful, err, vm.console())
+	}
+	t.Logf("ctrl-alt-del power-off took %s", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(vm.console(), "fcm-init: rebooting") {
+		t.Errorf("the guest did not shut down through fcm-init; console:\n%s", vm.console())
+	}
+
+	// Boot the same disk again: what was written survived, then the ACPI power button.
+	vm.client.Close()
+	inst = vm.boot(t, d)
+	if out := vm.run(t, "cat /root/marker"); out != "kept" {
+		t.Errorf("/root/marker after a reboot = %q, want kept", out)
+	}
+	if err := inst.PowerButton(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := inst.Wait(wctx); err != nil {
+		t.Fatalf("after the power button: %v\nconsole:\n%s", err, vm.console())
+	}
+	if n := strings.Count(vm.console(), "fcm-init: power failure: shutting down"); n != 1 {
+		t.Errorf("console shows %d power-button shutdowns, want 1:\n%s", n, vm.console())
+	}
+
+	// Tear down as the daemon will, and check that nothing is left.
+	vm.destroy(t)
+	if out, _ := exec.Command("pgrep", "-f", vm.spec.Dir).Output(); len(out) > 0 {
+		t.Errorf("processes left running for the vm: %s", out)
+	}
+	if _, err := net.InterfaceByName(vm.spec.TapDevice); err == nil {
+		t.Errorf("tap %s left behind", vm.spec.TapDevice)
+	}
+	if _, err := os.Stat(vm.spec.Dir); !os.IsNotExist(err) {
+		t.Errorf("vm dir %s left behind (%v)", vm.spec.Dir, err)
+	}
+}
+
+// destroy removes the VM's tap and directory (the VM must have stopped).
+func (v *testVM) destroy(t *testing.T) {
+	t.Helper()
+	sh(t, "ip", "link", "del", v.spec.TapDevice)
+	if err := os.RemoveAll(v.spec.Dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	var last error
+	for i := 0; i < 20; i++ {
+		resp, err := c.Get(url)
+		if err == nil {
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return string(b)
+		}
+		last = err
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %v", url, last)
+	return ""
+}

@@ -1,0 +1,82 @@
+// Package e2e holds fcm's end-to-end tests: real VMs booted with QEMU inside a
+// network namespace the tests make, with no route out. They need root, QEMU and
+// the minimal guest image (`make test-image`); they fail, never skip, without them.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/fcmhost/fcm/internal/ext4"
+	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/netns"
+)
+
+// imageDir is the minimal image the tests boot; `make test-image` builds it.
+var imageDir = envOr("FCM_TEST_IMAGE", "/var/cache/fcm/test-image")
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func TestMain(m *testing.M) {
+	if netns.Current() == "" {
+		// Check the image here, where a failure is one clear line, then move into a
+		// namespace of our own for the tests themselves.
+		if err := checkImage(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			os.Exit(1)
+		}
+		code, err := netns.Reexec("fcm-e2e")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		}
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// checkImage makes sure the image exists and that its /sbin/fcm-init is the fcm
+// binary of this tree (FCM_BIN, as built by make), so a stale init is never tested.
+func checkImage() error {
+	for _, f := range []string{image.KernelFile, image.InitrdFile, image.RootfsFile} {
+		if _, err := os.Stat(filepath.Join(imageDir, f)); err != nil {
+			return fmt.Errorf("guest image missing (%v): build it with 'make test-image' or set FCM_TEST_IMAGE", err)
+		}
+	}
+	bin := os.Getenv("FCM_BIN")
+	if bin == "" {
+		return nil
+	}
+	want, err := os.ReadFile(bin)
+	if err != nil {
+		return fmt.Errorf("FCM_BIN: %w", err)
+	}
+	got, err := ext4.Read(context.Background(), filepath.Join(imageDir, image.RootfsFile), "/usr/sbin/fcm-init")
+	if err != nil {
+		return err
+	}
+	if sha256.Sum256(got) != sha256.Sum256(want) {
+		return fmt.Errorf("the guest image in %s has an older fcm as its init than %s: rebuild it with 'make test-image'", imageDir, bin)
+	}
+	return nil
+}
+
+// sh runs a host command and fails the test with its output when it fails.
+func sh(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v: %s", name, args, err, bytes.TrimSpace(out))
+	}
+	return string(out)
+}

@@ -1,0 +1,73 @@
+// Package cli implements fcm's command line: one cobra command per subcommand.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Version is set at build time with -ldflags "-X github.com/fcmhost/fcm/internal/cli.Version=...".
+var Version = "dev"
+
+// Main runs the command line with args and returns the process exit code. Errors
+// are printed as one line on stderr.
+func Main(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(os.Stderr, "fcm: %v (see 'fcm %s --help')\n", err, ue.cmd)
+			return 2
+		}
+		fmt.Fprintf(os.Stderr, "fcm: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "fcm",
+		Short: "Heroku-style apps in Firecracker microVMs on one Linux host",
+		Long: `fcm runs apps in Firecracker microVMs on one bare-metal Linux host.
+
+Build the guest image once with 'sudo fcm image build'.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{cmd: c.CommandPath()[len("fcm"):], err: err}
+	})
+	root.AddCommand(newImageCmd(), newVersionCmd(), newGuestCmd())
+	return root
+}
+
+// usageError marks mistakes in how a command was called (exit status 2).
+type usageError struct {
+	cmd string
+	err error
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print fcm's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "fcm %s\n", Version)
+			return nil
+		},
+	}
+}

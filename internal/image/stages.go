@@ -1,0 +1,299 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/fcmhost/fcm/images"
+	"github.com/fcmhost/fcm/internal/ext4"
+)
+
+// rootfsRecipeVersion changes whenever configureRootfs changes what it writes,
+// so cached trees made by an older recipe are not reused.
+const rootfsRecipeVersion = "rootfs-v1"
+
+// kernel downloads the kernel package once and keeps vmlinux.bin and the modules.
+func (b *builder) kernel(ctx context.Context, a *apt, pkg, version string) (string, error) {
+	dir := filepath.Join(b.opts.CacheDir, "kernel-"+safeName(pkg+"_"+version))
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil && !b.opts.Force {
+		return dir, nil
+	}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	defer os.RemoveAll(tmp)
+	unpacked := filepath.Join(tmp, "deb")
+	if err := a.fetch(ctx, pkg, version, unpacked); err != nil {
+		return "", err
+	}
+	vmlinuz, _ := filepath.Glob(filepath.Join(unpacked, "boot", "vmlinuz-*"))
+	mods, _ := filepath.Glob(filepath.Join(unpacked, "lib", "modules", "*", "kernel"))
+	if len(vmlinuz) != 1 || len(mods) != 1 {
+		return "", fmt.Errorf("%s: expected one /boot/vmlinuz-* and one /lib/modules/*/kernel", pkg)
+	}
+	bz, err := os.ReadFile(vmlinuz[0])
+	if err != nil {
+		return "", err
+	}
+	elf, err := extractVmlinux(ctx, bz)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", filepath.Base(vmlinuz[0]), err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, KernelFile), elf, 0o644); err != nil {
+		return "", err
+	}
+	if err := os.Rename(mods[0], filepath.Join(tmp, "modules")); err != nil {
+		return "", err
+	}
+	os.RemoveAll(unpacked)
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// initrd writes the busybox initrd: /init, busybox with the applets /init uses,
+// and the wanted modules with their dependencies, flat, with their load order.
+func (b *builder) initrd(ctx context.Context, a *apt, kernelDir, busyboxVersion string) (string, error) {
+	key := hashOf(kernelDir, busyboxVersion, string(images.InitrdInit), strings.Join(images.Modules, ","))
+	out := filepath.Join(b.opts.CacheDir, "initrd-"+key[:16]+".img")
+	if _, err := os.Stat(out); err == nil && !b.opts.Force {
+		return out, nil
+	}
+	tmp, err := os.MkdirTemp(b.opts.CacheDir, "busybox-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	if err := a.fetch(ctx, "busybox-static", busyboxVersion, tmp); err != nil {
+		return "", err
+	}
+	busybox, err := os.ReadFile(filepath.Join(tmp, "bin", "busybox"))
+	if err != nil {
+		return "", fmt.Errorf("busybox-static: %w", err)
+	}
+	modDir := filepath.Join(kernelDir, "modules")
+	order, err := moduleOrder(modDir, images.Modules)
+	if err != nil {
+		return "", err
+	}
+
+	var buf bytes.Buffer
+	c := &cpioWriter{w: &buf}
+	for _, d := range []string{"bin", "dev", "proc", "newroot", "lib", "lib/modules"} {
+		c.Dir(d)
+	}
+	c.CharDev("dev/console", 0o600, 5, 1)
+	c.File("bin/busybox", 0o755, busybox)
+	for _, applet := range []string{"sh", "mount", "umount", "insmod", "usleep", "switch_root", "echo"} {
+		c.Symlink("bin/"+applet, "busybox")
+	}
+	c.File("init", 0o755, images.InitrdInit)
+	var names []string
+	for _, rel := range order {
+		data, err := os.ReadFile(filepath.Join(modDir, rel))
+		if err != nil {
+			return "", err
+		}
+		name := strings.TrimSuffix(filepath.Base(rel), ".ko")
+		c.File("lib/modules/"+name+".ko", 0o644, data)
+		names = append(names, name)
+	}
+	c.File("lib/modules/order", 0o644, []byte(strings.Join(names, "\n")+"\n"))
+	if err := c.Close(); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(out+".tmp", buf.Bytes(), 0o644); err != nil {
+		return "", err
+	}
+	return out, os.Rename(out+".tmp", out)
+}
+
+// rootfsTree runs debootstrap once per recipe and keeps the configured tree.
+func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
+	dir := filepath.Join(b.opts.CacheDir, "rootfs-"+b.opts.Variant+"-"+key[:16])
+	if _, err := os.Stat(filepath.Join(dir, ".fcm-complete")); err == nil && !b.opts.Force {
+		fmt.Fprintf(b.progress(), "    reusing %s\n", dir)
+		return dir, nil
+	}
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	args := []string{"--variant=minbase", "--include=" + strings.Join(b.packages, ","),
+		"--keyring=" + keyring, images.Suite, tmp, b.opts.Mirror}
+	cmd := exec.CommandContext(ctx, "debootstrap", args...)
+	var tail lineTail
+	cmd.Stdout = &prefixWriter{w: b.progress(), tail: &tail}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("debootstrap: %w: %s", err, tail.String())
+	}
+	if err := configureRootfs(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".fcm-complete"), nil, 0o644); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dir)
+	return dir, os.Rename(tmp, dir)
+}
+
+// progress is where tools' output goes while a long stage runs.
+func (b *builder) progress() io.Writer {
+	if b.opts.Progress == nil {
+		return io.Discard
+	}
+	return b.opts.Progress
+}
+
+// configureRootfs makes the debootstrapped tree an fcm guest: sshd for key login
+// only, no host keys (each VM gets its own at create time), and no caches.
+func configureRootfs(root string) error {
+	hostKeys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
+	for _, k := range hostKeys {
+		if err := os.Remove(k); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		"etc/ssh/sshd_config.d/fcm.conf": "# fcm: key login for root only; the host key is made per VM.\n" +
+			"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
+			"UsePAM no\nHostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\nPrintMotd no\nAcceptEnv LANG LC_* TERM COLORTERM\n",
+		"etc/hostname":    "fcm\n",
+		"etc/fstab":       "# fcm-init mounts the pseudo filesystems; / comes from the kernel command line.\n",
+		"etc/resolv.conf": "nameserver 1.1.1.1\nnameserver 8.8.8.8\n",
+		"etc/motd":        "",
+	}
+	for name, content := range files {
+		p := filepath.Join(root, name)
+		os.Remove(p) // resolv.conf may be a copy or a link from the host
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "root/.ssh"), 0o700); err != nil {
+		return err
+	}
+	for _, glob := range []string{"usr/share/doc/*", "usr/share/man/*", "usr/share/info/*",
+		"var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/*.log"} {
+		matches, _ := filepath.Glob(filepath.Join(root, glob))
+		for _, m := range matches {
+			if err := os.RemoveAll(m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// makeExt4 writes the tree into a sparse ext4 image with room to spare, then adds
+// the guest init (the fcm binary) without touching the cached tree.
+func makeExt4(ctx context.Context, tree, out, initBinary string) error {
+	used, err := treeSize(tree)
+	if err != nil {
+		return err
+	}
+	const mib = 1 << 20
+	size := int64(float64(used)*1.3) + 256*mib
+	size = (size + 64*mib - 1) / (64 * mib) * (64 * mib)
+	if size < 1024*mib {
+		size = 1024 * mib
+	}
+	os.Remove(out)
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	if err := os.Truncate(out, size); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "fcm-root", "-d", tree, out)
+	if output, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, lastLines(string(output), 5))
+	}
+	sbin := "/sbin"
+	if fi, err := os.Lstat(filepath.Join(tree, "sbin")); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		sbin = "/usr/sbin" // merged /usr: /sbin is a link to usr/sbin
+	}
+	return ext4.Write(ctx, out, []ext4.File{
+		{Path: sbin + "/fcm-init", Source: initBinary, Mode: 0o755},
+		{Path: sbin + "/init", Link: "fcm-init"},
+	})
+}
+
+// treeSize sums the blocks the tree's files occupy.
+func treeSize(root string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			total += st.Blocks * 512
+		}
+		return nil
+	})
+	return total, err
+}
+
+// safeName keeps a package name and version usable as a file name.
+func safeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// prefixWriter indents a tool's output under the stage line and remembers its end.
+type prefixWriter struct {
+	w    io.Writer
+	tail *lineTail
+	buf  []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(p.buf[:i])
+		p.buf = p.buf[i+1:]
+		p.tail.add(line)
+		fmt.Fprintf(p.w, "    %s\n", line)
+	}
+	return len(b), nil
+}
+
+// lineTail keeps the last lines of output for error messages.
+type lineTail struct{ lines []string }
+
+func (t *lineTail) add(line string) {
+	t.lines = append(t.lines, line)
+	if len(t.lines) > 5 {
+		t.lines = t.lines[1:]
+	}
+}
+
+func (t *lineTail) String() string { return strings.Join(t.lines, " | ") }

@@ -1,0 +1,81 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/vmm"
+)
+
+// Accel is the accelerator QEMU runs guests with.
+type Accel string
+
+// The accelerators: KVM when the host can run guests with it, otherwise TCG
+// (software emulation: slower, but boots anywhere).
+const (
+	KVM Accel = "kvm"
+	TCG Accel = "tcg"
+)
+
+// Files inside the VM directory.
+const (
+	PIDFile     = "qemu.pid"
+	QMPSocket   = "qmp.sock"
+	ConsoleLog  = "console.log"
+	tbSizeMiB   = 64 // TCG translation cache; QEMU's default costs ~110 MiB more
+	machineType = "microvm,acpi=on,pit=on,pic=on,rtc=on"
+)
+
+// args builds QEMU's command line for spec. tscKHz is the host TSC rate, needed
+// under TCG where the microvm machine has no timer to calibrate the TSC against.
+func args(spec vmm.Spec, accel Accel, tscKHz int) []string {
+	bootArgs := spec.BootArgs
+	if accel == TCG && tscKHz > 0 && !strings.Contains(bootArgs, "tsc_early_khz=") {
+		bootArgs += fmt.Sprintf(" tsc_early_khz=%d", tscKHz)
+	}
+	a := []string{
+		"-name", "fcm-" + spec.ID,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", machineType,
+	}
+	if accel == KVM {
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	} else {
+		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", tbSizeMiB), "-cpu", "max")
+	}
+	a = append(a,
+		"-m", fmt.Sprint(spec.MemoryMiB),
+		"-smp", fmt.Sprint(spec.VCPUs),
+		// A guest reboot ends QEMU, as it ends Firecracker: fcm-init reboots to stop.
+		"-no-reboot",
+		"-kernel", spec.Kernel,
+	)
+	if spec.Initrd != "" {
+		a = append(a, "-initrd", spec.Initrd)
+	}
+	a = append(a, "-append", strings.TrimSpace(bootArgs),
+		"-drive", "id=root,file="+escapeOpt(spec.RootDrive)+",format=raw,if=none,discard=unmap",
+		"-device", "virtio-blk-device,drive=root",
+	)
+	if spec.TapDevice != "" {
+		a = append(a,
+			"-netdev", "tap,id=net0,ifname="+spec.TapDevice+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev=net0,mac="+spec.MAC,
+		)
+	}
+	a = append(a,
+		"-device", "virtio-rng-device",
+		// An i8042 so Ctrl-Alt-Del reaches the guest as on Firecracker.
+		"-device", "i8042",
+		"-chardev", "file,id=console,path="+escapeOpt(filepath.Join(spec.Dir, ConsoleLog))+",append=on",
+		"-serial", "chardev:console",
+		"-qmp", "unix:"+escapeOpt(filepath.Join(spec.Dir, QMPSocket))+",server=on,wait=off",
+		"-pidfile", filepath.Join(spec.Dir, PIDFile),
+		"-daemonize",
+	)
+	return a
+}
+
+// escapeOpt doubles commas, QEMU's escape inside a -drive or -chardev option value.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }

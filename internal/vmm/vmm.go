@@ -1,0 +1,160 @@
+// Package vmm defines the hypervisor driver interface fcm boots VMs through, and
+// a registry of drivers by name ("firecracker", "qemu"). Drivers start a VM from a
+// Spec, stop it gracefully or kill it, wait for it, and adopt a VM that is still
+// running after the daemon restarted. They know nothing of fcm's store.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Spec is everything a driver needs to boot one VM.
+type Spec struct {
+	ID        string // short [a-z0-9] id; names the process
+	Dir       string // the VM's directory: sockets, pid file and logs go here
+	Kernel    string // uncompressed ELF kernel (vmlinux.bin)
+	Initrd    string // optional initrd
+	BootArgs  string // the whole kernel command line (drivers may append what their machine needs)
+	RootDrive string // raw ext4 image, attached read-write as the first disk
+	TapDevice string // host tap device for eth0
+	MAC       string // eth0's MAC address
+	VCPUs     int
+	MemoryMiB int
+}
+
+var (
+	idPattern  = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+	tapPattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
+)
+
+// Validate rejects a spec a driver must not act on: paths that are relative, an id
+// or tap name that could reach a path or a command line unchecked.
+func (s Spec) Validate() error {
+	if !idPattern.MatchString(s.ID) {
+		return fmt.Errorf("invalid vm id %q: want 1-32 of [a-z0-9]", s.ID)
+	}
+	for name, p := range map[string]string{"dir": s.Dir, "kernel": s.Kernel, "root drive": s.RootDrive} {
+		if p == "" || !filepath.IsAbs(p) {
+			return fmt.Errorf("vm %s: %s path %q must be absolute", s.ID, name, p)
+		}
+	}
+	if s.Initrd != "" && !filepath.IsAbs(s.Initrd) {
+		return fmt.Errorf("vm %s: initrd path %q must be absolute", s.ID, s.Initrd)
+	}
+	if s.TapDevice != "" && !tapPattern.MatchString(s.TapDevice) {
+		return fmt.Errorf("vm %s: invalid tap device name %q", s.ID, s.TapDevice)
+	}
+	if s.TapDevice != "" {
+		if _, err := net.ParseMAC(s.MAC); err != nil {
+			return fmt.Errorf("vm %s: invalid MAC %q", s.ID, s.MAC)
+		}
+	}
+	if s.VCPUs < 1 || s.VCPUs > 32 {
+		return fmt.Errorf("vm %s: vcpus %d out of range 1-32", s.ID, s.VCPUs)
+	}
+	if s.MemoryMiB < 128 {
+		return fmt.Errorf("vm %s: memory %d MiB is below the 128 MiB minimum", s.ID, s.MemoryMiB)
+	}
+	return nil
+}
+
+// Driver boots VMs with one hypervisor.
+type Driver interface {
+	// Name is the registry name ("qemu", "firecracker").
+	Name() string
+	// Start boots a VM and returns once the hypervisor runs it (not once the guest
+	// has booted). On error nothing of the hypervisor is left running.
+	Start(ctx context.Context, spec Spec) (Instance, error)
+	// Adopt finds the VM of spec still running from an earlier daemon, through
+	// the pid file and control socket in spec.Dir. ErrNotRunning when it is gone.
+	Adopt(ctx context.Context, spec Spec) (Instance, error)
+}
+
+// Instance is one running hypervisor process.
+type Instance interface {
+	// PID of the hypervisor process.
+	PID() int
+	// Shutdown asks the guest to power off (Ctrl-Alt-Del or the ACPI power
+	// button) and returns without waiting.
+	Shutdown(ctx context.Context) error
+	// Kill ends the hypervisor at once.
+	Kill() error
+	// Wait blocks until the hypervisor process has exited or ctx ends.
+	Wait(ctx context.Context) error
+	// Running reports whether the hypervisor process is alive.
+	Running() bool
+}
+
+// ErrNotRunning says a VM's hypervisor process is not (or no longer) running.
+var ErrNotRunning = errors.New("vm is not running")
+
+// Stop shuts an instance down gracefully and kills it when it has not exited
+// within timeout. graceful reports whether the guest stopped by itself.
+func Stop(ctx context.Context, inst Instance, timeout time.Duration) (graceful bool, err error) {
+	if !inst.Running() {
+		return true, nil
+	}
+	if err := inst.Shutdown(ctx); err != nil && inst.Running() {
+		if kerr := inst.Kill(); kerr != nil {
+			return false, fmt.Errorf("shutdown: %w; kill: %v", err, kerr)
+		}
+		return false, inst.Wait(ctx)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := inst.Wait(wctx); err == nil {
+		return true, nil
+	} else if ctx.Err() != nil {
+		return false, err
+	}
+	if err := inst.Kill(); err != nil {
+		return false, err
+	}
+	return false, inst.Wait(ctx)
+}
+
+var (
+	mu      sync.Mutex
+	drivers = map[string]func() (Driver, error){}
+)
+
+// Register makes a driver constructor available by name; drivers call it in init.
+func Register(name string, open func() (Driver, error)) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := drivers[name]; dup {
+		panic("vmm: driver registered twice: " + name)
+	}
+	drivers[name] = open
+}
+
+// Open returns the named driver, or an error listing the drivers there are.
+func Open(name string) (Driver, error) {
+	mu.Lock()
+	open, ok := drivers[name]
+	mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("unknown hypervisor %q (have: %v)", name, Names())
+	}
+	return open()
+}
+
+// Names lists the registered drivers, sorted.
+func Names() []string {
+	mu.Lock()
+	defer mu.Unlock()
+	var names []string
+	for n := range drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
