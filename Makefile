@@ -34,7 +34,7 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
-		iproute2 nftables tmux procps ca-certificates git make
+		iproute2 nftables tmux procps ca-certificates git make gcc cpio
 
 clean:
 	rm -rf bin

@@ -189,6 +189,9 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	if !strings.Contains(vm.console(), "fcm-init: rebooting") {
 		t.Errorf("the guest did not shut down through fcm-init; console:\n%s", vm.console())
 	}
+	if out, err := exec.Command("e2fsck", "-fn", vm.spec.RootDrive).CombinedOutput(); err != nil {
+		t.Errorf("the disk is not clean after a graceful power-off: %v\n%s", err, out)
+	}
 
 	// Boot the same disk again: what was written survived, then the ACPI power button.
 	vm.client.Close()

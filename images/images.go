@@ -33,26 +33,44 @@ var base = []string{
 	"ca-certificates", "iputils-ping",
 }
 
-// Variants maps a variant name to the packages installed on top of debootstrap's
+// Variant is one flavour of the rootfs.
+type Variant struct {
+	// Include goes to debootstrap's --include (its resolver copes with small sets).
+	Include []string
+	// Extra is installed afterwards with apt-get in the new root, whose resolver
+	// handles large dependency trees (npm's) that debootstrap's does not.
+	Extra []string
+}
+
+// Variants maps a variant name to its packages, installed on top of debootstrap's
 // minbase. minimal is for tests; full is what apps are built and run with.
-var Variants = map[string][]string{
-	"minimal": base,
-	"full": append(append([]string(nil), base...),
+var Variants = map[string]Variant{
+	"minimal": {Include: base},
+	"full": {Include: base, Extra: []string{
 		"python3-pip", "python3-venv", "ruby", "ruby-bundler", "nodejs", "npm",
-		"git", "curl", "build-essential"),
+		"git", "curl", "build-essential",
+	}},
 }
 
 // DefaultVariant is the variant `fcm image build` makes when none is named.
 const DefaultVariant = "full"
 
-// Packages returns the sorted package list of a variant, or an error naming the
-// variants that exist.
-func Packages(variant string) ([]string, error) {
-	pkgs, ok := Variants[variant]
+// Lookup returns a variant, or an error naming the variants that exist.
+func Lookup(name string) (Variant, error) {
+	v, ok := Variants[name]
 	if !ok {
-		return nil, fmt.Errorf("unknown image variant %q (want %s)", variant, VariantNames())
+		return Variant{}, fmt.Errorf("unknown image variant %q (want %s)", name, VariantNames())
 	}
-	out := append([]string(nil), pkgs...)
+	return v, nil
+}
+
+// Packages returns the sorted list of every package a variant names.
+func Packages(variant string) ([]string, error) {
+	v, err := Lookup(variant)
+	if err != nil {
+		return nil, err
+	}
+	out := append(append([]string(nil), v.Include...), v.Extra...)
 	sort.Strings(out)
 	return out, nil
 }

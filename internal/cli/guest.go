@@ -11,7 +11,7 @@ func newGuestCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use:   "placeholder",
 		Short: "Serve the 'no app yet' page on port 3000",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE:  func(cmd *cobra.Command, args []string) error { return guestinit.ServePlaceholder(cmd.Context()) },
 	})
 	return cmd

@@ -37,7 +37,7 @@ Slow stages (the kernel download, debootstrap) are cached in --cache-dir by a ha
 of their recipe; building again with nothing changed takes seconds. Needs root.`,
 		Example: `  sudo fcm image build
   sudo fcm image build --variant minimal --out /tmp/fcm-image`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := images.Packages(opts.Variant); err != nil {
 				return usageError{cmd: "image build", err: err}

@@ -36,6 +36,10 @@ func Write(ctx context.Context, image string, files []File) error {
 	}
 	defer os.RemoveAll(tmp)
 
+	existing, err := existingDirs(ctx, image, files)
+	if err != nil {
+		return err
+	}
 	var script bytes.Buffer
 	for i, f := range files {
 		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
@@ -52,7 +56,10 @@ func Write(ctx context.Context, image string, files []File) error {
 			if mode == 0 {
 				mode = 0o755
 			}
-			fmt.Fprintf(&script, "mkdir %s\n", name)
+			// debugfs's mkdir over an existing directory leaks an inode: never do it.
+			if !existing[f.Path] {
+				fmt.Fprintf(&script, "mkdir %s\n", name)
+			}
 			fmt.Fprintf(&script, "sif %s mode 0%o\n", name, 0o40000|mode)
 		case f.Link != "":
 			fmt.Fprintf(&script, "rm %s\n", name)
@@ -104,12 +111,33 @@ func complaints(out []byte) string {
 			strings.HasPrefix(line, "rm: File not found"),
 			strings.HasPrefix(line, "rm: Filesystem opened read/write"):
 			continue
-		case strings.Contains(line, "mkdir") && strings.Contains(line, "directory already exists"):
-			continue // Dir entries are idempotent
 		}
 		bad = append(bad, line)
 	}
 	return strings.Join(bad, "; ")
+}
+
+// existingDirs reports which of the Dir entries already exist in the image.
+func existingDirs(ctx context.Context, image string, files []File) (map[string]bool, error) {
+	exists := map[string]bool{}
+	for _, f := range files {
+		if !f.Dir {
+			continue
+		}
+		if strings.ContainsAny(f.Path, "\"\n ") {
+			return nil, fmt.Errorf("write into %s: path %q: quotes, spaces and newlines are not supported", image, f.Path)
+		}
+		out, err := exec.CommandContext(ctx, "debugfs", "-R", "stat "+f.Path, image).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("write into %s: debugfs: %w: %s", image, err, bytes.TrimSpace(out))
+		}
+		if strings.Contains(string(out), "Type: directory") {
+			exists[f.Path] = true
+		} else if !strings.Contains(string(out), "File not found") {
+			return nil, fmt.Errorf("write into %s: %s exists and is not a directory", image, f.Path)
+		}
+	}
+	return exists, nil
 }
 
 // Read returns the contents of one file in the image.

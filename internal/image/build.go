@@ -71,6 +71,7 @@ var requiredTools = map[string]string{
 	"dpkg-deb":    "dpkg",
 	"mkfs.ext4":   "e2fsprogs",
 	"debugfs":     "e2fsprogs",
+	"chroot":      "coreutils",
 	"lz4":         "lz4",
 }
 

@@ -127,17 +127,28 @@ func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
 		fmt.Fprintf(b.progress(), "    reusing %s\n", dir)
 		return dir, nil
 	}
+	variant, err := images.Lookup(b.opts.Variant)
+	if err != nil {
+		return "", err
+	}
 	tmp := dir + ".tmp"
 	os.RemoveAll(tmp)
-	args := []string{"--variant=minbase", "--include=" + strings.Join(b.packages, ","),
+	args := []string{"--variant=minbase", "--include=" + strings.Join(variant.Include, ","),
 		"--keyring=" + keyring, images.Suite, tmp, b.opts.Mirror}
 	cmd := exec.CommandContext(ctx, "debootstrap", args...)
 	var tail lineTail
 	cmd.Stdout = &prefixWriter{w: b.progress(), tail: &tail}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Run(); err != nil {
+		logFile := b.keepLog(filepath.Join(tmp, "debootstrap", "debootstrap.log"), "debootstrap")
 		os.RemoveAll(tmp)
-		return "", fmt.Errorf("debootstrap: %w: %s", err, tail.String())
+		return "", fmt.Errorf("debootstrap: %w: %s (full log: %s)", err, tail.String(), logFile)
+	}
+	if len(variant.Extra) > 0 {
+		if err := b.aptInstall(ctx, tmp, variant.Extra); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
 	}
 	if err := configureRootfs(tmp); err != nil {
 		os.RemoveAll(tmp)
@@ -156,6 +167,50 @@ func (b *builder) progress() io.Writer {
 		return io.Discard
 	}
 	return b.opts.Progress
+}
+
+// aptInstall installs packages in the new root with its own apt-get, with the
+// host's resolver and no service starts, then drops the downloaded archives.
+func (b *builder) aptInstall(ctx context.Context, root string, pkgs []string) error {
+	fmt.Fprintf(b.progress(), "    apt-get install %s\n", strings.Join(pkgs, " "))
+	resolv, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return fmt.Errorf("apt-get in the rootfs needs the host's resolver: %w", err)
+	}
+	os.Remove(filepath.Join(root, "etc/resolv.conf"))
+	if err := os.WriteFile(filepath.Join(root, "etc/resolv.conf"), resolv, 0o644); err != nil {
+		return err
+	}
+	policy := filepath.Join(root, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return err
+	}
+	defer os.Remove(policy)
+	script := "apt-get -q update && apt-get install -y -q --no-install-recommends " + strings.Join(pkgs, " ") + " && apt-get clean"
+	cmd := exec.CommandContext(ctx, "chroot", root, "/usr/bin/env", "-i",
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8", "HOME=/root", "/bin/sh", "-c", script)
+	var tail lineTail
+	cmd.Stdout = &prefixWriter{w: b.progress(), tail: &tail}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("apt-get install in the rootfs: %w: %s", err, tail.String())
+	}
+	return nil
+}
+
+// keepLog copies a failed tool's log into the cache dir, where it outlives the
+// removed build tree, and returns its path.
+func (b *builder) keepLog(src, name string) string {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return "unavailable"
+	}
+	dst := filepath.Join(b.opts.CacheDir, name+"-"+b.opts.Variant+".log")
+	if err := os.WriteFile(dst, data, 0o644); err != nil {
+		return "unavailable"
+	}
+	return dst
 }
 
 // configureRootfs makes the debootstrapped tree an fcm guest: sshd for key login
