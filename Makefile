@@ -6,6 +6,7 @@ LDFLAGS   := -X github.com/fcmhost/fcm/internal/cli.Version=$(VERSION)
 # The minimal image the end-to-end tests boot (cached: rebuilt in seconds when
 # only fcm changed, fully only when its recipe did).
 TEST_IMAGE ?= /var/cache/fcm/test-image
+TEST_IMAGE_FULL ?= /var/cache/fcm/test-image-full
 
 .PHONY: build image test-image test bench vet deps clean
 
@@ -18,13 +19,14 @@ image: build
 
 test-image: build
 	$(BIN) image build --variant minimal --out $(TEST_IMAGE)
+	$(BIN) image build --variant full --out $(TEST_IMAGE_FULL)
 
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test: vet test-image
-	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) $(GO) test -count=1 -timeout 30m ./...
+	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(GO) test -count=1 -timeout 30m ./...
 
 bench: test-image
 	FCM_TEST_IMAGE=$(TEST_IMAGE) $(GO) run ./bench

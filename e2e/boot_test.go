@@ -18,6 +18,7 @@ import (
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"github.com/fcmhost/fcm/internal/vmm/qemu"
+	"golang.org/x/sys/unix"
 )
 
 // testVM is one VM of a test with everything the host made for it.
@@ -40,6 +41,11 @@ func setupBridge(t *testing.T) {
 
 // newVM makes a VM's disk (cloned from the image, keys written in) and tap.
 func newVM(t *testing.T, id, hostname string, ip net.IP) *testVM {
+	return newVMFrom(t, imageDir, id, hostname, ip)
+}
+
+// newVMFrom is newVM with another image.
+func newVMFrom(t *testing.T, imageDir, id, hostname string, ip net.IP) *testVM {
 	t.Helper()
 	setupBridge(t)
 	dir := filepath.Join(t.TempDir(), id)
@@ -179,6 +185,33 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	})
 	vm.run(t, "echo kept > /root/marker")
 
+	t.Run("qemu runs in its own session", func(t *testing.T) {
+		sid, err := unix.Getsid(inst.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mine, _ := unix.Getsid(0); sid == mine {
+			t.Errorf("qemu shares our session %d: a Ctrl-C of the daemon's terminal would reach it", sid)
+		}
+	})
+	t.Run("a new driver re-adopts the running vm", func(t *testing.T) {
+		d2, err := qemu.New(qemu.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		adopted, err := d2.Adopt(context.Background(), vm.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if adopted.PID() != inst.PID() || !adopted.Running() {
+			t.Fatalf("adopted pid %d running=%v, want pid %d running", adopted.PID(), adopted.Running(), inst.PID())
+		}
+		if st, err := adopted.(*qemu.Instance).Status(context.Background()); err != nil || st != "running" {
+			t.Errorf("status = %q, %v", st, err)
+		}
+		inst = adopted.(*qemu.Instance) // stop it through the adopted handle
+	})
+
 	// Ctrl-Alt-Del: the guest stops its processes, syncs and reboots, and QEMU exits.
 	start := time.Now()
 	graceful, err := vmm.Stop(context.Background(), inst, 30*time.Second)
@@ -191,6 +224,10 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	}
 	if out, err := exec.Command("e2fsck", "-fn", vm.spec.RootDrive).CombinedOutput(); err != nil {
 		t.Errorf("the disk is not clean after a graceful power-off: %v\n%s", err, out)
+	}
+
+	if _, err := d.Adopt(context.Background(), vm.spec); err != vmm.ErrNotRunning {
+		t.Errorf("Adopt of a stopped vm = %v, want ErrNotRunning", err)
 	}
 
 	// Boot the same disk again: what was written survived, then the ACPI power button.
@@ -230,6 +267,78 @@ func (v *testVM) destroy(t *testing.T) {
 	sh(t, "ip", "link", "del", v.spec.TapDevice)
 	if err := os.RemoveAll(v.spec.Dir); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestQEMU_FullImageHasAppToolchains boots the product's default image and checks
+// what buildpacks will build apps with.
+func TestQEMU_FullImageHasAppToolchains(t *testing.T) {
+	d, err := qemu.New(qemu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := newVMFrom(t, fullImageDir, "e2efull", "full-vm", net.IPv4(172, 16, 0, 70))
+	inst := vm.boot(t, d)
+	for cmd, want := range map[string]string{
+		"node --version":   "v18.",
+		"npm --version":    "9.",
+		"ruby --version":   "ruby 3.",
+		"bundle --version": "Bundler version",
+		"pip3 --version":   "pip ",
+		"python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'import sys; print(sys.prefix)'": "/tmp/venv",
+		"git --version":  "git version",
+		"curl --version": "curl ",
+		"gcc --version":  "gcc ",
+		"make --version": "GNU Make",
+		"tmux -V":        "tmux ",
+	} {
+		if out := vm.run(t, cmd); !strings.Contains(out, want) {
+			t.Errorf("%s = %q, want %q in it", cmd, out, want)
+		}
+	}
+	if graceful, err := vmm.Stop(context.Background(), inst, 30*time.Second); err != nil || !graceful {
+		t.Errorf("stop: graceful=%v err=%v", graceful, err)
+	}
+}
+
+func TestQEMU_StartErrors(t *testing.T) {
+	d, err := qemu.New(qemu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		mutate func(*vmm.Spec)
+		want   string
+	}{
+		{"tap missing", func(s *vmm.Spec) { s.TapDevice = "tap_nothere" }, "tap_nothere"},
+		{"kernel missing", func(s *vmm.Spec) { s.Kernel = "/nonexistent/vmlinux.bin" }, "/nonexistent/vmlinux.bin"},
+		{"invalid spec", func(s *vmm.Spec) { s.MemoryMiB = 1 }, "memory"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vm := newVM(t, fmt.Sprintf("e2efail%d", i), "fail", net.IPv4(172, 16, 0, byte(100+i)))
+			tt.mutate(&vm.spec)
+			inst, err := d.Start(context.Background(), vm.spec)
+			if err == nil {
+				inst.Kill()
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not name %q", err, tt.want)
+			}
+			if out, _ := exec.Command("pgrep", "-f", vm.spec.Dir).Output(); len(out) > 0 {
+				t.Errorf("qemu left running after a failed start: %s", out)
+			}
+			if _, err := net.InterfaceByName("tap_nothere"); err == nil {
+				t.Error("a failed start made a tap")
+			}
+			for _, f := range []string{qemu.PIDFile, qemu.QMPSocket} {
+				if _, err := os.Stat(filepath.Join(vm.spec.Dir, f)); err == nil {
+					t.Errorf("%s left behind", f)
+				}
+			}
+		})
 	}
 }
 

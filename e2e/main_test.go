@@ -18,8 +18,12 @@ import (
 	"github.com/fcmhost/fcm/internal/netns"
 )
 
-// imageDir is the minimal image the tests boot; `make test-image` builds it.
-var imageDir = envOr("FCM_TEST_IMAGE", "/var/cache/fcm/test-image")
+// The images the tests boot; `make test-image` builds both: minimal for most
+// tests, full (the product default) to prove the app toolchains are there.
+var (
+	imageDir     = envOr("FCM_TEST_IMAGE", "/var/cache/fcm/test-image")
+	fullImageDir = envOr("FCM_TEST_IMAGE_FULL", "/var/cache/fcm/test-image-full")
+)
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
@@ -41,7 +45,7 @@ func TestMain(m *testing.M) {
 			os.Setenv("FCM_BIN", bin)
 			os.Setenv("FCM_BIN_ADHOC", "1")
 		}
-		if err := checkImage(); err != nil {
+		if err := checkImages(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.Exit(1)
 		}
@@ -71,12 +75,21 @@ func buildFCM() (string, error) {
 	return bin, nil
 }
 
-// checkImage makes sure the image exists and that its /sbin/fcm-init is the fcm
+// checkImages makes sure the images exist and that their /sbin/fcm-init is the fcm
 // binary of this tree (FCM_BIN, as built by make), so a stale init is never tested.
-func checkImage() error {
+func checkImages() error {
+	for _, dir := range []string{imageDir, fullImageDir} {
+		if err := checkImage(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkImage(imageDir string) error {
 	for _, f := range []string{image.KernelFile, image.InitrdFile, image.RootfsFile} {
 		if _, err := os.Stat(filepath.Join(imageDir, f)); err != nil {
-			return fmt.Errorf("guest image missing (%v): build it with 'make test-image' or set FCM_TEST_IMAGE", err)
+			return fmt.Errorf("guest image missing (%v): build it with 'make test-image'", err)
 		}
 	}
 	bin := os.Getenv("FCM_BIN")

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,6 +81,13 @@ func (d *Driver) Args(spec vmm.Spec) []string { return args(spec, d.accel, d.tsc
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
+	}
+	// As root QEMU would make a missing tap itself, one nobody would remove; the
+	// tap belongs to the network setup, so its absence is an error, as in Firecracker.
+	if spec.TapDevice != "" {
+		if _, err := net.InterfaceByName(spec.TapDevice); err != nil {
+			return nil, fmt.Errorf("vm %s: tap device %s: %w", spec.ID, spec.TapDevice, err)
+		}
 	}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
