@@ -77,6 +77,19 @@ func TestCLI_ImageBuild(t *testing.T) {
 			}
 		})
 	}
+	t.Run("debootstrap missing", func(t *testing.T) {
+		cmd := exec.Command(os.Getenv("FCM_BIN"), "image", "build", "--variant", "minimal", "--out", t.TempDir())
+		cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin") // no sbin: no debootstrap
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatal("build succeeded without debootstrap")
+		}
+		for _, w := range []string{"missing tool", "debootstrap", "apt-get install -y", "debootstrap"} {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("output %q lacks %q", out, w)
+			}
+		}
+	})
 	t.Run("help explains the variants and the cache", func(t *testing.T) {
 		out, code := fcm(t, 0, "image", "build", "--help")
 		for _, w := range []string{"minimal", "full", "vmlinux.bin", "initrd.img", "base-rootfs.img", "--cache-dir", "Needs root"} {

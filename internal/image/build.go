@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -84,13 +85,17 @@ func CheckHost() error {
 	for tool, pkg := range requiredTools {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
-			pkgs = append(pkgs, pkg)
+			if !slices.Contains(pkgs, pkg) {
+				pkgs = append(pkgs, pkg)
+			}
 		}
 	}
 	if _, err := os.Stat(keyring); err != nil {
 		missing = append(missing, keyring)
 		pkgs = append(pkgs, "debian-archive-keyring")
 	}
+	slices.Sort(missing)
+	slices.Sort(pkgs)
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: %s not found; install with: apt-get install -y %s",
 			ErrMissingTool, strings.Join(missing, ", "), strings.Join(pkgs, " "))
@@ -211,11 +216,9 @@ type builder struct {
 	opts     Options
 	packages []string
 	start    time.Time
-	n        int
 }
 
 func (b *builder) stage(format string, args ...any) {
-	b.n++
 	if b.opts.Progress != nil {
 		fmt.Fprintf(b.opts.Progress, "==> [%5.1fs] %s\n", time.Since(b.start).Seconds(), fmt.Sprintf(format, args...))
 	}

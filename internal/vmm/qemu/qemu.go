@@ -95,7 +95,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	pidFile := filepath.Join(spec.Dir, PIDFile)
 	sock := filepath.Join(spec.Dir, QMPSocket)
 	if inst, err := d.Adopt(ctx, spec); err == nil {
-		return inst, fmt.Errorf("vm %s: already running as pid %d", spec.ID, inst.PID())
+		inst.(*Instance).Close()
+		return nil, fmt.Errorf("vm %s: already running as pid %d", spec.ID, inst.PID())
 	}
 	os.Remove(pidFile)
 	os.Remove(sock)
