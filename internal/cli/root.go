@@ -41,14 +41,21 @@ func newRoot() *cobra.Command {
 		Short: "Heroku-style apps in Firecracker microVMs on one Linux host",
 		Long: `fcm runs apps in Firecracker microVMs on one bare-metal Linux host.
 
-Build the guest image once with 'sudo fcm image build'.`,
+Start with:
+  sudo fcm image build      # the guest image, once
+  sudo fcm daemon           # the daemon (writes the admin token)
+  fcm create                # a VM
+
+Clients find the daemon at FCM_HOST (default http://127.0.0.1:7777) and
+authenticate with FCM_TOKEN or ~/.fcm-token.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{cmd: strings.TrimPrefix(c.CommandPath(), "fcm "), err: err}
 	})
-	root.AddCommand(newImageCmd(), newVersionCmd(), newGuestCmd())
+	root.AddCommand(newDaemonCmd(), newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
+		newDestroyCmd(), newImageCmd(), newVersionCmd(), newGuestCmd())
 	return root
 }
 

@@ -1,0 +1,182 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/image"
+)
+
+// Daemon tests use their own bridge and subnet, apart from the boot tests'.
+const (
+	daemonBridge = "fcmd0"
+	daemonSubnet = "172.20.0.0/24"
+	daemonListen = "127.0.0.1:17777"
+)
+
+// daemonProc is a real `fcm daemon` process.
+type daemonProc struct {
+	t       *testing.T
+	dataDir string
+	cmd     *exec.Cmd
+	logPath string
+}
+
+// startDaemon runs `fcm daemon` on dataDir and waits for /health.
+func startDaemon(t *testing.T, dataDir string, extra ...string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(dataDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
+	args := append([]string{"daemon", "--data-dir", dataDir, "--listen", daemonListen,
+		"--bridge", daemonBridge, "--subnet", daemonSubnet,
+		"--kernel", filepath.Join(imageDir, image.KernelFile),
+		"--initrd", filepath.Join(imageDir, image.InitrdFile),
+		"--rootfs", filepath.Join(imageDir, image.RootfsFile)}, extra...)
+	logf, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(os.Getenv("FCM_BIN"), args...)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	exited := make(chan struct{})
+	go func() { d.cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + daemonListen + "/health")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("daemon exited at start:\n%s", d.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not healthy after 30s:\n%s", d.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() { d.stop(syscall.SIGTERM) })
+	return d
+}
+
+func (d *daemonProc) log() string {
+	b, _ := os.ReadFile(d.logPath)
+	return string(b)
+}
+
+// stop signals the daemon and waits for it to exit (a no-op if it has).
+func (d *daemonProc) stop(sig syscall.Signal) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(sig)
+	for i := 0; i < 100 && d.cmd.ProcessState == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *daemonProc) token() string {
+	b, err := os.ReadFile(filepath.Join(d.dataDir, ".token"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// cli runs the real fcm binary against the daemon from dir, with the token.
+func (d *daemonProc) cli(dir string, args ...string) (string, int) {
+	d.t.Helper()
+	return runFCM(d.t, dir, []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token()}, args...)
+}
+
+func runFCM(t *testing.T, dir string, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(os.Getenv("FCM_BIN"), args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "HOME="+t.TempDir()), env...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// mustCLI runs fcm and fails the test unless it exits 0.
+func (d *daemonProc) mustCLI(dir string, args ...string) string {
+	d.t.Helper()
+	out, code := d.cli(dir, args...)
+	if code != 0 {
+		d.t.Fatalf("fcm %v: exit %d:\n%s\ndaemon log:\n%s", args, code, out, d.log())
+	}
+	return out
+}
+
+// vms lists the VMs through `fcm ls --json`.
+func (d *daemonProc) vms(dir string) map[string]api.VM {
+	d.t.Helper()
+	var list []api.VM
+	if err := json.Unmarshal([]byte(d.mustCLI(dir, "ls", "--json")), &list); err != nil {
+		d.t.Fatal(err)
+	}
+	out := map[string]api.VM{}
+	for _, v := range list {
+		out[v.Name] = v
+	}
+	return out
+}
+
+// cleanupVMs kills whatever hypervisors and taps dataDir's VMs left (tests end
+// with VMs destroyed; this only matters when one failed half-way).
+func cleanupVMs(t *testing.T, dataDir string) {
+	t.Cleanup(func() {
+		exec.Command("pkill", "-9", "-f", filepath.Join(dataDir, "vms")).Run()
+		links, _ := net.Interfaces()
+		for _, l := range links {
+			if strings.HasPrefix(l.Name, "tap_") {
+				exec.Command("ip", "link", "del", l.Name).Run()
+			}
+		}
+	})
+}
+
+// hypervisorsOf lists the pids of processes whose command line names dataDir's VMs.
+func hypervisorsOf(dataDir string) string {
+	out, _ := exec.Command("pgrep", "-f", filepath.Join(dataDir, "vms")).Output()
+	return strings.TrimSpace(string(out))
+}
+
+func tapExists(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
+}
+
+func nftElements(t *testing.T) string {
+	out, err := exec.Command("nft", "list", "set", "inet", "fcm", "vms").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list set: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

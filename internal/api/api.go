@@ -1,0 +1,99 @@
+// Package api holds the wire types of fcm's HTTP API, shared by the daemon and its
+// Go client. It imports nothing of fcm's own.
+package api
+
+import "time"
+
+// VM states.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+	StateStarting = "starting"
+	StateError    = "error"
+)
+
+// VM is one microVM as the API shows it.
+type VM struct {
+	Name       string    `json:"name"`
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"` // why it is in state error
+	IP         string    `json:"ip"`
+	MAC        string    `json:"mac"`
+	CPUs       int       `json:"cpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	Port       int       `json:"port"`
+	URL        string    `json:"url,omitempty"`
+	Hypervisor string    `json:"hypervisor"`
+	PID        int       `json:"pid,omitempty"`
+	HostKey    string    `json:"host_key"` // the VM's SSH host key, authorized_keys format
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// CreateVMRequest is the body of POST /v1/vms. Zero fields take the defaults.
+type CreateVMRequest struct {
+	Name      string `json:"name,omitempty"`
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
+	Port      int    `json:"port,omitempty"`
+}
+
+// Defaults and limits of a VM.
+const (
+	DefaultCPUs      = 1
+	DefaultMemoryMiB = 1024
+	DefaultDiskBytes = 2 << 30
+	DefaultPort      = 3000
+	DefaultSwapMiB   = 512
+	MaxCPUs          = 32
+	MinMemoryMiB     = 256
+	MaxMemoryMiB     = 256 << 10
+	MaxDiskBytes     = 1 << 40
+)
+
+// ListVMsResponse is the body of GET /v1/vms.
+type ListVMsResponse struct {
+	VMs []VM `json:"vms"`
+}
+
+// Event is one line of progress streamed while a long request runs (create,
+// start): the response is newline-delimited JSON events, the last of which has
+// VM (success) or Error set.
+type Event struct {
+	Step    string  `json:"step,omitempty"` // disk, network, boot, ssh
+	Message string  `json:"message,omitempty"`
+	Elapsed float64 `json:"elapsed,omitempty"` // seconds since the request began
+	VM      *VM     `json:"vm,omitempty"`
+	Error   *Error  `json:"error,omitempty"`
+}
+
+// Error is the body of every failed request.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Error codes: stable strings clients can branch on.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeExhausted    = "pool_exhausted"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
+)
+
+// Health is the body of GET /health.
+type Health struct {
+	Status     string `json:"status"`
+	Version    string `json:"version"`
+	Hypervisor string `json:"hypervisor"`
+}

@@ -1,0 +1,44 @@
+package cli
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/image"
+	"github.com/spf13/cobra"
+)
+
+func newDaemonCmd() *cobra.Command {
+	o := daemon.Options{}
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
+		Long: `Run the daemon that owns this host's VMs. It needs root.
+
+On first run it makes the data dir, an admin token (<data-dir>/.token, 0600) and
+an SSH key for reaching guests, sets up the bridge, taps and an nftables table
+"fcm" (NAT for the VMs; guests cannot reach the host's API, SSH or Caddy admin),
+and serves the API. Stopping the daemon leaves VMs running; the next start
+re-adopts them and finishes or undoes whatever a crash interrupted.
+
+The guest image must exist first: sudo fcm image build.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Version = Version
+			o.Out = cmd.OutOrStdout()
+			o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			return daemon.Run(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.DataDir, "data-dir", image.DefaultOutDir, "state, VM disks, image, token")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:7777", "address of the HTTP API")
+	f.StringVar(&o.Hypervisor, "hypervisor", "auto", "auto, firecracker or qemu")
+	f.StringVar(&o.Bridge, "bridge", "fcm0", "bridge the VMs' taps join")
+	f.StringVar(&o.Subnet, "subnet", "172.16.0.0/24", "VM subnet; the bridge takes its first address, VMs get .50 and up")
+	f.StringVar(&o.Kernel, "kernel", "", "guest kernel (default <data-dir>/vmlinux.bin)")
+	f.StringVar(&o.Initrd, "initrd", "", "guest initrd (default <data-dir>/initrd.img)")
+	f.StringVar(&o.Rootfs, "rootfs", "", "base root filesystem (default <data-dir>/base-rootfs.img)")
+	return cmd
+}

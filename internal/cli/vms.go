@@ -1,0 +1,244 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/client"
+	"github.com/spf13/cobra"
+)
+
+// dotFile names the VM a directory belongs to, written by create.
+const dotFile = ".fcm"
+
+// target returns the VM named on the command line, or the one in ./.fcm.
+func target(cmd *cobra.Command, args []string) (string, error) {
+	if len(args) > 0 {
+		return args[0], nil
+	}
+	data, err := os.ReadFile(dotFile)
+	if err != nil {
+		return "", usageError{cmd: strings.TrimPrefix(cmd.CommandPath(), "fcm "),
+			err: errors.New("no vm named and no .fcm file in this directory")}
+	}
+	name := strings.TrimSpace(string(data))
+	if name == "" {
+		return "", fmt.Errorf("%s is empty: name the vm on the command line", dotFile)
+	}
+	return name, nil
+}
+
+func maxOneArg(cmd *cobra.Command, args []string) error {
+	if len(args) > 1 {
+		return usageError{cmd: strings.TrimPrefix(cmd.CommandPath(), "fcm "),
+			err: fmt.Errorf("takes at most one vm name, got %d arguments", len(args))}
+	}
+	return nil
+}
+
+// parseSize reads sizes like 2G, 512M, 10GiB, 1T or a plain byte count.
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "IB"), "B")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("bad size %q (want e.g. 2G, 512M)", s)
+	}
+	return int64(v * float64(mult)), nil
+}
+
+// printProgress prints each step, after a header once the first step arrives
+// (so a request refused at once prints only its error).
+func printProgress(cmd *cobra.Command, header string) func(api.Event) {
+	first := true
+	return func(ev api.Event) {
+		if first {
+			fmt.Fprintln(cmd.OutOrStdout(), header)
+			first = false
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "  [%5.1fs] %-8s %s\n", ev.Elapsed, ev.Step, ev.Message)
+	}
+}
+
+func newCreateCmd() *cobra.Command {
+	var req api.CreateVMRequest
+	var disk string
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create and boot a VM (random name unless --name)",
+		Long: `Create a microVM, boot it and wait until it answers SSH.
+
+The VM gets a random name like cosmic-nova unless --name gives one (a DNS label:
+lowercase letters, digits, inner hyphens). create writes the name to ./.fcm, so
+later commands in this directory (start, stop, destroy) need no name.`,
+		Example: `  fcm create
+  fcm create --name api --cpus 2 --memory 2048 --disk 10G`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if disk != "" {
+				n, err := parseSize(disk)
+				if err != nil {
+					return usageError{cmd: "create", err: err}
+				}
+				req.DiskBytes = n
+			}
+			c := client.FromEnv()
+			v, err := c.CreateVM(cmd.Context(), req, printProgress(cmd, "Creating VM..."))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "VM created: %s\n  IP:  %s\n  URL: %s\n", v.Name, v.IP, v.URL)
+			if err := os.WriteFile(dotFile, []byte(v.Name+"\n"), 0o644); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: could not write %s: %v\n", dotFile, err)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: commands in this directory now default to %s.\n", dotFile, v.Name)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "VM name (default: random adjective-noun)")
+	f.IntVar(&req.CPUs, "cpus", api.DefaultCPUs, "vCPUs")
+	f.IntVar(&req.MemoryMiB, "memory", api.DefaultMemoryMiB, "memory in MiB")
+	f.StringVar(&disk, "disk", "2G", "root disk size")
+	f.IntVar(&req.Port, "port", api.DefaultPort, "port the app listens on in the VM")
+	return cmd
+}
+
+func newLsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List VMs",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vms, err := client.FromEnv().ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(vms)
+			}
+			if len(vms) == 0 {
+				fmt.Fprintln(out, "No VMs. Create one with: fcm create")
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tCPUS\tMEMORY\tDISK\tURL\tCREATED")
+			for _, v := range vms {
+				state := v.State
+				if v.Reason != "" {
+					state += " (" + v.Reason + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, state, v.IP, v.CPUs,
+					v.MemoryMiB, v.DiskBytes>>30, v.URL, ago(v.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func ago(t time.Time) string {
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+func newStartCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "start [vm]",
+		Short: "Boot a stopped VM (default: the one in ./.fcm)",
+		Args:  maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			v, err := client.FromEnv().StartVM(cmd.Context(), name, printProgress(cmd, "Starting "+name+"..."))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is running at %s\n", v.Name, v.IP)
+			return nil
+		},
+	}
+}
+
+func newStopCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop [vm]",
+		Short: "Power a VM off gracefully; its disk and address stay",
+		Args:  maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			v, err := client.FromEnv().StopVM(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s\n", v.Name, v.State)
+			return nil
+		},
+	}
+}
+
+func newDestroyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "destroy [vm]",
+		Aliases: []string{"rm"},
+		Short:   "Delete a VM and its disk",
+		Args:    maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			if err := client.FromEnv().DestroyVM(cmd.Context(), name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Destroyed %s\n", name)
+			if data, err := os.ReadFile(dotFile); err == nil && strings.TrimSpace(string(data)) == name {
+				os.Remove(dotFile)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,214 @@
+// Package client is the Go client of fcm's HTTP API, used by the CLI and tests.
+// It never imports the daemon; API errors come back as *api.Error.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/api"
+)
+
+// DefaultHost is where the daemon listens unless FCM_HOST says otherwise.
+const DefaultHost = "http://127.0.0.1:7777"
+
+// Client talks to one daemon with one token.
+type Client struct {
+	Host  string
+	Token string
+	HTTP  *http.Client
+}
+
+// FromEnv builds a client from FCM_HOST and FCM_TOKEN, or ~/.fcm-token.
+func FromEnv() *Client {
+	host := os.Getenv("FCM_HOST")
+	if host == "" {
+		host = DefaultHost
+	}
+	token := strings.TrimSpace(os.Getenv("FCM_TOKEN"))
+	if token == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			if b, err := os.ReadFile(filepath.Join(home, ".fcm-token")); err == nil {
+				token = strings.TrimSpace(string(b))
+			}
+		}
+	}
+	return &Client{Host: strings.TrimRight(host, "/"), Token: token, HTTP: &http.Client{}}
+}
+
+// ErrNoToken is returned before any request when no token is configured.
+var ErrNoToken = errors.New("no API token: set FCM_TOKEN or put it in ~/.fcm-token (the daemon writes it to /var/lib/firecracker/.token)")
+
+// UnreachableError says the daemon could not be reached at all.
+type UnreachableError struct {
+	Host string
+	Err  error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the fcm daemon at %s: %v (is 'sudo fcm daemon' running? FCM_HOST picks another)", e.Host, rootCause(e.Err))
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+// IsNotFound reports whether err is the API's 404.
+func IsNotFound(err error) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Code == api.CodeNotFound
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any, accept string) (*http.Response, error) {
+	if c.Token == "" && path != "/health" {
+		return nil, ErrNoToken
+	}
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Host+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("FCM_HOST %q: %w", c.Host, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &UnreachableError{Host: c.Host, Err: err}
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+func decodeError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var ae api.Error
+	if json.Unmarshal(data, &ae) == nil && ae.Message != "" {
+		return &ae
+	}
+	return &api.Error{Message: fmt.Sprintf("%s: %s", resp.Status, strings.TrimSpace(string(data))), Code: api.CodeInternal}
+}
+
+func (c *Client) call(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Health asks the daemon whether it is up (no token needed).
+func (c *Client) Health(ctx context.Context) (*api.Health, error) {
+	var h api.Health
+	return &h, c.call(ctx, http.MethodGet, "/health", nil, &h)
+}
+
+// ListVMs lists the VMs the token may see.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var out api.ListVMsResponse
+	return out.VMs, c.call(ctx, http.MethodGet, "/v1/vms", nil, &out)
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, name string) (*api.VM, error) {
+	var v api.VM
+	return &v, c.call(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name), nil, &v)
+}
+
+// CreateVM creates a VM, calling onEvent with each progress step.
+func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest, onEvent func(api.Event)) (*api.VM, error) {
+	return c.streamed(ctx, http.MethodPost, "/v1/vms", req, onEvent)
+}
+
+// StartVM boots a stopped VM, calling onEvent with each progress step.
+func (c *Client) StartVM(ctx context.Context, name string, onEvent func(api.Event)) (*api.VM, error) {
+	return c.streamed(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/start", nil, onEvent)
+}
+
+// StopVM powers a VM off.
+func (c *Client) StopVM(ctx context.Context, name string) (*api.VM, error) {
+	var v api.VM
+	return &v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/stop", nil, &v)
+}
+
+// DestroyVM removes a VM and everything it had.
+func (c *Client) DestroyVM(ctx context.Context, name string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(name), nil, nil)
+}
+
+// streamed reads a progress stream (or a plain JSON answer) to its final VM.
+func (c *Client) streamed(ctx context.Context, method, path string, body any, onEvent func(api.Event)) (*api.VM, error) {
+	resp, err := c.do(ctx, method, path, body, "application/x-ndjson")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/x-ndjson") {
+		var v api.VM
+		return &v, json.NewDecoder(resp.Body).Decode(&v)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev api.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
+		}
+		switch {
+		case ev.Error != nil:
+			return nil, ev.Error
+		case ev.VM != nil:
+			return ev.VM, nil
+		case onEvent != nil:
+			onEvent(ev)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, &UnreachableError{Host: c.Host, Err: err}
+	}
+	return nil, &UnreachableError{Host: c.Host, Err: errors.New("the daemon closed the connection before the operation finished (see 'fcm ls')")}
+}

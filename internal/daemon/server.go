@@ -1,0 +1,286 @@
+// Package daemon is fcm's HTTP API: routes, token authentication, JSON errors,
+// and progress streaming, over the vm lifecycle manager and the store.
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
+)
+
+// Lifecycle is what the handlers need of the vm manager (a narrow interface so
+// the handlers can be tested without VMs).
+type Lifecycle interface {
+	Create(ctx context.Context, owner string, req api.CreateVMRequest, progress vm.Progress) (*store.VM, error)
+	Start(ctx context.Context, name string, progress vm.Progress) (*store.VM, error)
+	Stop(ctx context.Context, name string) (*store.VM, error)
+	Destroy(ctx context.Context, name string) error
+}
+
+var _ Lifecycle = (*vm.Manager)(nil)
+
+// Server serves the API.
+type Server struct {
+	Store      *store.Store
+	VMs        Lifecycle
+	Version    string
+	Hypervisor string
+	Log        *slog.Logger
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.health)
+	routes := map[string]func(*Server, http.ResponseWriter, *http.Request, *store.Token){
+		"POST /v1/vms":              (*Server).createVM,
+		"GET /v1/vms":               (*Server).listVMs,
+		"GET /v1/vms/{name}":        (*Server).getVM,
+		"POST /v1/vms/{name}/start": (*Server).startVM,
+		"POST /v1/vms/{name}/stop":  (*Server).stopVM,
+		"DELETE /v1/vms/{name}":     (*Server).destroyVM,
+	}
+	for pattern, h := range routes {
+		mux.HandleFunc(pattern, s.authed(h))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
+	})
+	return s.logged(mux)
+}
+
+// authed checks the bearer token before the handler runs.
+func (s *Server) authed(h func(*Server, http.ResponseWriter, *http.Request, *store.Token)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || secret == "" {
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing token: send Authorization: Bearer <token> (fcm reads FCM_TOKEN or ~/.fcm-token)")
+			return
+		}
+		var tok *store.Token
+		err := s.Store.View(func(tx *store.Tx) (err error) { tok, err = tx.TokenFor(secret); return })
+		if err != nil {
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "invalid token")
+			return
+		}
+		h(s, w, r, tok)
+	}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.status = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *Server) logged(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		h.ServeHTTP(sw, r)
+		if s.Log != nil && r.URL.Path != "/health" {
+			s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(start).Round(time.Millisecond))
+		}
+	})
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: s.Version, Hypervisor: s.Hypervisor})
+}
+
+// visible reports whether tok may see vm: its owner, or an admin.
+func visible(tok *store.Token, v *store.VM) bool { return tok.Admin || v.Owner == tok.ID }
+
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request, tok *store.Token) (*store.VM, bool) {
+	name := r.PathValue("name")
+	v, err := s.Store.GetVM(name)
+	if err != nil || !visible(tok, v) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no vm named %q", name))
+		return nil, false
+	}
+	return v, true
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	vms, err := s.Store.ListVMs()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := api.ListVMsResponse{VMs: []api.VM{}}
+	for _, v := range vms {
+		if visible(tok, v) {
+			out.VMs = append(out.VMs, vm.ToAPI(v))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	if v, ok := s.lookup(w, r, tok); ok {
+		writeJSON(w, http.StatusOK, vm.ToAPI(v))
+	}
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.CreateVMRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	// The create goes on if the client goes away: nothing is left half-made
+	// either way, and a finished VM is not thrown away for a dropped connection.
+	ctx := context.WithoutCancel(r.Context())
+	st := newStream(w, r)
+	v, err := s.VMs.Create(ctx, tok.ID, req, st.progress)
+	st.finish(s, v, err, http.StatusCreated)
+}
+
+func (s *Server) startVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	if _, ok := s.lookup(w, r, tok); !ok {
+		return
+	}
+	st := newStream(w, r)
+	v, err := s.VMs.Start(context.WithoutCancel(r.Context()), r.PathValue("name"), st.progress)
+	st.finish(s, v, err, http.StatusOK)
+}
+
+func (s *Server) stopVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	if _, ok := s.lookup(w, r, tok); !ok {
+		return
+	}
+	v, err := s.VMs.Stop(context.WithoutCancel(r.Context()), r.PathValue("name"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm.ToAPI(v))
+}
+
+func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	if _, ok := s.lookup(w, r, tok); !ok {
+		return
+	}
+	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), r.PathValue("name")); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// stream sends progress as newline-delimited JSON when the client asked for it
+// (Accept: application/x-ndjson). The status line is written with the first
+// event, so an error before any progress is still a plain 4xx JSON error.
+type stream struct {
+	w       http.ResponseWriter
+	enabled bool
+	started bool
+	begin   time.Time
+	mu      sync.Mutex
+}
+
+func newStream(w http.ResponseWriter, r *http.Request) *stream {
+	return &stream{w: w, enabled: strings.Contains(r.Header.Get("Accept"), "application/x-ndjson"), begin: time.Now()}
+}
+
+func (st *stream) send(ev api.Event) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.started {
+		st.w.Header().Set("Content-Type", "application/x-ndjson")
+		st.w.WriteHeader(http.StatusOK)
+		st.started = true
+	}
+	ev.Elapsed = time.Since(st.begin).Seconds()
+	data, _ := json.Marshal(ev)
+	st.w.Write(append(data, '\n'))
+	if f, ok := st.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (st *stream) progress(step, message string) {
+	if st.enabled {
+		st.send(api.Event{Step: step, Message: message})
+	}
+}
+
+func (st *stream) finish(s *Server, v *store.VM, err error, okStatus int) {
+	if !st.started {
+		if err != nil {
+			s.fail(st.w, err)
+			return
+		}
+		writeJSON(st.w, okStatus, vm.ToAPI(v))
+		return
+	}
+	if err != nil {
+		status, code := classify(err)
+		if status >= 500 {
+			s.Log.Error("request failed", "err", err)
+		}
+		st.send(api.Event{Error: &api.Error{Message: err.Error(), Code: code}})
+		return
+	}
+	a := vm.ToAPI(v)
+	st.send(api.Event{VM: &a})
+}
+
+// classify maps an error to its HTTP status and code, in one place.
+func classify(err error) (int, string) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, store.ErrExhausted):
+		return http.StatusConflict, api.CodeExhausted
+	case errors.Is(err, store.ErrExists), errors.Is(err, vm.ErrBusy), errors.Is(err, vm.ErrBadState):
+		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, vm.ErrInvalid):
+		return http.StatusBadRequest, api.CodeBadRequest
+	}
+	return http.StatusInternalServerError, api.CodeInternal
+}
+
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	status, code := classify(err)
+	if status >= 500 && s.Log != nil {
+		s.Log.Error("request failed", "err", err)
+	}
+	writeError(w, status, code, err.Error())
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, api.Error{Message: msg, Code: code})
+}

@@ -1,0 +1,251 @@
+// Package store is fcm's durable state in one bbolt file: VMs, IP leases, API
+// tokens (SHA-256 hashes only) and the records of operations in progress. Every
+// change is a transaction, so a daemon killed at any moment leaves a consistent
+// file that says what was being done.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrExists    = errors.New("already exists")
+	ErrExhausted = errors.New("address pool exhausted")
+	ErrLocked    = errors.New("store is locked by another process")
+)
+
+var (
+	bucketVMs    = []byte("vms")    // name -> VM
+	bucketIDs    = []byte("vm_ids") // id -> name
+	bucketLeases = []byte("leases") // ip -> vm id
+	bucketTokens = []byte("tokens") // sha256(secret) hex -> Token
+	bucketOps    = []byte("ops")    // op id -> Op
+	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps}
+)
+
+// VM is the stored record of one VM.
+type VM struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Owner      string    `json:"owner"` // the token (later, user) that created it
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	IP         string    `json:"ip"`
+	MAC        string    `json:"mac"`
+	Tap        string    `json:"tap"`
+	CPUs       int       `json:"cpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	SwapMiB    int       `json:"swap_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	Port       int       `json:"port"`
+	Hypervisor string    `json:"hypervisor"`
+	PID        int       `json:"pid,omitempty"`
+	HostKey    string    `json:"host_key"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Op records an operation in progress: its kind, its VM, and the steps begun so
+// far (a step is recorded before its side effect happens, so undoing every
+// recorded step after a crash undoes everything that may have happened).
+type Op struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"` // create, start, stop, destroy
+	VMName    string    `json:"vm_name"`
+	VMID      string    `json:"vm_id"`
+	Steps     []string  `json:"steps"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// Store is the open database.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the database at path. Another process holding
+// it makes Open fail with ErrLocked after timeout.
+func Open(path string, timeout time.Duration) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Update runs fn in a read-write transaction; an error from fn rolls it back.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// GetVM returns one VM by name.
+func (s *Store) GetVM(name string) (*VM, error) {
+	var vm *VM
+	err := s.View(func(tx *Tx) (err error) { vm, err = tx.VM(name); return })
+	return vm, err
+}
+
+// ListVMs returns every VM, sorted by name.
+func (s *Store) ListVMs() ([]*VM, error) {
+	var vms []*VM
+	err := s.View(func(tx *Tx) (err error) { vms, err = tx.VMs(); return })
+	return vms, err
+}
+
+// UpdateVM changes one VM in a transaction and returns the result.
+func (s *Store) UpdateVM(name string, fn func(*VM) error) (*VM, error) {
+	var vm *VM
+	err := s.Update(func(tx *Tx) error {
+		var err error
+		if vm, err = tx.VM(name); err != nil {
+			return err
+		}
+		if err := fn(vm); err != nil {
+			return err
+		}
+		return tx.PutVM(vm)
+	})
+	return vm, err
+}
+
+// Tx is a transaction with fcm's typed accessors.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+func getJSON(b *bolt.Bucket, key string, v any) error {
+	data := b.Get([]byte(key))
+	if data == nil {
+		return ErrNotFound
+	}
+	return json.Unmarshal(data, v)
+}
+
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), data)
+}
+
+// VM returns the VM named name, or ErrNotFound.
+func (t *Tx) VM(name string) (*VM, error) {
+	var vm VM
+	if err := getJSON(t.tx.Bucket(bucketVMs), name, &vm); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("vm %q: %w", name, ErrNotFound)
+		}
+		return nil, err
+	}
+	return &vm, nil
+}
+
+// VMByID returns the VM with the given id, or ErrNotFound.
+func (t *Tx) VMByID(id string) (*VM, error) {
+	name := t.tx.Bucket(bucketIDs).Get([]byte(id))
+	if name == nil {
+		return nil, fmt.Errorf("vm id %q: %w", id, ErrNotFound)
+	}
+	return t.VM(string(name))
+}
+
+// VMs returns every VM, sorted by name (bbolt keeps keys sorted).
+func (t *Tx) VMs() ([]*VM, error) {
+	var vms []*VM
+	err := t.tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
+		var vm VM
+		if err := json.Unmarshal(v, &vm); err != nil {
+			return fmt.Errorf("vm %q: %w", k, err)
+		}
+		vms = append(vms, &vm)
+		return nil
+	})
+	return vms, err
+}
+
+// NameTaken reports whether a VM has this name.
+func (t *Tx) NameTaken(name string) bool {
+	return t.tx.Bucket(bucketVMs).Get([]byte(name)) != nil
+}
+
+// InsertVM adds a new VM; a taken name or id is ErrExists.
+func (t *Tx) InsertVM(vm *VM) error {
+	if t.NameTaken(vm.Name) {
+		return fmt.Errorf("vm %q: %w", vm.Name, ErrExists)
+	}
+	if t.tx.Bucket(bucketIDs).Get([]byte(vm.ID)) != nil {
+		return fmt.Errorf("vm id %q: %w", vm.ID, ErrExists)
+	}
+	if err := t.tx.Bucket(bucketIDs).Put([]byte(vm.ID), []byte(vm.Name)); err != nil {
+		return err
+	}
+	return t.PutVM(vm)
+}
+
+// PutVM writes an existing VM back.
+func (t *Tx) PutVM(vm *VM) error {
+	vm.UpdatedAt = time.Now().UTC()
+	return putJSON(t.tx.Bucket(bucketVMs), vm.Name, vm)
+}
+
+// DeleteVM removes a VM record and its id (not its leases: see Release).
+func (t *Tx) DeleteVM(name string) error {
+	vm, err := t.VM(name)
+	if err != nil {
+		return err
+	}
+	if err := t.tx.Bucket(bucketIDs).Delete([]byte(vm.ID)); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bucketVMs).Delete([]byte(name))
+}
+
+// PutOp records or updates an operation.
+func (t *Tx) PutOp(op *Op) error { return putJSON(t.tx.Bucket(bucketOps), op.ID, op) }
+
+// DeleteOp removes a finished operation; a missing one is fine.
+func (t *Tx) DeleteOp(id string) error { return t.tx.Bucket(bucketOps).Delete([]byte(id)) }
+
+// Ops lists the operations in progress (after a crash: the interrupted ones).
+func (t *Tx) Ops() ([]*Op, error) {
+	var ops []*Op
+	err := t.tx.Bucket(bucketOps).ForEach(func(k, v []byte) error {
+		var op Op
+		if err := json.Unmarshal(v, &op); err != nil {
+			return fmt.Errorf("op %q: %w", k, err)
+		}
+		ops = append(ops, &op)
+		return nil
+	})
+	return ops, err
+}

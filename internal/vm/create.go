@@ -1,0 +1,292 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/disk"
+	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/names"
+	"github.com/fcmhost/fcm/internal/store"
+	"golang.org/x/crypto/ssh"
+)
+
+// Steps of operations, recorded before they act.
+const (
+	stepLease   = "lease"   // address leased and VM record made (one transaction)
+	stepDir     = "dir"     // the VM's directory, disk and keys
+	stepNetwork = "network" // tap and nft element
+	stepBoot    = "boot"    // hypervisor started
+)
+
+// validate fills defaults into req and checks its ranges.
+func validate(req *api.CreateVMRequest) error {
+	if req.Name != "" {
+		if err := names.Validate(req.Name); err != nil {
+			return invalidf("%v", err)
+		}
+	}
+	if req.CPUs == 0 {
+		req.CPUs = api.DefaultCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = api.DefaultMemoryMiB
+	}
+	if req.DiskBytes == 0 {
+		req.DiskBytes = api.DefaultDiskBytes
+	}
+	if req.Port == 0 {
+		req.Port = api.DefaultPort
+	}
+	switch {
+	case req.CPUs < 1 || req.CPUs > api.MaxCPUs:
+		return invalidf("cpus %d out of range 1-%d", req.CPUs, api.MaxCPUs)
+	case req.MemoryMiB < api.MinMemoryMiB || req.MemoryMiB > api.MaxMemoryMiB:
+		return invalidf("memory %d MiB out of range %d-%d", req.MemoryMiB, api.MinMemoryMiB, api.MaxMemoryMiB)
+	case req.DiskBytes < 1<<30 || req.DiskBytes > api.MaxDiskBytes:
+		return invalidf("disk size %d bytes out of range 1 GiB-1 TiB", req.DiskBytes)
+	case req.Port < 1 || req.Port > 65535:
+		return invalidf("port %d out of range 1-65535", req.Port)
+	}
+	return nil
+}
+
+// macFor derives a locally administered MAC from the VM's address, so two VMs
+// never share one (QEMU's default MAC is the same for every VM).
+func macFor(ip netip.Addr) string {
+	b := ip.As4()
+	return fmt.Sprintf("06:00:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
+}
+
+func bootArgs(vm *store.VM, subnet netip.Prefix) string {
+	gw := subnet.Masked().Addr().Next()
+	return guest.BootArgs(guest.Boot{
+		Address: net.ParseIP(vm.IP), Gateway: net.IP(gw.AsSlice()),
+		Mask: net.CIDRMask(subnet.Bits(), 32), Hostname: vm.Name, SwapMiB: vm.SwapMiB,
+	})
+}
+
+// Create makes and boots a VM for owner, reporting each step to progress, and
+// returns it running with SSH ready. On any error everything made is undone.
+func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
+	if progress == nil {
+		progress = noProgress
+	}
+	if err := validate(&req); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	vm, op, err := m.reserve(owner, req)
+	if err != nil {
+		return nil, err
+	}
+	defer m.end(vm.Name)
+	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
+	progress("reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
+
+	vm, err = m.build(ctx, vm, op, progress)
+	if err != nil {
+		m.log.Error("create failed; undoing", "name", vm.Name, "err", err)
+		if uerr := m.undoCreate(context.WithoutCancel(ctx), op); uerr != nil {
+			m.log.Error("undo create", "name", vm.Name, "err", uerr)
+		}
+		return nil, err
+	}
+	m.log.Info("vm created", "name", vm.Name, "took", time.Since(start).Round(time.Millisecond))
+	return vm, nil
+}
+
+// reserve picks the name and id, leases the address, and records the VM and the
+// operation, all in one transaction.
+func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *store.Op, error) {
+	var vm *store.VM
+	var op *store.Op
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+		name := req.Name
+		if name == "" {
+			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) })
+		} else if tx.NameTaken(name) {
+			return fmt.Errorf("vm %q: %w", name, store.ErrExists)
+		}
+		id := names.NewID()
+		if _, err := tx.VMByID(id); err == nil {
+			return fmt.Errorf("vm id collision, try again: %w", store.ErrExists)
+		}
+		ip, err := tx.Lease(id, m.pool)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		vm = &store.VM{
+			ID: id, Name: name, Owner: owner, State: api.StateCreating,
+			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
+			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
+			DiskBytes: req.DiskBytes, Port: req.Port, Hypervisor: m.cfg.Driver.Name(),
+			CreatedAt: now,
+		}
+		if err := tx.InsertVM(vm); err != nil {
+			return err
+		}
+		op = &store.Op{ID: "create-" + id, Kind: "create", VMName: name, VMID: id,
+			Steps: []string{stepLease}, StartedAt: now}
+		return tx.PutOp(op)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := m.begin(vm.Name, "creating"); err != nil {
+		return nil, nil, err // cannot happen: the name was free in the same transaction
+	}
+	return vm, op, nil
+}
+
+func (m *Manager) isBusy(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.busy[name]
+	return ok
+}
+
+// record appends a step to op in the store before the step acts.
+func (m *Manager) record(op *store.Op, step string) error {
+	op.Steps = append(op.Steps, step)
+	return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.PutOp(op) })
+}
+
+func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progress Progress) (*store.VM, error) {
+	t := time.Now()
+	if err := m.record(op, stepDir); err != nil {
+		return vm, err
+	}
+	dir := m.dir(vm.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return vm, err
+	}
+	method, err := disk.Create(ctx, m.cfg.Image.Rootfs, m.spec(vm).RootDrive, vm.DiskBytes)
+	if err != nil {
+		return vm, fmt.Errorf("disk: %w", err)
+	}
+	ident, err := guest.NewIdentity(m.cfg.Key.PublicKey())
+	if err != nil {
+		return vm, err
+	}
+	if err := guest.Provision(ctx, m.spec(vm).RootDrive, ident); err != nil {
+		return vm, fmt.Errorf("disk: %w", err)
+	}
+	vm, err = m.cfg.Store.UpdateVM(vm.Name, func(v *store.VM) error {
+		v.HostKey = string(ssh.MarshalAuthorizedKey(ident.HostKey))
+		return nil
+	})
+	if err != nil {
+		return vm, err
+	}
+	progress("disk", fmt.Sprintf("%s disk (%s clone) with keys in %s", humanBytes(vm.DiskBytes), method, time.Since(t).Round(time.Millisecond)))
+	return m.boot(ctx, vm, op, progress)
+}
+
+// boot sets up the network, starts the hypervisor and waits for SSH; create and
+// start share it.
+func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress Progress) (*store.VM, error) {
+	t := time.Now()
+	if err := m.record(op, stepNetwork); err != nil {
+		return vm, err
+	}
+	ip, err := netip.ParseAddr(vm.IP)
+	if err != nil {
+		return vm, err
+	}
+	if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip); err != nil {
+		return vm, fmt.Errorf("network: %w", err)
+	}
+	progress("network", fmt.Sprintf("tap %s on the bridge in %s", vm.Tap, time.Since(t).Round(time.Millisecond)))
+
+	t = time.Now()
+	if err := m.record(op, stepBoot); err != nil {
+		return vm, err
+	}
+	inst, err := m.cfg.Driver.Start(ctx, m.spec(vm))
+	if err != nil {
+		return vm, fmt.Errorf("boot: %w", err)
+	}
+	m.setInstance(vm.ID, inst)
+	vm, err = m.cfg.Store.UpdateVM(vm.Name, func(v *store.VM) error { v.PID = inst.PID(); return nil })
+	if err != nil {
+		return vm, err
+	}
+	progress("boot", fmt.Sprintf("%s started (pid %d) in %s", m.cfg.Driver.Name(), inst.PID(), time.Since(t).Round(time.Millisecond)))
+
+	t = time.Now()
+	if err := m.waitSSH(ctx, vm); err != nil {
+		return vm, fmt.Errorf("boot: %w", err)
+	}
+	progress("ssh", fmt.Sprintf("SSH ready in %s", time.Since(t).Round(time.Millisecond)))
+
+	err = m.cfg.Store.Update(func(tx *store.Tx) error {
+		cur, err := tx.VM(vm.Name)
+		if err != nil {
+			return err
+		}
+		cur.State, cur.Reason = api.StateRunning, ""
+		vm = cur
+		if err := tx.PutVM(cur); err != nil {
+			return err
+		}
+		return tx.DeleteOp(op.ID)
+	})
+	if err != nil {
+		return vm, err
+	}
+	go m.watch(vm.Name, vm.ID, inst)
+	return vm, nil
+}
+
+// Client returns an SSH client for a VM, pinned to its host key.
+func (m *Manager) Client(vm *store.VM) (*guest.Client, error) {
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(vm.HostKey))
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: stored host key: %w", vm.Name, err)
+	}
+	return &guest.Client{Addr: net.JoinHostPort(vm.IP, "22"), Signer: m.cfg.Key, HostKey: hostKey}, nil
+}
+
+func (m *Manager) waitSSH(ctx context.Context, vm *store.VM) error {
+	c, err := m.Client(vm)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+	inst := m.instance(vm.ID)
+	done := make(chan error, 1)
+	go func() { done <- c.WaitReady(wctx) }()
+	// A VM whose hypervisor dies while booting fails at once, not at the timeout.
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(250 * time.Millisecond):
+			if inst != nil && !inst.Running() {
+				cancel()
+				<-done
+				return errors.New("the hypervisor exited during boot (see console.log in the vm's directory)")
+			}
+		}
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20:
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d B", n)
+}

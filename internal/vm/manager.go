@@ -1,0 +1,161 @@
+// Package vm sequences VM lifecycles: create, start, stop, destroy, and the
+// reconcile a daemon runs at start-up. It is the only package that does; each
+// operation is recorded in the store step by step before the step's side effect,
+// so a daemon killed at any point can finish or undo it on restart.
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vmm"
+	"golang.org/x/crypto/ssh"
+)
+
+// Network is what the lifecycle needs of the host network (internal/network).
+type Network interface {
+	AddVM(ctx context.Context, tap string, ip netip.Addr) error
+	RemoveVM(ctx context.Context, tap string, ip netip.Addr) error
+	TapNames() ([]string, error)
+}
+
+// Image names the files every VM boots from.
+type Image struct {
+	Kernel, Initrd, Rootfs string
+}
+
+// Config is what a Manager is built from.
+type Config struct {
+	DataDir     string
+	Image       Image
+	Driver      vmm.Driver
+	Network     Network
+	Subnet      netip.Prefix
+	Store       *store.Store
+	Key         ssh.Signer    // the daemon's key, authorized in every VM
+	BootTimeout time.Duration // create/start: from hypervisor start to SSH ready
+	StopTimeout time.Duration // graceful stop before the hypervisor is killed
+	Log         *slog.Logger
+}
+
+// Manager runs VM lifecycles.
+type Manager struct {
+	cfg  Config
+	pool store.Pool
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	busy      map[string]string        // vm name -> operation in progress
+	instances map[string]vmm.Instance // vm id -> running hypervisor
+}
+
+// Errors the API maps to status codes.
+var (
+	ErrBusy     = errors.New("vm is busy")
+	ErrBadState = errors.New("vm is not in a state for this")
+	ErrInvalid  = errors.New("invalid request")
+)
+
+// invalidError is a bad request whose message stands alone; errors.Is matches
+// it to ErrInvalid.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+
+// New makes a Manager; call Reconcile before serving requests.
+func New(cfg Config) (*Manager, error) {
+	pool, err := store.PoolFor(cfg.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 2 * time.Minute
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Manager{cfg: cfg, pool: pool, log: cfg.Log,
+		busy: map[string]string{}, instances: map[string]vmm.Instance{}}, nil
+}
+
+// Pool is the address range VMs are leased from.
+func (m *Manager) Pool() store.Pool { return m.pool }
+
+// begin marks a VM busy with op; a second operation on it gets ErrBusy.
+func (m *Manager) begin(name, op string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.busy[name]; ok {
+		return fmt.Errorf("%w: vm %q is %s", ErrBusy, name, cur)
+	}
+	m.busy[name] = op
+	return nil
+}
+
+func (m *Manager) end(name string) {
+	m.mu.Lock()
+	delete(m.busy, name)
+	m.mu.Unlock()
+}
+
+func (m *Manager) instance(id string) vmm.Instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.instances[id]
+}
+
+func (m *Manager) setInstance(id string, inst vmm.Instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if inst == nil {
+		delete(m.instances, id)
+	} else {
+		m.instances[id] = inst
+	}
+}
+
+// dir is a VM's directory; ids are validated before they get here.
+func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.DataDir, "vms", id) }
+
+// spec is the hypervisor's view of a VM.
+func (m *Manager) spec(vm *store.VM) vmm.Spec {
+	return vmm.Spec{
+		ID: vm.ID, Dir: m.dir(vm.ID),
+		Kernel: m.cfg.Image.Kernel, Initrd: m.cfg.Image.Initrd,
+		BootArgs:  bootArgs(vm, m.cfg.Subnet),
+		RootDrive: filepath.Join(m.dir(vm.ID), "rootfs.img"),
+		TapDevice: vm.Tap, MAC: vm.MAC,
+		VCPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+	}
+}
+
+// Progress reports a step of a long operation to whoever asked for it.
+type Progress func(step, message string)
+
+func noProgress(string, string) {}
+
+// ToAPI converts a stored VM to its wire form.
+func ToAPI(vm *store.VM) api.VM {
+	return api.VM{
+		Name: vm.Name, ID: vm.ID, State: vm.State, Reason: vm.Reason, IP: vm.IP, MAC: vm.MAC,
+		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Port: vm.Port,
+		URL:        fmt.Sprintf("http://%s:%d", vm.IP, vm.Port),
+		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
+	}
+}
