@@ -95,10 +95,17 @@ func (s *Server) logged(h http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: 200}
 		h.ServeHTTP(sw, r)
-		if s.Log != nil && r.URL.Path != "/health" {
-			s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(start).Round(time.Millisecond))
+		if r.URL.Path != "/health" {
+			s.logger().Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(start).Round(time.Millisecond))
 		}
 	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -233,7 +240,7 @@ func (st *stream) finish(s *Server, v *store.VM, err error, okStatus int) {
 	if err != nil {
 		status, code := classify(err)
 		if status >= 500 {
-			s.Log.Error("request failed", "err", err)
+			s.logger().Error("request failed", "err", err)
 		}
 		st.send(api.Event{Error: &api.Error{Message: err.Error(), Code: code}})
 		return
@@ -259,8 +266,8 @@ func classify(err error) (int, string) {
 
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	status, code := classify(err)
-	if status >= 500 && s.Log != nil {
-		s.Log.Error("request failed", "err", err)
+	if status >= 500 {
+		s.logger().Error("request failed", "err", err)
 	}
 	writeError(w, status, code, err.Error())
 }
@@ -270,6 +277,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: data after the JSON object")
 		return false
 	}
 	return true

@@ -53,7 +53,7 @@ type Manager struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	busy      map[string]string        // vm name -> operation in progress
+	busy      map[string]string       // vm name -> operation in progress
 	instances map[string]vmm.Instance // vm id -> running hypervisor
 }
 

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDaemon_KillDuringCreate kills the daemon with SIGKILL at two points of a
+// create; after a restart the VM is either running or entirely gone.
+func TestDaemon_KillDuringCreate(t *testing.T) {
+	points := []struct {
+		name  string
+		ready func(dataDir string) bool
+	}{
+		{"while the disk is made", func(dataDir string) bool {
+			m, _ := filepath.Glob(filepath.Join(dataDir, "vms", "*"))
+			return len(m) > 0
+		}},
+		{"while the guest boots", func(dataDir string) bool { return hypervisorsOf(dataDir) != "" }},
+	}
+	for _, p := range points {
+		t.Run(p.name, func(t *testing.T) {
+			dataDir := t.TempDir()
+			cleanupVMs(t, dataDir)
+			d := startDaemon(t, dataDir)
+			work := t.TempDir()
+			create := exec.Command(os.Getenv("FCM_BIN"), "create", "--name", "crash1")
+			create.Dir = work
+			create.Env = append(os.Environ(), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token())
+			if err := create.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer create.Wait()
+			deadline := time.Now().Add(30 * time.Second)
+			for !p.ready(dataDir) {
+				if time.Now().After(deadline) {
+					t.Fatalf("create never reached the point:\n%s", d.log())
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			d.stop(syscall.SIGKILL)
+			create.Wait()
+
+			d = startDaemon(t, dataDir)
+			vms := d.vms(work)
+			if v, ok := vms["crash1"]; ok {
+				if v.State != "running" {
+					t.Fatalf("after restart crash1 is %s, want running or gone", v.State)
+				}
+				t.Logf("crash1 survived, running")
+				d.mustCLI(work, "destroy", "crash1")
+				return
+			}
+			t.Logf("crash1 rolled back")
+			if h := hypervisorsOf(dataDir); h != "" {
+				t.Errorf("hypervisor left: %s", h)
+			}
+			if entries, _ := os.ReadDir(filepath.Join(dataDir, "vms")); len(entries) != 0 {
+				t.Errorf("vm dirs left: %v", entries)
+			}
+			out, _ := exec.Command("ip", "-o", "link").Output()
+			if strings.Contains(string(out), "tap_") {
+				t.Errorf("taps left:\n%s", out)
+			}
+			if strings.Contains(nftElements(t), "172.20.0.") {
+				t.Errorf("nft elements left:\n%s", nftElements(t))
+			}
+			if !strings.Contains(d.log(), "resuming interrupted operation") {
+				t.Errorf("the restarted daemon did not report the interrupted create:\n%s", d.log())
+			}
+			// The name and address are free again.
+			if out := d.mustCLI(work, "create", "--name", "crash1"); !strings.Contains(out, "172.20.0.50") {
+				t.Errorf("re-create did not get the freed address:\n%s", out)
+			}
+			d.mustCLI(work, "destroy", "crash1")
+		})
+	}
+}
