@@ -36,7 +36,7 @@ func (f *fakeVMs) Start(ctx context.Context, name string, p vm.Progress) (*store
 	return f.start(ctx, name, p)
 }
 func (f *fakeVMs) Stop(ctx context.Context, name string) (*store.VM, error) { return f.stop(ctx, name) }
-func (f *fakeVMs) Destroy(ctx context.Context, name string) error          { return f.destroy(ctx, name) }
+func (f *fakeVMs) Destroy(ctx context.Context, name string) error           { return f.destroy(ctx, name) }
 
 type fixture struct {
 	srv    *httptest.Server

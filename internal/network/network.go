@@ -141,18 +141,23 @@ func (h *Host) AddVM(ctx context.Context, tap string, ip netip.Addr) error {
 
 // RemoveVM deletes the tap device tap and removes ip from the set of VM
 // addresses. A missing tap or address is not an error; an invalid (zero) ip
-// skips the set, for cleaning up a tap whose address is unknown.
+// skips the set, for cleaning up a tap whose address is unknown, and an empty
+// tap skips the link, for an element whose tap is unknown.
 func (h *Host) RemoveVM(ctx context.Context, tap string, ip netip.Addr) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := validIfName(tap); err != nil {
-		return fmt.Errorf("tap: %w", err)
+	if tap != "" {
+		if err := validIfName(tap); err != nil {
+			return fmt.Errorf("tap: %w", err)
+		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if err := deleteTap(tap); err != nil {
-		return err
+	if tap != "" {
+		if err := deleteTap(tap); err != nil {
+			return err
+		}
 	}
 	if !ip.IsValid() {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
@@ -93,6 +94,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	vm, err = m.build(ctx, vm, op, progress)
 	if err != nil {
 		m.log.Error("create failed; undoing", "name", vm.Name, "err", err)
+		if saved := m.keepConsole(vm); saved != "" {
+			err = fmt.Errorf("%w (guest console: %s)", err, saved)
+		}
 		if uerr := m.undoCreate(context.WithoutCancel(ctx), op); uerr != nil {
 			m.log.Error("undo create", "name", vm.Name, "err", uerr)
 		}
@@ -275,10 +279,28 @@ func (m *Manager) waitSSH(ctx context.Context, vm *store.VM) error {
 			if inst != nil && !inst.Running() {
 				cancel()
 				<-done
-				return errors.New("the hypervisor exited during boot (see console.log in the vm's directory)")
+				return errors.New("the hypervisor exited during boot")
 			}
 		}
 	}
+}
+
+// keepConsole moves a failed VM's console log out of its directory, which the
+// undo removes, and returns where it went ("" when there was none).
+func (m *Manager) keepConsole(vm *store.VM) string {
+	src := filepath.Join(m.dir(vm.ID), "console.log")
+	if _, err := os.Stat(src); err != nil {
+		return ""
+	}
+	logs := filepath.Join(m.cfg.DataDir, "logs")
+	if err := os.MkdirAll(logs, 0o700); err != nil {
+		return ""
+	}
+	dst := filepath.Join(logs, fmt.Sprintf("%s-%s-console.log", vm.Name, vm.ID))
+	if err := os.Rename(src, dst); err != nil {
+		return ""
+	}
+	return dst
 }
 
 func humanBytes(n int64) string {

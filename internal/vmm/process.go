@@ -68,9 +68,14 @@ func (p *Process) PID() int { return p.pid }
 
 // Running reports whether the process has not exited.
 func (p *Process) Running() bool {
-	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n == 0
+	for {
+		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue // Go's own preemption signals interrupt syscalls; not an exit
+		}
+		return err == nil && n == 0
+	}
 }
 
 // Signal sends sig to the process.
