@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fcmhost/fcm/internal/store"
 )
 
 // TestDaemon_KillDuringCreate kills the daemon with SIGKILL at two points of a
@@ -80,4 +83,48 @@ func TestDaemon_KillDuringCreate(t *testing.T) {
 			d.mustCLI(work, "destroy", "crash1")
 		})
 	}
+}
+
+// TestDaemon_RemovesLeaks: what a crash can leave outside the store (a tap, an
+// nft element, a VM directory, a lease) is removed when the daemon starts.
+func TestDaemon_RemovesLeaks(t *testing.T) {
+	dataDir := t.TempDir()
+	cleanupVMs(t, dataDir)
+	d := startDaemon(t, dataDir) // makes the bridge, table and store
+	d.stop(syscall.SIGTERM)
+
+	sh(t, "ip", "tuntap", "add", "dev", "tap_leak0001", "mode", "tap")
+	sh(t, "nft", "add", "element", "inet", "fcm", "vms", "{ 172.20.0.200 }")
+	leakedDir := filepath.Join(dataDir, "vms", "abcd1234")
+	if err := os.MkdirAll(leakedDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _ := store.PoolFor(netip.MustParsePrefix(daemonSubnet))
+	st.Update(func(tx *store.Tx) error { _, err := tx.Lease("abcd1234", pool); return err })
+	st.Close()
+
+	d = startDaemon(t, dataDir)
+	if tapExists("tap_leak0001") {
+		t.Error("leaked tap not removed")
+	}
+	if strings.Contains(nftElements(t), "172.20.0.200") {
+		t.Error("leaked nft element not removed")
+	}
+	if _, err := os.Stat(leakedDir); !os.IsNotExist(err) {
+		t.Error("leaked vm directory not removed")
+	}
+	for _, what := range []string{"leaked tap", "leaked nft element", "leaked lease", "leaked vm directory"} {
+		if !strings.Contains(d.log(), what) {
+			t.Errorf("the daemon log does not report a %s:\n%s", what, d.log())
+		}
+	}
+	// The leaked lease's address is the first one handed out again.
+	if out := d.mustCLI(t.TempDir(), "create", "--name", "after-leak"); !strings.Contains(out, "IP:  172.20.0.50") {
+		t.Errorf("create after the leak cleanup:\n%s", out)
+	}
+	d.mustCLI(t.TempDir(), "destroy", "after-leak")
 }
