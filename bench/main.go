@@ -15,7 +15,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk or boot")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api or create")
 	runs := flag.Int("runs", 5, "boots to time")
 	flag.Parse()
 	if netns.Current() == "" {
@@ -38,6 +38,22 @@ func main() {
 		fmt.Println("== boot to SSH, power-off, memory (QEMU, 1 vCPU, 512 MiB)")
 		if err := runBootBench(ctx, os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: boot: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "api" {
+		fmt.Println("== API")
+		if err := runListBench(os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: api: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "create" {
+		fmt.Println("== create")
+		if err := runCreateBench(os.Stdout, *runs); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: create: %v\n", err)
 			os.Exit(1)
 		}
 	}

@@ -226,7 +226,11 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	progress("boot", fmt.Sprintf("%s started (pid %d) in %s", m.cfg.Driver.Name(), inst.PID(), time.Since(t).Round(time.Millisecond)))
 
 	t = time.Now()
-	if err := m.waitSSH(ctx, vm); err != nil {
+	ready := m.waitSSH
+	if m.cfg.Ready != nil {
+		ready = m.cfg.Ready
+	}
+	if err := ready(ctx, vm); err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
 	}
 	progress("ssh", fmt.Sprintf("SSH ready in %s", time.Since(t).Round(time.Millisecond)))

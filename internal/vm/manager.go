@@ -44,6 +44,9 @@ type Config struct {
 	BootTimeout time.Duration // create/start: from hypervisor start to SSH ready
 	StopTimeout time.Duration // graceful stop before the hypervisor is killed
 	Log         *slog.Logger
+	// Ready waits until a booted VM is usable; default: its SSH answers with the
+	// pinned host key. Benchmarks of the daemon's own overhead replace it.
+	Ready func(ctx context.Context, vm *store.VM) error
 }
 
 // Manager runs VM lifecycles.

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/network"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
+	"github.com/fcmhost/fcm/internal/vmm"
+	"github.com/fcmhost/fcm/internal/vmm/qemu"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	slices.Sort(d)
+	return d[int(float64(len(d)-1)*p)]
+}
+
+// runListBench times GET /v1/vms over HTTP with 1,000 VM records in the store.
+func runListBench(w io.Writer) error {
+	dir, err := os.MkdirTemp("", "fcm-bench-api-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st, err := store.Open(filepath.Join(dir, "fcm.db"), time.Second)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	secret := store.NewSecret()
+	err = st.Update(func(tx *store.Tx) error {
+		if err := tx.PutToken(secret, &store.Token{ID: "admin", Admin: true}); err != nil {
+			return err
+		}
+		for i := 0; i < 1000; i++ {
+			v := &store.VM{ID: fmt.Sprintf("v%07d", i), Name: fmt.Sprintf("vm-%04d", i), Owner: "admin",
+				State: "running", IP: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), CPUs: 1, MemoryMiB: 1024,
+				DiskBytes: 2 << 30, Port: 3000, Hypervisor: "qemu", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0Xyz fcm"}
+			if err := tx.InsertVM(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	srv := httptest.NewServer((&daemon.Server{Store: st, Log: quiet}).Handler())
+	defer srv.Close()
+	var lat []time.Duration
+	var size int64
+	for i := 0; i < 520; i++ {
+		req, _ := http.NewRequest("GET", srv.URL+"/v1/vms", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		t := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		size, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if i >= 20 { // warm-up
+			lat = append(lat, time.Since(t))
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "REQUEST\tVMS\tRESPONSE\tP50\tP99\tN\n")
+	fmt.Fprintf(tw, "GET /v1/vms\t1000\t%d KiB\t%s\t%s\t%d\n", size>>10,
+		percentile(lat, 0.5).Round(10*time.Microsecond), percentile(lat, 0.99).Round(10*time.Microsecond), len(lat))
+	return tw.Flush()
+}
+
+// benchManager makes a Manager on a bridge of the bench's own, in its namespace.
+func benchManager(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error) (*vm.Manager, error) {
+	imageDir := os.Getenv("FCM_TEST_IMAGE")
+	if imageDir == "" {
+		imageDir = "/var/cache/fcm/test-image"
+	}
+	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
+	if err != nil {
+		return nil, err
+	}
+	subnet := netip.MustParsePrefix("172.21.0.0/24")
+	hostNet, err := network.Setup(context.Background(), network.Config{Bridge: "fcmb0", Subnet: subnet, ProtectPorts: []uint16{22}})
+	if err != nil {
+		return nil, err
+	}
+	key, err := guest.LoadOrCreateKey(filepath.Join(dataDir, "id_ed25519"))
+	if err != nil {
+		return nil, err
+	}
+	return vm.New(vm.Config{
+		DataDir: dataDir, Driver: driver, Network: hostNet, Subnet: subnet, Store: st, Key: key, Log: quiet, Ready: ready,
+		Image: vm.Image{Kernel: filepath.Join(imageDir, image.KernelFile), Initrd: filepath.Join(imageDir, image.InitrdFile),
+			Rootfs: filepath.Join(imageDir, image.RootfsFile)},
+	})
+}
+
+// runCreateBench times each step of create with the real QEMU driver, and 20
+// parallel creates with a driver that boots nothing (the daemon's own overhead).
+func runCreateBench(w io.Writer, runs int) error {
+	ctx := context.Background()
+	dataDir, err := os.MkdirTemp("", "fcm-bench-create-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	d, err := qemu.New(qemu.Options{Logger: quiet})
+	if err != nil {
+		return err
+	}
+	m, err := benchManager(dataDir, d, nil)
+	if err != nil {
+		return err
+	}
+	steps := map[string][]time.Duration{}
+	var order []string
+	for i := 0; i < runs; i++ {
+		last := time.Now()
+		v, err := m.Create(ctx, "bench", api.CreateVMRequest{MemoryMiB: 512}, func(step, _ string) {
+			if _, ok := steps[step]; !ok {
+				order = append(order, step)
+			}
+			steps[step] = append(steps[step], time.Since(last))
+			last = time.Now()
+		})
+		if err != nil {
+			return err
+		}
+		if err := m.Destroy(ctx, v.Name); err != nil {
+			return err
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "CREATE STEP (qemu, %s)\tMEDIAN\tMAX\n", d.Accel())
+	var overhead time.Duration
+	for _, s := range order {
+		med := percentile(steps[s], 0.5)
+		if s != "ssh" {
+			overhead += med
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s, med.Round(time.Millisecond), percentile(steps[s], 1).Round(time.Millisecond))
+	}
+	fmt.Fprintf(tw, "overhead without the guest's boot (all but ssh)\t%s\t\n", overhead.Round(time.Millisecond))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	// 20 at once through a driver that boots nothing.
+	dataDir2, err := os.MkdirTemp("", "fcm-bench-parallel-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir2)
+	m2, err := benchManager(dataDir2, noBoot{}, func(context.Context, *store.VM) error { return nil })
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	names, ips := map[string]bool{}, map[string]bool{}
+	var errs []error
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := m2.Create(ctx, "bench", api.CreateVMRequest{}, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			names[v.Name], ips[v.IP] = true, true
+		}()
+	}
+	wg.Wait()
+	total := time.Since(start)
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	for n := range names {
+		m2.Destroy(ctx, n)
+	}
+	fmt.Fprintf(w, "\n20 parallel creates, no-boot driver: %s total, %d distinct names, %d distinct addresses\n",
+		total.Round(time.Millisecond), len(names), len(ips))
+	return nil
+}
