@@ -23,7 +23,8 @@ func (noBoot) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("sleep", "3600", spec.Dir) // the dir in argv marks the process as this VM's
+	cmd := exec.Command("sleep", "3600")
+	cmd.Args[0] = "noboot:" + spec.Dir // argv[0] names the VM's dir, as Adopt checks
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, err
