@@ -27,9 +27,23 @@ const (
 	machineType = "microvm,acpi=on,pit=on,pic=on,rtc=on"
 )
 
-// args builds QEMU's command line for spec. tscKHz is the host TSC rate, needed
-// under TCG where the microvm machine has no timer to calibrate the TSC against.
+// args builds the driver's QEMU command line for spec: the machine, plus a
+// serial log, QMP socket and pid file in the VM's directory, daemonized.
 func args(spec vmm.Spec, accel Accel, tscKHz int) []string {
+	return append(MachineArgs(spec, accel, tscKHz),
+		"-chardev", "file,id=console,path="+escapeOpt(filepath.Join(spec.Dir, ConsoleLog))+",append=on",
+		"-serial", "chardev:console",
+		"-qmp", "unix:"+escapeOpt(filepath.Join(spec.Dir, QMPSocket))+",server=on,wait=off",
+		"-pidfile", filepath.Join(spec.Dir, PIDFile),
+		"-daemonize",
+	)
+}
+
+// MachineArgs is the part of QEMU's command line that describes the machine of
+// spec (CPU, memory, kernel, disk, network, devices), without console or control
+// sockets. tscKHz is the host TSC rate, needed under TCG where the microvm machine
+// has no timer to calibrate the TSC against.
+func MachineArgs(spec vmm.Spec, accel Accel, tscKHz int) []string {
 	bootArgs := spec.BootArgs
 	if accel == TCG && tscKHz > 0 && !strings.Contains(bootArgs, "tsc_early_khz=") {
 		bootArgs += fmt.Sprintf(" tsc_early_khz=%d", tscKHz)
@@ -68,11 +82,6 @@ func args(spec vmm.Spec, accel Accel, tscKHz int) []string {
 		"-device", "virtio-rng-device",
 		// An i8042 so Ctrl-Alt-Del reaches the guest as on Firecracker.
 		"-device", "i8042",
-		"-chardev", "file,id=console,path="+escapeOpt(filepath.Join(spec.Dir, ConsoleLog))+",append=on",
-		"-serial", "chardev:console",
-		"-qmp", "unix:"+escapeOpt(filepath.Join(spec.Dir, QMPSocket))+",server=on,wait=off",
-		"-pidfile", filepath.Join(spec.Dir, PIDFile),
-		"-daemonize",
 	)
 	return a
 }

@@ -9,6 +9,12 @@ import (
 	"time"
 )
 
+// QMP runs one command on a QMP socket and decodes its result into result (nil
+// to ignore it).
+func QMP(ctx context.Context, socket, command string, arguments, result any) error {
+	return qmp(ctx, socket, command, arguments, result)
+}
+
 // qmp runs one command on a VM's QMP socket: connect, read the greeting,
 // negotiate capabilities, execute, and return the "return" value. A connection
 // per command keeps no state between calls (QMP serves one client at a time).
