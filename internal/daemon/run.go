@@ -22,7 +22,8 @@ import (
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/fcmhost/fcm/internal/vmm"
-	_ "github.com/fcmhost/fcm/internal/vmm/qemu" // registers the qemu driver
+	_ "github.com/fcmhost/fcm/internal/vmm/firecracker" // registers the firecracker driver
+	"github.com/fcmhost/fcm/internal/vmm/qemu"
 )
 
 // Options are the daemon's flags.
@@ -198,11 +199,10 @@ func openDriver(name string) (vmm.Driver, string, error) {
 	if name == "auto" || name == "" {
 		name, why = "qemu", "auto: no firecracker binary on PATH"
 		if _, err := exec.LookPath("firecracker"); err == nil {
-			if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-				f.Close()
-				name, why = "firecracker", "auto: firecracker on PATH and /dev/kvm usable"
+			if accel, reason := qemu.ProbeAccel(); accel == qemu.KVM {
+				name, why = "firecracker", "auto: firecracker on PATH and KVM usable ("+reason+")"
 			} else {
-				why = "auto: firecracker found but /dev/kvm is not usable"
+				why = "auto: firecracker found but KVM is not usable: " + reason
 			}
 		}
 	}

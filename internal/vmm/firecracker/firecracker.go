@@ -1,0 +1,253 @@
+// Package firecracker is the vmm driver for Firecracker: it starts the
+// firecracker binary on a unix socket in the VM's directory and configures the
+// microVM through Firecracker's HTTP API (boot source, root drive, machine
+// config, eth0, InstanceStart), written here over net/http. Graceful stop is
+// SendCtrlAltDel; a VM still running after the deadline is killed. An optional
+// jailer mode runs firecracker through Firecracker's jailer.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/vmm"
+)
+
+func init() {
+	vmm.Register("firecracker", func() (vmm.Driver, error) { return New(Options{}) })
+}
+
+// Files inside the VM directory.
+const (
+	SocketFile  = "firecracker.socket"
+	PIDFile     = "firecracker.pid"
+	ConsoleLog  = "console.log" // firecracker's stdout: the guest's serial console
+	socketWait  = 5 * time.Second
+	defaultBase = "/srv/jailer"
+)
+
+// Options configure the driver.
+type Options struct {
+	Binary string       // default firecracker from PATH
+	Jailer *Jailer      // run through the jailer when set
+	Logger *slog.Logger // default slog.Default()
+}
+
+// Driver boots VMs with Firecracker.
+type Driver struct {
+	binary string
+	jailer *Jailer
+	log    *slog.Logger
+}
+
+var _ vmm.Driver = (*Driver)(nil)
+
+// New finds the firecracker binary.
+func New(opts Options) (*Driver, error) {
+	d := &Driver{binary: opts.Binary, jailer: opts.Jailer, log: opts.Logger}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	if d.binary == "" {
+		d.binary = "firecracker"
+	}
+	path, err := exec.LookPath(d.binary)
+	if err != nil {
+		return nil, fmt.Errorf("firecracker driver: %s not found (see the README's Firecracker section): %w", d.binary, err)
+	}
+	d.binary = path
+	out, err := exec.Command(path, "--version").Output()
+	version := string(out)
+	if err != nil {
+		version = "unknown (" + err.Error() + ")"
+	}
+	d.log.Info("firecracker driver ready", "binary", path, "version", trimLine(version), "jailer", d.jailer != nil)
+	return d, nil
+}
+
+func trimLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+// Name implements vmm.Driver.
+func (d *Driver) Name() string { return "firecracker" }
+
+// Command returns the program and arguments Start runs for spec.
+func (d *Driver) Command(spec vmm.Spec) (string, []string) {
+	sock := filepath.Join(spec.Dir, SocketFile)
+	if d.jailer != nil {
+		return d.jailer.Binary, d.jailer.Args(d.binary, spec.ID)
+	}
+	return d.binary, []string{"--api-sock", sock, "--id", spec.ID}
+}
+
+// Start implements vmm.Driver: start firecracker, wait for its socket, then
+// configure and start the microVM. On error the process is killed and its socket
+// and pid file removed.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if d.jailer != nil {
+		return nil, errors.New("firecracker driver: jailer mode needs the kernel, initrd, disk and tap inside the chroot; not supported by Start yet")
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+	}
+	if inst, err := d.Adopt(ctx, spec); err == nil {
+		pid := inst.PID()
+		inst.(*Instance).Close()
+		return nil, fmt.Errorf("vm %s: already running as pid %d", spec.ID, pid)
+	}
+	sock := filepath.Join(spec.Dir, SocketFile)
+	os.Remove(sock)
+	os.Remove(filepath.Join(spec.Dir, PIDFile))
+
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	bin, args := d.Command(spec)
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own session: a Ctrl-C on the daemon's terminal never reaches a VM.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("vm %s: start firecracker: %w", spec.ID, err)
+	}
+	pid := cmd.Process.Pid
+	proc, err := vmm.OpenProcess(pid, sock)
+	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: firecracker exited at once (see %s)", spec.ID, filepath.Join(spec.Dir, ConsoleLog))
+	}
+	inst := &Instance{Process: proc, api: newAPIClient(sock)}
+	fail := func(err error) (vmm.Instance, error) {
+		inst.Kill()
+		inst.Wait(context.Background())
+		inst.Close()
+		os.Remove(sock)
+		os.Remove(filepath.Join(spec.Dir, PIDFile))
+		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+	}
+	if err := os.WriteFile(filepath.Join(spec.Dir, PIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		return fail(err)
+	}
+	if err := waitSocket(ctx, sock, proc); err != nil {
+		return fail(err)
+	}
+	if err := configure(ctx, inst.api, spec); err != nil {
+		return fail(err)
+	}
+	d.log.Info("vm started", "id", spec.ID, "pid", pid, "hypervisor", "firecracker")
+	return inst, nil
+}
+
+// configure sends the microVM's configuration in the order Firecracker's
+// getting-started guide uses, then starts it.
+func configure(ctx context.Context, api *apiClient, spec vmm.Spec) error {
+	// boot_args replaces Firecracker's default command line entirely: spec's
+	// carries console=ttyS0 reboot=k panic=1 and the guest's ip= itself.
+	if err := api.do(ctx, "PUT", "/boot-source", bootSource{
+		KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: spec.BootArgs,
+	}, nil); err != nil {
+		return err
+	}
+	if err := api.do(ctx, "PUT", "/drives/rootfs", drive{
+		DriveID: "rootfs", PathOnHost: spec.RootDrive, IsRootDevice: true, IsReadOnly: false,
+	}, nil); err != nil {
+		return err
+	}
+	if err := api.do(ctx, "PUT", "/machine-config", machineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB}, nil); err != nil {
+		return err
+	}
+	if spec.TapDevice != "" {
+		if err := api.do(ctx, "PUT", "/network-interfaces/eth0", networkInterface{
+			IfaceID: "eth0", HostDevName: spec.TapDevice, GuestMAC: spec.MAC,
+		}, nil); err != nil {
+			return err
+		}
+	}
+	return api.do(ctx, "PUT", "/actions", action{ActionType: "InstanceStart"}, nil)
+}
+
+// waitSocket waits (bounded) until firecracker accepts connections on sock.
+func waitSocket(ctx context.Context, sock string, proc *vmm.Process) error {
+	deadline := time.Now().Add(socketWait)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return nil
+		}
+		if !proc.Running() {
+			return fmt.Errorf("firecracker exited before opening its API socket (see %s)", filepath.Join(filepath.Dir(sock), ConsoleLog))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("firecracker API socket %s did not appear within %s", sock, socketWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Adopt implements vmm.Driver: the pid file names the process, its command line
+// must name this VM's socket, and GET / must answer.
+func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	sock := filepath.Join(spec.Dir, SocketFile)
+	pid, err := vmm.ReadPIDFile(filepath.Join(spec.Dir, PIDFile))
+	if err != nil {
+		return nil, err
+	}
+	proc, err := vmm.OpenProcess(pid, sock)
+	if err != nil {
+		return nil, err
+	}
+	inst := &Instance{Process: proc, api: newAPIClient(sock)}
+	if _, err := inst.Info(ctx); err != nil {
+		proc.Close()
+		return nil, fmt.Errorf("pid %d does not answer on %s: %w", pid, sock, err)
+	}
+	return inst, nil
+}
+
+// Instance is a running Firecracker.
+type Instance struct {
+	*vmm.Process
+	api *apiClient
+}
+
+var _ vmm.Instance = (*Instance)(nil)
+
+// Shutdown sends Ctrl-Alt-Del; the guest init stops, syncs and reboots, and with
+// reboot=k the reboot ends the Firecracker process.
+func (i *Instance) Shutdown(ctx context.Context) error {
+	return i.api.do(ctx, "PUT", "/actions", action{ActionType: "SendCtrlAltDel"}, nil)
+}
+
+// Info returns GET /.
+func (i *Instance) Info(ctx context.Context) (*InstanceInfo, error) {
+	var info InstanceInfo
+	return &info, i.api.do(ctx, "GET", "/", nil, &info)
+}
+
+// Kill implements vmm.Instance.
+func (i *Instance) Kill() error { return i.Signal(syscall.SIGKILL) }
