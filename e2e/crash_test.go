@@ -16,6 +16,12 @@ import (
 // TestDaemon_KillDuringCreate kills the daemon with SIGKILL at two points of a
 // create; after a restart the VM is either running or entirely gone.
 func TestDaemon_KillDuringCreate(t *testing.T) {
+	for _, hv := range hypervisors {
+		t.Run(hv, func(t *testing.T) { testKillDuringCreate(t, hv) })
+	}
+}
+
+func testKillDuringCreate(t *testing.T, hv string) {
 	points := []struct {
 		name  string
 		ready func(dataDir string) bool
@@ -30,7 +36,7 @@ func TestDaemon_KillDuringCreate(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			dataDir := t.TempDir()
 			cleanupVMs(t, dataDir)
-			d := startDaemon(t, dataDir)
+			d := startDaemonHV(t, hv, dataDir)
 			work := t.TempDir()
 			create := exec.Command(os.Getenv("FCM_BIN"), "create", "--name", "crash1")
 			create.Dir = work
@@ -49,7 +55,7 @@ func TestDaemon_KillDuringCreate(t *testing.T) {
 			d.stop(syscall.SIGKILL)
 			create.Wait()
 
-			d = startDaemon(t, dataDir)
+			d = startDaemonHV(t, hv, dataDir)
 			vms := d.vms(work)
 			if v, ok := vms["crash1"]; ok {
 				if v.State != "running" {

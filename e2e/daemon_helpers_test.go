@@ -33,21 +33,33 @@ type daemonProc struct {
 	logPath string
 }
 
-// startDaemon runs `fcm daemon` on dataDir and waits for /health.
-func startDaemon(t *testing.T, dataDir string, extra ...string) *daemonProc {
+// hypervisors are the drivers the daemon tests run with: QEMU, and Firecracker
+// through the spec-checking stand-in (built by TestMain, put on PATH as
+// "firecracker" for the daemon only).
+var hypervisors = []string{"qemu", "firecracker"}
+
+// startDaemon runs `fcm daemon` with the qemu driver.
+func startDaemon(t *testing.T, dataDir string) *daemonProc {
+	return startDaemonHV(t, "qemu", dataDir)
+}
+
+// startDaemonHV runs `fcm daemon --hypervisor hv` on dataDir and waits for /health.
+func startDaemonHV(t *testing.T, hv, dataDir string) *daemonProc {
 	t.Helper()
 	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(dataDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
-	args := append([]string{"daemon", "--data-dir", dataDir, "--listen", daemonListen,
+	args := []string{"daemon", "--data-dir", dataDir, "--listen", daemonListen, "--hypervisor", hv,
 		"--bridge", daemonBridge, "--subnet", daemonSubnet,
 		"--kernel", filepath.Join(imageDir, image.KernelFile),
 		"--initrd", filepath.Join(imageDir, image.InitrdFile),
-		"--rootfs", filepath.Join(imageDir, image.RootfsFile)}, extra...)
+		"--rootfs", filepath.Join(imageDir, image.RootfsFile)}
 	logf, err := os.Create(d.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.cmd = exec.Command(os.Getenv("FCM_BIN"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	d.cmd.Env = append(os.Environ(), "PATH="+standinDir+":"+os.Getenv("PATH"),
+		"FCM_STANDIN_RECORD="+filepath.Join(dataDir, "firecracker-requests.jsonl"))
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

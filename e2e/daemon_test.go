@@ -18,9 +18,15 @@ import (
 // SSH, stop, start, a daemon restart under a running VM, destroy, and checks
 // that nothing of the VM is left.
 func TestDaemon_Lifecycle(t *testing.T) {
+	for _, hv := range hypervisors {
+		t.Run(hv, func(t *testing.T) { testLifecycle(t, hv) })
+	}
+}
+
+func testLifecycle(t *testing.T, hv string) {
 	dataDir := t.TempDir()
 	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
+	d := startDaemonHV(t, hv, dataDir)
 	if !strings.Contains(d.log(), "Admin token written to "+filepath.Join(dataDir, ".token")) {
 		t.Errorf("first run does not say where the token is:\n%s", d.log())
 	}
@@ -100,7 +106,7 @@ func TestDaemon_Lifecycle(t *testing.T) {
 	if err := syscall.Kill(vm.PID, 0); err != nil {
 		t.Fatalf("the VM died with the daemon: %v", err)
 	}
-	d = startDaemon(t, dataDir)
+	d = startDaemonHV(t, hv, dataDir)
 	if v := d.vms(work)["web1"]; v.State != "running" || v.PID != vm.PID {
 		t.Errorf("after daemon restart: state %s pid %d, want running pid %d", v.State, v.PID, vm.PID)
 	}
@@ -126,6 +132,9 @@ func TestDaemon_Lifecycle(t *testing.T) {
 	}
 	if h := hypervisorsOf(dataDir); h != "" {
 		t.Errorf("hypervisor left: %s", h)
+	}
+	if hv == "firecracker" {
+		checkContract(t, dataDir)
 	}
 	d.stop(syscall.SIGTERM)
 	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)

@@ -45,6 +45,12 @@ func TestMain(m *testing.M) {
 			os.Setenv("FCM_BIN", bin)
 			os.Setenv("FCM_BIN_ADHOC", "1")
 		}
+		dir, err := buildStandin()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			os.Exit(1)
+		}
+		os.Setenv("FCM_STANDIN_DIR", dir)
 		if err := checkImages(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.Exit(1)
@@ -56,9 +62,27 @@ func TestMain(m *testing.M) {
 		if os.Getenv("FCM_BIN_ADHOC") != "" {
 			os.RemoveAll(filepath.Dir(os.Getenv("FCM_BIN")))
 		}
+		os.RemoveAll(dir)
 		os.Exit(code)
 	}
 	os.Exit(m.Run())
+}
+
+// standinDir holds the Firecracker stand-in, named firecracker.
+var standinDir = os.Getenv("FCM_STANDIN_DIR")
+
+// buildStandin builds the test-only Firecracker stand-in as <dir>/firecracker.
+func buildStandin() (string, error) {
+	dir, err := os.MkdirTemp("", "fcm-e2e-standin-")
+	if err != nil {
+		return "", err
+	}
+	os.Chmod(dir, 0o755)
+	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "firecracker"), "github.com/fcmhost/fcm/internal/vmm/firecracker/standin").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build the firecracker stand-in: %v: %s", err, out)
+	}
+	return dir, nil
 }
 
 // buildFCM builds the fcm binary when the caller (make test) did not give one.

@@ -13,10 +13,16 @@ import (
 // TestDaemon_ParallelCreates: 20 creates at once get 20 distinct names and
 // addresses, all running; 20 destroys at once leave nothing.
 func TestDaemon_ParallelCreates(t *testing.T) {
+	for _, hv := range hypervisors {
+		t.Run(hv, func(t *testing.T) { testParallelCreates(t, hv) })
+	}
+}
+
+func testParallelCreates(t *testing.T, hv string) {
 	const n = 20
 	dataDir := t.TempDir()
 	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
+	d := startDaemonHV(t, hv, dataDir)
 	work := t.TempDir()
 
 	created := regexp.MustCompile(`VM created: (\S+)\n\s+IP:\s+(\S+)`)
