@@ -34,7 +34,7 @@ func testKillDuringCreate(t *testing.T, hv string) {
 	}
 	for _, p := range points {
 		t.Run(p.name, func(t *testing.T) {
-			dataDir := t.TempDir()
+			dataDir := shortTempDir(t)
 			cleanupVMs(t, dataDir)
 			d := startDaemonHV(t, hv, dataDir)
 			work := t.TempDir()
@@ -94,7 +94,7 @@ func testKillDuringCreate(t *testing.T, hv string) {
 // TestDaemon_RemovesLeaks: what a crash can leave outside the store (a tap, an
 // nft element, a VM directory, a lease) is removed when the daemon starts.
 func TestDaemon_RemovesLeaks(t *testing.T) {
-	dataDir := t.TempDir()
+	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemon(t, dataDir) // makes the bridge, table and store
 	d.stop(syscall.SIGTERM)

@@ -137,7 +137,7 @@ func (d *daemonProc) mustCLI(dir string, args ...string) string {
 	d.t.Helper()
 	out, code := d.cli(dir, args...)
 	if code != 0 {
-		d.t.Fatalf("fcm %v: exit %d:\n%s\ndaemon log:\n%s", args, code, out, d.log())
+		d.t.Fatalf("fcm %v: exit %d:\n%s%s\ndaemon log:\n%s", args, code, out, consoleOf(out), d.log())
 	}
 	return out
 }
@@ -191,4 +191,17 @@ func nftElements(t *testing.T) string {
 
 func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// shortTempDir is a temporary data dir with a short path: t.TempDir's names
+// carry the test's name, and VM sockets under a data dir must fit a unix socket
+// path (the daemon refuses a data dir that is too long).
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fcm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

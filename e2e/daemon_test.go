@@ -24,7 +24,7 @@ func TestDaemon_Lifecycle(t *testing.T) {
 }
 
 func testLifecycle(t *testing.T, hv string) {
-	dataDir := t.TempDir()
+	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemonHV(t, hv, dataDir)
 	if !strings.Contains(d.log(), "Admin token written to "+filepath.Join(dataDir, ".token")) {
@@ -155,7 +155,7 @@ func testLifecycle(t *testing.T, hv string) {
 
 // TestDaemon_BadInput checks what a user sees for mistakes: one line, non-zero exit.
 func TestDaemon_BadInput(t *testing.T) {
-	dataDir := t.TempDir()
+	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemon(t, dataDir)
 	work := t.TempDir()
@@ -200,7 +200,7 @@ func TestDaemon_BadInput(t *testing.T) {
 // TestDaemon_Refusals: a second daemon on the same data dir, a missing image,
 // and a user who is not root are refused with a clear message.
 func TestDaemon_Refusals(t *testing.T) {
-	dataDir := t.TempDir()
+	dataDir := shortTempDir(t)
 	d := startDaemon(t, dataDir)
 	_ = d
 	out, code := runFCM(t, t.TempDir(), nil, "daemon", "--data-dir", dataDir, "--listen", "127.0.0.1:17778",
@@ -213,6 +213,14 @@ func TestDaemon_Refusals(t *testing.T) {
 	out, code = runFCM(t, t.TempDir(), nil, "daemon", "--data-dir", empty, "--listen", "127.0.0.1:17779")
 	if code == 0 || !strings.Contains(out, "fcm image build") || !strings.Contains(out, filepath.Join(empty, "vmlinux.bin")) {
 		t.Errorf("missing image: exit %d, %q", code, out)
+	}
+	long := filepath.Join(empty, strings.Repeat("x", 80))
+	out, code = runFCM(t, t.TempDir(), nil, "daemon", "--data-dir", long)
+	if code == 0 || !strings.Contains(out, "is too long") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("long data dir: exit %d, %q", code, out)
+	}
+	if _, err := os.Stat(long); !os.IsNotExist(err) {
+		t.Error("the refused data dir was created")
 	}
 	out, code = fcm(t, 65534, "daemon", "--data-dir", empty)
 	if code == 0 || !strings.Contains(out, "needs root") {

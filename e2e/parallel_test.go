@@ -20,7 +20,7 @@ func TestDaemon_ParallelCreates(t *testing.T) {
 
 func testParallelCreates(t *testing.T, hv string) {
 	const n = 20
-	dataDir := t.TempDir()
+	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemonHV(t, hv, dataDir)
 	work := t.TempDir()

@@ -62,6 +62,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	if d := filepath.Join(o.DataDir, "vms", "12345678"); len(d) > vmm.MaxDirLen {
+		return fmt.Errorf("--data-dir %s is too long: VM directories under it (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
+	}
 	img := vm.Image{
 		Kernel: pick(o.Kernel, filepath.Join(o.DataDir, image.KernelFile)),
 		Initrd: pick(o.Initrd, filepath.Join(o.DataDir, image.InitrdFile)),

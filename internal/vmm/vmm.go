@@ -30,6 +30,10 @@ type Spec struct {
 	MemoryMiB int
 }
 
+// MaxDirLen is the longest VM directory a driver accepts: control sockets live
+// there, and a unix socket path has at most 107 bytes.
+const MaxDirLen = 80
+
 var (
 	idPattern  = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
 	tapPattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
@@ -45,6 +49,9 @@ func (s Spec) Validate() error {
 		if p == "" || !filepath.IsAbs(p) {
 			return fmt.Errorf("vm %s: %s path %q must be absolute", s.ID, name, p)
 		}
+	}
+	if len(s.Dir) > MaxDirLen {
+		return fmt.Errorf("vm %s: directory %s is %d bytes long; at most %d fit a unix socket path", s.ID, s.Dir, len(s.Dir), MaxDirLen)
 	}
 	if s.Initrd != "" && !filepath.IsAbs(s.Initrd) {
 		return fmt.Errorf("vm %s: initrd path %q must be absolute", s.ID, s.Initrd)

@@ -20,6 +20,7 @@ func TestSpec_Validate(t *testing.T) {
 		{"relative initrd", func(s *Spec) { s.Initrd = "initrd.img" }, "initrd path"},
 		{"tap name too long", func(s *Spec) { s.TapDevice = "tap_0123456789abc" }, "tap device"},
 		{"tap with a comma", func(s *Spec) { s.TapDevice = "tap,x" }, "tap device"},
+		{"dir too long for a socket", func(s *Spec) { s.Dir = "/" + strings.Repeat("d", 80) }, "unix socket"},
 		{"bad mac", func(s *Spec) { s.MAC = "nope" }, "invalid MAC"},
 		{"no vcpus", func(s *Spec) { s.VCPUs = 0 }, "vcpus"},
 		{"too little memory", func(s *Spec) { s.MemoryMiB = 64 }, "memory"},
