@@ -97,3 +97,21 @@ type Health struct {
 	Version    string `json:"version"`
 	Hypervisor string `json:"hypervisor"`
 }
+
+// Session is a persistent console session: a tmux session in a VM.
+type Session struct {
+	ID       string    `json:"id"`
+	VM       string    `json:"vm"`
+	Created  time.Time `json:"created"`
+	Attached int       `json:"attached"`
+}
+
+// ListSessionsResponse is the body of GET /v1/sessions and GET /v1/vms/{name}/sessions.
+type ListSessionsResponse struct {
+	Sessions []Session `json:"sessions"`
+}
+
+// CreateSessionRequest is the optional body of POST /v1/vms/{name}/sessions.
+type CreateSessionRequest struct {
+	ID string `json:"id,omitempty"` // default: the next free nature word
+}

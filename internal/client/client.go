@@ -212,3 +212,24 @@ func (c *Client) streamed(ctx context.Context, method, path string, body any, on
 	}
 	return nil, &UnreachableError{Host: c.Host, Err: errors.New("the daemon closed the connection before the operation finished (see 'fcm ls')")}
 }
+
+// ListSessions lists console sessions: of one VM, or of every VM when vm is "".
+func (c *Client) ListSessions(ctx context.Context, vm string) ([]api.Session, error) {
+	path := "/v1/sessions"
+	if vm != "" {
+		path = "/v1/vms/" + url.PathEscape(vm) + "/sessions"
+	}
+	var out api.ListSessionsResponse
+	return out.Sessions, c.call(ctx, http.MethodGet, path, nil, &out)
+}
+
+// CreateSession starts a session in vm; id "" takes the next free name.
+func (c *Client) CreateSession(ctx context.Context, vm, id string) (*api.Session, error) {
+	var s api.Session
+	return &s, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(vm)+"/sessions", api.CreateSessionRequest{ID: id}, &s)
+}
+
+// KillSession ends a session and what runs in it.
+func (c *Client) KillSession(ctx context.Context, vm, id string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(vm)+"/sessions/"+url.PathEscape(id), nil, nil)
+}

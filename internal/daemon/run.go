@@ -126,7 +126,7 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           (&Server{Store: st, VMs: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log}).Handler(),
+		Handler:           (&Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	if o.Out != nil {

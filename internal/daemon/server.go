@@ -34,6 +34,7 @@ var _ Lifecycle = (*vm.Manager)(nil)
 type Server struct {
 	Store      *store.Store
 	VMs        Lifecycle
+	Guests     Guests
 	Version    string
 	Hypervisor string
 	Log        *slog.Logger
@@ -44,12 +45,16 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", s.health)
 	routes := map[string]func(*Server, http.ResponseWriter, *http.Request, *store.Token){
-		"POST /v1/vms":              (*Server).createVM,
-		"GET /v1/vms":               (*Server).listVMs,
-		"GET /v1/vms/{name}":        (*Server).getVM,
-		"POST /v1/vms/{name}/start": (*Server).startVM,
-		"POST /v1/vms/{name}/stop":  (*Server).stopVM,
-		"DELETE /v1/vms/{name}":     (*Server).destroyVM,
+		"POST /v1/vms":                        (*Server).createVM,
+		"GET /v1/vms":                         (*Server).listVMs,
+		"GET /v1/vms/{name}":                  (*Server).getVM,
+		"POST /v1/vms/{name}/start":           (*Server).startVM,
+		"POST /v1/vms/{name}/stop":            (*Server).stopVM,
+		"DELETE /v1/vms/{name}":               (*Server).destroyVM,
+		"GET /v1/sessions":                    (*Server).listAllSessions,
+		"GET /v1/vms/{name}/sessions":         (*Server).listVMSessions,
+		"POST /v1/vms/{name}/sessions":        (*Server).createSession,
+		"DELETE /v1/vms/{name}/sessions/{id}": (*Server).killSession,
 	}
 	for pattern, h := range routes {
 		mux.HandleFunc(pattern, s.authed(h))

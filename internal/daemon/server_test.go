@@ -73,6 +73,8 @@ func TestServer_EveryRouteNeedsAToken(t *testing.T) {
 	routes := []struct{ method, path string }{
 		{"POST", "/v1/vms"}, {"GET", "/v1/vms"}, {"GET", "/v1/vms/alice-vm"},
 		{"POST", "/v1/vms/alice-vm/start"}, {"POST", "/v1/vms/alice-vm/stop"}, {"DELETE", "/v1/vms/alice-vm"},
+		{"GET", "/v1/sessions"}, {"GET", "/v1/vms/alice-vm/sessions"}, {"POST", "/v1/vms/alice-vm/sessions"},
+		{"DELETE", "/v1/vms/alice-vm/sessions/brook"},
 	}
 	for _, r := range routes {
 		for _, auth := range []string{"", "Bearer ", "Bearer fcm_0000000000000000000000000000000000000000", "Basic " + f.admin, f.admin} {

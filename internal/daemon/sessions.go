@@ -1,0 +1,161 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/console"
+	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// Guests opens SSH connections to VMs (the vm manager).
+type Guests interface {
+	Client(vm *store.VM) (*guest.Client, error)
+}
+
+// guestFor connects to a running VM the caller may see.
+func (s *Server) guestFor(w http.ResponseWriter, r *http.Request, tok *store.Token) (*store.VM, *guest.Client, bool) {
+	v, ok := s.lookup(w, r, tok)
+	if !ok {
+		return nil, nil, false
+	}
+	if v.State != api.StateRunning {
+		writeError(w, http.StatusConflict, api.CodeConflict, fmt.Sprintf("vm %q is %s: start it first (fcm start %s)", v.Name, v.State, v.Name))
+		return nil, nil, false
+	}
+	c, err := s.Guests.Client(v)
+	if err != nil {
+		s.fail(w, err)
+		return nil, nil, false
+	}
+	return v, c, true
+}
+
+func toAPISessions(vm string, in []console.Session) []api.Session {
+	out := []api.Session{}
+	for _, x := range in {
+		out = append(out, api.Session{ID: x.ID, VM: vm, Created: x.Created, Attached: x.Attached})
+	}
+	return out
+}
+
+func (s *Server) listVMSessions(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	v, c, ok := s.guestFor(w, r, tok)
+	if !ok {
+		return
+	}
+	defer c.Close()
+	sessions, err := console.List(r.Context(), c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ListSessionsResponse{Sessions: toAPISessions(v.Name, sessions)})
+}
+
+// listAllSessions lists the caller's sessions in every running VM.
+func (s *Server) listAllSessions(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	vms, err := s.Store.ListVMs()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := api.ListSessionsResponse{Sessions: []api.Session{}}
+	for _, v := range vms {
+		if !visible(tok, v) || v.State != api.StateRunning {
+			continue
+		}
+		c, err := s.Guests.Client(v)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+		sessions, err := console.List(ctx, c)
+		cancel()
+		c.Close()
+		if err != nil {
+			s.logger().Warn("list sessions", "vm", v.Name, "err", err)
+			continue // one unreachable VM does not hide the others
+		}
+		out.Sessions = append(out.Sessions, toAPISessions(v.Name, sessions)...)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.CreateSessionRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.ID != "" {
+		if err := console.Validate(req.ID); err != nil {
+			writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+			return
+		}
+	}
+	v, c, ok := s.guestFor(w, r, tok)
+	if !ok {
+		return
+	}
+	defer c.Close()
+	existing, err := console.List(r.Context(), c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	taken := map[string]bool{}
+	for _, x := range existing {
+		taken[x.ID] = true
+	}
+	id := req.ID
+	if id == "" {
+		id = console.NewID(taken)
+	} else if taken[id] {
+		writeError(w, http.StatusConflict, api.CodeConflict, fmt.Sprintf("vm %q already has a session %q", v.Name, id))
+		return
+	}
+	if err := console.Create(r.Context(), c, id); err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.Session{ID: id, VM: v.Name, Created: time.Now().UTC()})
+}
+
+func (s *Server) killSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	id := r.PathValue("id")
+	if err := console.Validate(id); err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	v, c, ok := s.guestFor(w, r, tok)
+	if !ok {
+		return
+	}
+	defer c.Close()
+	err := console.Kill(r.Context(), c, id)
+	if errors.Is(err, console.ErrNoSession) {
+		existing, _ := console.List(r.Context(), c)
+		var ids []string
+		for _, x := range existing {
+			ids = append(ids, x.ID)
+		}
+		have := "it has none"
+		if len(ids) > 0 {
+			have = "it has: " + strings.Join(ids, ", ")
+		}
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", v.Name, id, have))
+		return
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
