@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,7 +31,17 @@ func OpenProcess(pid int, marker string) (*Process, error) {
 		}
 		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	// A process that has just exec'd reads an empty command line until the kernel
+	// has set up its arguments (its vfork parent is woken before that); so does
+	// one that is exiting. Wait out the first.
+	var cmdline []byte
+	for i := 0; i < 200; i++ {
+		cmdline, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(cmdline) > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err != nil || !strings.Contains(string(cmdline), marker) {
 		unix.Close(fd)
 		return nil, ErrNotRunning

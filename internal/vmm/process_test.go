@@ -52,3 +52,22 @@ func TestProcess_RunningUnderSignals(t *testing.T) {
 		t.Errorf("OpenProcess of a dead pid = %v, want ErrNotRunning", err)
 	}
 }
+
+// TestOpenProcess_RightAfterStart: a process opened the moment it was started
+// is found by its command line (the kernel fills it in after waking the parent).
+func TestOpenProcess_RightAfterStart(t *testing.T) {
+	for i := 0; i < 100; i++ {
+		cmd := exec.Command("sleep", "30")
+		cmd.Args[0] = "marker-" + t.Name()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p, err := OpenProcess(cmd.Process.Pid, "marker-"+t.Name())
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		p.Close()
+	}
+}

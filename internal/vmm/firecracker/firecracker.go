@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -72,6 +73,16 @@ func New(opts Options) (*Driver, error) {
 	}
 	d.log.Info("firecracker driver ready", "binary", path, "version", trimLine(version), "jailer", d.jailer != nil)
 	return d, nil
+}
+
+// lastLine returns the last line a process wrote to its log, for errors.
+func lastLine(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "no output (" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	return lines[len(lines)-1]
 }
 
 func trimLine(s string) string {
@@ -133,10 +144,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	pid := cmd.Process.Pid
 	proc, err := vmm.OpenProcess(pid, sock)
-	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: firecracker exited at once (see %s)", spec.ID, filepath.Join(spec.Dir, ConsoleLog))
+		cmd.Process.Kill()
+		werr := cmd.Wait() // reap it, and say how it ended
+		return nil, fmt.Errorf("vm %s: firecracker exited at once (%v): %s", spec.ID, werr, lastLine(filepath.Join(spec.Dir, ConsoleLog)))
 	}
+	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
 	inst := &Instance{Process: proc, api: newAPIClient(sock)}
 	fail := func(err error) (vmm.Instance, error) {
 		inst.Kill()
@@ -196,7 +209,7 @@ func waitSocket(ctx context.Context, sock string, proc *vmm.Process) error {
 			return nil
 		}
 		if !proc.Running() {
-			return fmt.Errorf("firecracker exited before opening its API socket (see %s)", filepath.Join(filepath.Dir(sock), ConsoleLog))
+			return fmt.Errorf("firecracker exited before opening its API socket: %s", lastLine(filepath.Join(filepath.Dir(sock), ConsoleLog)))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("firecracker API socket %s did not appear within %s", sock, socketWait)
