@@ -80,7 +80,7 @@ func TestConsole_Sessions(t *testing.T) {
 	if _, err := c.ListSessions(ctx, "shell1"); !errors.As(err, &ae) || ae.Code != api.CodeConflict || !strings.Contains(ae.Message, "start it first") {
 		t.Errorf("sessions of a stopped vm: %v", err)
 	}
-	if out, code := d.cli(work, "console"); code == 0 || !strings.Contains(out, "not built yet") {
+	if out, code := d.cli(work, "console"); code == 0 || !strings.Contains(out, "start it first") {
 		t.Errorf("fcm console: exit %d, %q", code, out)
 	}
 	d.mustCLI(work, "destroy")

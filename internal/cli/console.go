@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"text/tabwriter"
 
@@ -10,17 +9,37 @@ import (
 )
 
 func newConsoleCmd() *cobra.Command {
+	var id string
 	cmd := &cobra.Command{
-		Use:   "console",
-		Short: "Persistent console sessions (tmux in the VM)",
-		Long: `Console sessions are tmux sessions inside a VM: they survive disconnects and
-daemon restarts. 'fcm console ls' lists them and 'fcm console kill' ends one.
-Attaching from the CLI is not built yet.`,
-		Args: noArgs,
+		Use:   "console [vm]",
+		Short: "Open a persistent shell in a VM (tmux); Ctrl+] detaches",
+		Long: `Open a shell in a VM (default: the one in ./.fcm). It runs in a tmux session
+inside the VM, so it survives a closed laptop, a dropped connection and a daemon
+restart: Ctrl+] detaches and leaves it running, 'exit' ends it, and
+'fcm console <vm> -s <id>' reattaches with the screen as it was.`,
+		Example: `  fcm console
+  fcm console cosmic-nova -s brook
+  fcm console ls`,
+		Args: maxOneArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("attaching to a console is not built yet; list sessions with 'fcm console ls'")
+			vm, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			c := client.FromEnv()
+			if id == "" {
+				s, err := c.CreateSession(cmd.Context(), vm, "")
+				if err != nil {
+					return err
+				}
+				id = s.ID
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Session: %s\nReconnect with: fcm console %s -s %s\nCtrl+] detaches; exit ends the session.\n", id, vm, id)
+			return attach(cmd.Context(), c, vm, id, out)
 		},
 	}
+	cmd.Flags().StringVarP(&id, "session", "s", "", "reattach to this session (default: a new one)")
 	cmd.AddCommand(newConsoleLsCmd(), newConsoleKillCmd())
 	return cmd
 }

@@ -3,12 +3,14 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -45,16 +47,17 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", s.health)
 	routes := map[string]func(*Server, http.ResponseWriter, *http.Request, *store.Token){
-		"POST /v1/vms":                        (*Server).createVM,
-		"GET /v1/vms":                         (*Server).listVMs,
-		"GET /v1/vms/{name}":                  (*Server).getVM,
-		"POST /v1/vms/{name}/start":           (*Server).startVM,
-		"POST /v1/vms/{name}/stop":            (*Server).stopVM,
-		"DELETE /v1/vms/{name}":               (*Server).destroyVM,
-		"GET /v1/sessions":                    (*Server).listAllSessions,
-		"GET /v1/vms/{name}/sessions":         (*Server).listVMSessions,
-		"POST /v1/vms/{name}/sessions":        (*Server).createSession,
-		"DELETE /v1/vms/{name}/sessions/{id}": (*Server).killSession,
+		"POST /v1/vms":                            (*Server).createVM,
+		"GET /v1/vms":                             (*Server).listVMs,
+		"GET /v1/vms/{name}":                      (*Server).getVM,
+		"POST /v1/vms/{name}/start":               (*Server).startVM,
+		"POST /v1/vms/{name}/stop":                (*Server).stopVM,
+		"DELETE /v1/vms/{name}":                   (*Server).destroyVM,
+		"GET /v1/sessions":                        (*Server).listAllSessions,
+		"GET /v1/vms/{name}/sessions":             (*Server).listVMSessions,
+		"POST /v1/vms/{name}/sessions":            (*Server).createSession,
+		"DELETE /v1/vms/{name}/sessions/{id}":     (*Server).killSession,
+		"GET /v1/vms/{name}/sessions/{id}/attach": (*Server).attachSession,
 	}
 	for pattern, h := range routes {
 		mux.HandleFunc(pattern, s.authed(h))
@@ -88,7 +91,19 @@ type statusWriter struct {
 	status int
 }
 
-func (w *statusWriter) WriteHeader(code int) { w.status = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) WriteHeader(code int)        { w.status = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack lets WebSocket upgrades through the logging wrapper.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("response writer cannot hijack")
+	}
+	w.status = http.StatusSwitchingProtocols
+	return h.Hijack()
+}
+
 func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/console"
 	"github.com/fcmhost/fcm/internal/guest"
@@ -158,4 +160,50 @@ func (s *Server) killSession(w http.ResponseWriter, r *http.Request, tok *store.
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// attachSession upgrades to a WebSocket bridged to an existing session. The
+// token, the VM and the session are all checked before the upgrade, so a bad
+// request gets a plain JSON error.
+func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	id := r.PathValue("id")
+	if err := console.Validate(id); err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	v, c, ok := s.guestFor(w, r, tok)
+	if !ok {
+		return
+	}
+	defer c.Close()
+	existing, err := console.List(r.Context(), c)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var ids []string
+	found := false
+	for _, x := range existing {
+		ids = append(ids, x.ID)
+		found = found || x.ID == id
+	}
+	if !found {
+		have := "it has none; start one with: fcm console " + v.Name
+		if len(ids) > 0 {
+			have = "it has: " + strings.Join(ids, ", ")
+		}
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", v.Name, id, have))
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: []string{"*"}})
+	if err != nil {
+		return // Accept has answered
+	}
+	ws.SetReadLimit(1 << 20)
+	cols, _ := strconv.Atoi(r.URL.Query().Get("cols"))
+	rows, _ := strconv.Atoi(r.URL.Query().Get("rows"))
+	if err := console.Attach(context.WithoutCancel(r.Context()), ws, c, id, cols, rows); err != nil {
+		s.logger().Warn("attach", "vm", v.Name, "session", id, "err", err)
+		ws.Close(websocket.StatusInternalError, err.Error())
+	}
 }

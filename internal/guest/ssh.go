@@ -131,3 +131,18 @@ func (c *Client) Close() error {
 	c.conn = nil
 	return err
 }
+
+// Session opens a new SSH session on the (possibly new) connection, for
+// interactive use with a PTY; the caller closes it.
+func (c *Client) Session(ctx context.Context) (*ssh.Session, error) {
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := conn.NewSession()
+	if err != nil {
+		c.drop(conn)
+		return nil, err
+	}
+	return s, nil
+}
