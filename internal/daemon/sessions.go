@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,34 @@ func (s *Server) guestFor(w http.ResponseWriter, r *http.Request, tok *store.Tok
 		return nil, nil, false
 	}
 	return v, c, true
+}
+
+// validSessionID answers 400 for an id that may not reach a tmux command line.
+func validSessionID(w http.ResponseWriter, id string) bool {
+	if err := console.Validate(id); err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return false
+	}
+	return true
+}
+
+// sessionIDs lists the ids of a VM's sessions.
+func sessionIDs(ctx context.Context, c console.Runner) ([]string, error) {
+	sessions, err := console.List(ctx, c)
+	var ids []string
+	for _, x := range sessions {
+		ids = append(ids, x.ID)
+	}
+	return ids, err
+}
+
+// writeNoSession answers 404 naming the sessions the VM does have.
+func writeNoSession(w http.ResponseWriter, vm, id string, ids []string) {
+	have := "it has none; start one with: fcm console " + vm
+	if len(ids) > 0 {
+		have = "it has: " + strings.Join(ids, ", ")
+	}
+	writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", vm, id, have))
 }
 
 func toAPISessions(vm string, in []console.Session) []api.Session {
@@ -96,25 +125,22 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, tok *stor
 	if !decode(w, r, &req) {
 		return
 	}
-	if req.ID != "" {
-		if err := console.Validate(req.ID); err != nil {
-			writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
-			return
-		}
+	if req.ID != "" && !validSessionID(w, req.ID) {
+		return
 	}
 	v, c, ok := s.guestFor(w, r, tok)
 	if !ok {
 		return
 	}
 	defer c.Close()
-	existing, err := console.List(r.Context(), c)
+	ids, err := sessionIDs(r.Context(), c)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	taken := map[string]bool{}
-	for _, x := range existing {
-		taken[x.ID] = true
+	for _, x := range ids {
+		taken[x] = true
 	}
 	id := req.ID
 	if id == "" {
@@ -132,8 +158,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, tok *stor
 
 func (s *Server) killSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	id := r.PathValue("id")
-	if err := console.Validate(id); err != nil {
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+	if !validSessionID(w, id) {
 		return
 	}
 	v, c, ok := s.guestFor(w, r, tok)
@@ -143,16 +168,8 @@ func (s *Server) killSession(w http.ResponseWriter, r *http.Request, tok *store.
 	defer c.Close()
 	err := console.Kill(r.Context(), c, id)
 	if errors.Is(err, console.ErrNoSession) {
-		existing, _ := console.List(r.Context(), c)
-		var ids []string
-		for _, x := range existing {
-			ids = append(ids, x.ID)
-		}
-		have := "it has none"
-		if len(ids) > 0 {
-			have = "it has: " + strings.Join(ids, ", ")
-		}
-		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", v.Name, id, have))
+		ids, _ := sessionIDs(r.Context(), c)
+		writeNoSession(w, v.Name, id, ids)
 		return
 	}
 	if err != nil {
@@ -167,8 +184,7 @@ func (s *Server) killSession(w http.ResponseWriter, r *http.Request, tok *store.
 // request gets a plain JSON error.
 func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	id := r.PathValue("id")
-	if err := console.Validate(id); err != nil {
-		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+	if !validSessionID(w, id) {
 		return
 	}
 	v, c, ok := s.guestFor(w, r, tok)
@@ -176,23 +192,13 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 		return
 	}
 	defer c.Close()
-	existing, err := console.List(r.Context(), c)
+	ids, err := sessionIDs(r.Context(), c)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	var ids []string
-	found := false
-	for _, x := range existing {
-		ids = append(ids, x.ID)
-		found = found || x.ID == id
-	}
-	if !found {
-		have := "it has none; start one with: fcm console " + v.Name
-		if len(ids) > 0 {
-			have = "it has: " + strings.Join(ids, ", ")
-		}
-		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", v.Name, id, have))
+	if !slices.Contains(ids, id) {
+		writeNoSession(w, v.Name, id, ids)
 		return
 	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: []string{"*"}})
