@@ -11,7 +11,9 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,9 +67,11 @@ func attach(ctx context.Context, c *client.Client, vm, id string, stdout io.Writ
 			}
 		}
 	}()
-	backoff := time.Second
-	for attempt := 0; ; attempt++ {
-		err := attachOnce(ctx, c, vm, id, stdout, keys)
+	var pos position
+	backoff := 500 * time.Millisecond
+	lost := time.Time{}
+	for {
+		err := attachOnce(ctx, c, vm, id, stdout, keys, &pos, !lost.IsZero())
 		switch {
 		case errors.Is(err, errDetached):
 			fmt.Fprintf(stdout, "\r\nDetached from %s. Reconnect with: fcm console %s -s %s\r\n", id, vm, id)
@@ -77,22 +81,48 @@ func attach(ctx context.Context, c *client.Client, vm, id string, stdout io.Writ
 			return nil
 		}
 		var ae *api.Error
-		if errors.As(err, &ae) || attempt >= 5 || ctx.Err() != nil {
+		if errors.As(err, &ae) || ctx.Err() != nil {
 			return err
+		}
+		if pos.connected { // it had worked: a fresh budget of retries
+			lost, backoff = time.Now(), 500*time.Millisecond
+		} else if lost.IsZero() {
+			lost = time.Now()
+		}
+		if time.Since(lost) > reconnectFor {
+			return fmt.Errorf("connection to session %s lost for %s (%v); reattach with: fcm console %s -s %s",
+				id, reconnectFor, err, vm, id)
 		}
 		fmt.Fprintf(stdout, "\r\nConnection lost (%v); reconnecting in %s...\r\n", err, backoff)
 		time.Sleep(backoff)
-		backoff *= 2
+		backoff = min(2*backoff, 8*time.Second)
 	}
 }
 
-func attachOnce(ctx context.Context, c *client.Client, vm, id string, stdout io.Writer, keys <-chan []byte) error {
+// reconnectFor is how long a dropped console keeps trying to reconnect.
+const reconnectFor = 2 * time.Minute
+
+// position is where the terminal's output stands in the daemon's stream of the
+// session, so a reconnect resumes without losing or repeating output.
+type position struct {
+	stream    string
+	offset    int64
+	connected bool // the last attempt got as far as the daemon's hello
+}
+
+func attachOnce(ctx context.Context, c *client.Client, vm, id string, stdout io.Writer, keys <-chan []byte, pos *position, again bool) error {
+	pos.connected = false
 	cols, rows, err := term.GetSize(int(os.Stdout.Fd()))
 	if err != nil {
 		cols, rows = 80, 24
 	}
+	q := url.Values{"cols": {strconv.Itoa(cols)}, "rows": {strconv.Itoa(rows)}}
+	if pos.stream != "" {
+		q.Set("stream", pos.stream)
+		q.Set("since", strconv.FormatInt(pos.offset, 10))
+	}
 	u := strings.Replace(c.Host, "http", "ws", 1) + "/v1/vms/" + url.PathEscape(vm) + "/sessions/" + url.PathEscape(id) +
-		fmt.Sprintf("/attach?cols=%d&rows=%d", cols, rows)
+		"/attach?" + q.Encode()
 	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + c.Token}},
 	})
@@ -117,19 +147,46 @@ func attachOnce(ctx context.Context, c *client.Client, vm, id string, stdout io.
 	defer signal.Stop(winch)
 
 	result := make(chan error, 2)
+	var detaching atomic.Bool
+	readerDone := make(chan struct{})
 	go func() { // VM -> terminal
+		defer close(readerDone)
 		for {
 			typ, data, err := ws.Read(ctx)
+			if err != nil && detaching.Load() {
+				result <- errDetached
+				return
+			}
 			if err != nil {
+				if websocket.CloseStatus(err) == websocket.StatusGoingAway {
+					var ce websocket.CloseError
+					if errors.As(err, &ce) && ce.Reason != "" {
+						err = errors.New(ce.Reason)
+					}
+				}
 				result <- err
 				return
 			}
 			if typ == websocket.MessageBinary {
 				stdout.Write(data)
+				pos.offset += int64(len(data))
 				continue
 			}
 			var m console.Control
-			if json.Unmarshal(data, &m) == nil && m.Type == "exit" {
+			if json.Unmarshal(data, &m) != nil {
+				continue
+			}
+			switch m.Type {
+			case "hello":
+				pos.stream, pos.offset, pos.connected = m.Stream, m.Offset, true
+				if again {
+					// What was missed is replayed; then a clean screen, since
+					// this side printed over it.
+					fmt.Fprint(stdout, "Reconnected.\r\n")
+					msg, _ := json.Marshal(console.Control{Type: "refresh"})
+					ws.Write(ctx, websocket.MessageText, msg)
+				}
+			case "exit":
 				result <- errEnded
 				return
 			}
@@ -146,19 +203,18 @@ func attachOnce(ctx context.Context, c *client.Client, vm, id string, stdout io.
 					ws.Write(ctx, websocket.MessageText, msg)
 				}
 			case k, ok := <-keys:
-				if !ok { // stdin closed: detach
-					result <- errDetached
-					ws.CloseNow() // the daemon treats any close as a detach
-					return
-				}
-				if i := bytes.IndexByte(k, detachKey); i >= 0 {
+				i := bytes.IndexByte(k, detachKey)
+				if !ok || i >= 0 { // Ctrl+], or stdin closed: detach
 					if i > 0 {
 						ws.Write(ctx, websocket.MessageBinary, k[:i])
 					}
-					// Say so before closing: the reader's error from the close must not
-					// be taken for a dropped connection.
+					// The reader's error from the close must not be taken for a
+					// dropped connection.
+					detaching.Store(true)
+					msg, _ := json.Marshal(console.Control{Type: "detach"})
+					ws.Write(ctx, websocket.MessageText, msg)
+					ws.Close(websocket.StatusNormalClosure, "detached")
 					result <- errDetached
-					ws.CloseNow() // the daemon treats any close as a detach
 					return
 				}
 				if err := ws.Write(ctx, websocket.MessageBinary, k); err != nil {
@@ -168,5 +224,9 @@ func attachOnce(ctx context.Context, c *client.Client, vm, id string, stdout io.
 			}
 		}
 	}()
-	return <-result
+	err = <-result
+	cancel()
+	ws.CloseNow()
+	<-readerDone // pos is settled
+	return err
 }

@@ -26,22 +26,57 @@ restart: Ctrl+] detaches and leaves it running, 'exit' ends it, and
 			if err != nil {
 				return err
 			}
-			c := client.FromEnv()
-			if id == "" {
-				s, err := c.CreateSession(cmd.Context(), vm, "")
-				if err != nil {
-					return err
-				}
-				id = s.ID
-			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "Session: %s\nReconnect with: fcm console %s -s %s\nCtrl+] detaches; exit ends the session.\n", id, vm, id)
-			return attach(cmd.Context(), c, vm, id, out)
+			return openConsole(cmd, vm, id)
 		},
 	}
 	cmd.Flags().StringVarP(&id, "session", "s", "", "reattach to this session (default: a new one)")
 	cmd.AddCommand(newConsoleLsCmd(), newConsoleKillCmd())
 	return cmd
+}
+
+// openConsole attaches the terminal to session id of vm, made first if id is "".
+func openConsole(cmd *cobra.Command, vm, id string) error {
+	c := client.FromEnv()
+	if id == "" {
+		s, err := c.CreateSession(cmd.Context(), vm, "")
+		if err != nil {
+			return err
+		}
+		id = s.ID
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "Session: %s\nReconnect with: fcm console %s -s %s\nCtrl+] detaches; exit ends the session.\n", id, vm, id)
+	return attach(cmd.Context(), c, vm, id, out)
+}
+
+// newSessionsCmd and newAttachCmd are the seed's names for console ls and
+// console -s.
+func newSessionsCmd() *cobra.Command {
+	cmd := newConsoleLsCmd()
+	cmd.Use = "sessions [vm]"
+	cmd.Short = "List console sessions (same as fcm console ls)"
+	return cmd
+}
+
+func newAttachCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "attach <vm> <id>",
+		Short:   "Reattach to a console session (same as fcm console <vm> -s <id>)",
+		Example: "  fcm attach cosmic-nova brook",
+		Args:    twoArgs("attach", "a vm and a session id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return openConsole(cmd, args[0], args[1])
+		},
+	}
+}
+
+func twoArgs(name, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != 2 {
+			return usageError{cmd: name, err: fmt.Errorf("takes %s, got %d arguments", what, len(args))}
+		}
+		return nil
+	}
 }
 
 func newConsoleLsCmd() *cobra.Command {
@@ -77,12 +112,7 @@ func newConsoleKillCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "kill <vm> <id>",
 		Short: "End a console session and what runs in it",
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 2 {
-				return usageError{cmd: "console kill", err: fmt.Errorf("takes a vm and a session id, got %d arguments", len(args))}
-			}
-			return nil
-		},
+		Args:  twoArgs("console kill", "a vm and a session id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := client.FromEnv().KillSession(cmd.Context(), args[0], args[1]); err != nil {
 				return err

@@ -55,7 +55,7 @@ authenticate with FCM_TOKEN or ~/.fcm-token.`,
 		return usageError{cmd: strings.TrimPrefix(c.CommandPath(), "fcm "), err: err}
 	})
 	root.AddCommand(newDaemonCmd(), newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
-		newDestroyCmd(), newConsoleCmd(), newImageCmd(), newVersionCmd(), newGuestCmd())
+		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd())
 	return root
 }
 

@@ -3,21 +3,24 @@ package console
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
+	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 	"golang.org/x/crypto/ssh"
 )
 
-// Control is a text frame on the attach WebSocket: the client sends resize,
-// the daemon sends exit when the session's shell has ended.
+// Control is a text frame on the attach WebSocket. The daemon sends hello first
+// (the output stream's name and the offset the client starts at) and exit when
+// the session's shell has ended; the client sends resize, refresh (redraw the
+// screen) and detach (leaving on purpose).
 type Control struct {
-	Type   string `json:"type"` // "resize" or "exit"
+	Type   string `json:"type"`
 	Cols   int    `json:"cols,omitempty"`
 	Rows   int    `json:"rows,omitempty"`
 	Status int    `json:"status,omitempty"`
+	Stream string `json:"stream,omitempty"`
+	Offset int64  `json:"offset,omitempty"`
 }
 
 // Opener opens an SSH session to the VM (guest.Client).
@@ -25,102 +28,151 @@ type Opener interface {
 	Session(ctx context.Context) (*ssh.Session, error)
 }
 
-// Attach bridges ws to tmux session id in the VM: a PTY of cols x rows running
-// `tmux new-session -A -s id`. Binary frames carry bytes both ways; text frames
-// carry Control messages. It returns when either side ends; a client leaving
-// only detaches (the tmux session stays), the shell exiting ends the session and
-// the client is told with an exit message.
-func Attach(ctx context.Context, ws *websocket.Conn, o Opener, id string, cols, rows int) error {
+// AttachOptions are a client's terminal size and, when it reconnects, where its
+// output stopped: the stream named in the last hello and the bytes it got since.
+type AttachOptions struct {
+	Cols, Rows int
+	Stream     string
+	Since      int64
+}
+
+// writeTimeout bounds one frame to a client; a client that stalls longer is cut off.
+const writeTimeout = 30 * time.Second
+
+// Attach bridges ws to session id (key names it among all VMs' sessions),
+// starting the session's hub with dial if it has none. It returns when the
+// client leaves (the session stays) or the session ends (the client is told).
+func (hs *Hubs) Attach(ctx context.Context, ws *websocket.Conn, key, id string, dial func() (Conn, error), o AttachOptions) error {
 	if err := Validate(id); err != nil {
 		return err
 	}
-	if cols <= 0 || cols > 1000 {
-		cols = 80
+	if o.Cols <= 0 || o.Cols > 1000 {
+		o.Cols = 80
 	}
-	if rows <= 0 || rows > 1000 {
-		rows = 24
+	if o.Rows <= 0 || o.Rows > 1000 {
+		o.Rows = 24
 	}
-	sess, err := o.Session(ctx)
-	if err != nil {
-		return fmt.Errorf("attach %s: %w", id, err)
-	}
-	defer sess.Close()
-	modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
-	if err := sess.RequestPty("xterm-256color", rows, cols, modes); err != nil {
-		return fmt.Errorf("attach %s: pty: %w", id, err)
-	}
-	stdin, err := sess.StdinPipe()
+	h, fresh, err := hs.join(ctx, key, id, dial, o.Cols, o.Rows)
 	if err != nil {
 		return err
 	}
-	stdout, err := sess.StdoutPipe()
-	if err != nil {
-		return err
+	var detached, left atomic.Bool
+	defer func() { h.leave(detached.Load()) }()
+
+	// Where this client starts: at the beginning for the hub's first client; for
+	// a reconnect whose missed output is still held, where it left off (nothing
+	// lost); otherwise now, with a redraw. Other clients' history is not
+	// replayed: it holds tmux's terminal queries, which a second terminal would
+	// answer into the shell.
+	h.mu.Lock()
+	var cursor int64
+	redraw := false
+	switch {
+	case fresh:
+	case o.Stream == h.stream && h.out.holds(o.Since):
+		cursor = o.Since
+	default:
+		cursor, redraw = h.out.total, true
 	}
-	sess.Stderr = sess.Stdout
-	if err := sess.Start("cd ~ && exec tmux new-session -A -s " + id); err != nil {
-		return fmt.Errorf("attach %s: %w", id, err)
+	hello, _ := json.Marshal(Control{Type: "hello", Stream: h.stream, Offset: cursor})
+	h.mu.Unlock()
+	if err := ws.Write(ctx, websocket.MessageText, hello); err != nil {
+		return nil
+	}
+	if !fresh {
+		h.mu.Lock()
+		resized := o.Cols != h.cols || o.Rows != h.rows
+		h.mu.Unlock()
+		if resized {
+			h.resize(o.Cols, o.Rows) // tmux redraws
+		} else if redraw {
+			go h.refresh()
+		}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// VM -> client.
-	outDone := make(chan struct{})
-	go func() {
-		defer close(outDone)
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := stdout.Read(buf)
-			if n > 0 {
-				if werr := ws.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
-					cancel()
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	// client -> VM.
-	go func() {
-		defer cancel()
+	go func() { // client -> VM
+		defer func() {
+			cancel()
+			left.Store(true)
+			h.mu.Lock()
+			h.changed.Broadcast()
+			h.mu.Unlock()
+		}()
 		for {
 			typ, data, err := ws.Read(ctx)
 			if err != nil {
 				return
 			}
 			if typ == websocket.MessageBinary {
-				if _, err := stdin.Write(data); err != nil {
+				if h.input(data) != nil {
 					return
 				}
 				continue
 			}
 			var c Control
-			if json.Unmarshal(data, &c) == nil && c.Type == "resize" && c.Cols > 0 && c.Rows > 0 {
-				sess.WindowChange(c.Rows, c.Cols)
+			if json.Unmarshal(data, &c) != nil {
+				continue
+			}
+			switch c.Type {
+			case "resize":
+				h.resize(c.Cols, c.Rows)
+			case "refresh":
+				go h.refresh()
+			case "detach": // the client's close follows
+				detached.Store(true)
 			}
 		}
 	}()
-	waitErr := make(chan error, 1)
-	go func() { waitErr <- sess.Wait() }()
-	select {
-	case err := <-waitErr:
-		<-outDone // everything the shell printed reaches the client first
-		status := 0
-		var ee *ssh.ExitError
-		if errors.As(err, &ee) {
-			status = ee.ExitStatus()
-		} else if err != nil && !errors.Is(err, io.EOF) {
-			status = -1
+
+	// VM -> client, at the client's own pace.
+	buf := make([]byte, 16<<10)
+	for {
+		h.mu.Lock()
+		for cursor == h.out.total && h.end == nil && !left.Load() {
+			h.changed.Wait()
 		}
-		msg, _ := json.Marshal(Control{Type: "exit", Status: status})
-		ws.Write(context.Background(), websocket.MessageText, msg)
-		ws.Close(websocket.StatusNormalClosure, "session ended")
-		return nil
-	case <-ctx.Done():
-		// The client went away (a detach or a dropped connection): closing the SSH
-		// session detaches tmux's client; the session lives on.
-		return nil
+		if left.Load() {
+			h.mu.Unlock()
+			return nil
+		}
+		skipped := false
+		if !h.out.holds(cursor) { // fell more than the ring behind
+			cursor, skipped = h.out.total, true
+		}
+		n := h.out.read(cursor, buf)
+		end := h.end
+		h.mu.Unlock()
+		if skipped {
+			// CAN aborts any escape sequence cut in half; then a full redraw.
+			if write(ctx, ws, websocket.MessageBinary, []byte{0x18}) != nil {
+				return nil
+			}
+			go h.refresh()
+		}
+		if n > 0 {
+			if write(ctx, ws, websocket.MessageBinary, buf[:n]) != nil {
+				return nil
+			}
+			cursor += int64(n)
+			continue
+		}
+		if end != nil {
+			if end.ended {
+				msg, _ := json.Marshal(Control{Type: "exit", Status: end.status})
+				write(ctx, ws, websocket.MessageText, msg)
+				ws.Close(websocket.StatusNormalClosure, "session ended")
+			} else {
+				ws.Close(websocket.StatusGoingAway, end.reason)
+			}
+			return nil
+		}
 	}
+}
+
+func write(ctx context.Context, ws *websocket.Conn, typ websocket.MessageType, p []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	return ws.Write(ctx, typ, p)
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/console"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 )
@@ -37,9 +38,12 @@ type Server struct {
 	Store      *store.Store
 	VMs        Lifecycle
 	Guests     Guests
+	Consoles   *console.Hubs // attached console sessions; nil: made on first use
 	Version    string
 	Hypervisor string
 	Log        *slog.Logger
+
+	consolesOnce sync.Once
 }
 
 // Handler returns the API's routes.

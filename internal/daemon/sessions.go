@@ -68,10 +68,16 @@ func writeNoSession(w http.ResponseWriter, vm, id string, ids []string) {
 	writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("vm %q has no session %q (%s)", vm, id, have))
 }
 
-func toAPISessions(vm string, in []console.Session) []api.Session {
+// toAPISessions counts attached clients as users see them: the daemon's own
+// tmux client stands for the clients attached through it.
+func (s *Server) toAPISessions(vm string, in []console.Session) []api.Session {
 	out := []api.Session{}
 	for _, x := range in {
-		out = append(out, api.Session{ID: x.ID, VM: vm, Created: x.Created, Attached: x.Attached})
+		attached := x.Attached
+		if clients, hub := s.consoles().Attached(sessionKey(vm, x.ID)); hub {
+			attached = max(0, attached-1) + clients
+		}
+		out = append(out, api.Session{ID: x.ID, VM: vm, Created: x.Created, Attached: attached})
 	}
 	return out
 }
@@ -87,7 +93,7 @@ func (s *Server) listVMSessions(w http.ResponseWriter, r *http.Request, tok *sto
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.ListSessionsResponse{Sessions: toAPISessions(v.Name, sessions)})
+	writeJSON(w, http.StatusOK, api.ListSessionsResponse{Sessions: s.toAPISessions(v.Name, sessions)})
 }
 
 // listAllSessions lists the caller's sessions in every running VM.
@@ -115,7 +121,7 @@ func (s *Server) listAllSessions(w http.ResponseWriter, r *http.Request, tok *st
 			s.logger().Warn("list sessions", "vm", v.Name, "err", err)
 			continue // one unreachable VM does not hide the others
 		}
-		out.Sessions = append(out.Sessions, toAPISessions(v.Name, sessions)...)
+		out.Sessions = append(out.Sessions, s.toAPISessions(v.Name, sessions)...)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -191,25 +197,49 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 	if !ok {
 		return
 	}
-	defer c.Close()
 	ids, err := sessionIDs(r.Context(), c)
 	if err != nil {
+		c.Close()
 		s.fail(w, err)
 		return
 	}
 	if !slices.Contains(ids, id) {
+		c.Close()
 		writeNoSession(w, v.Name, id, ids)
 		return
 	}
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: []string{"*"}})
 	if err != nil {
+		c.Close()
 		return // Accept has answered
 	}
+	defer ws.CloseNow()
 	ws.SetReadLimit(1 << 20)
-	cols, _ := strconv.Atoi(r.URL.Query().Get("cols"))
-	rows, _ := strconv.Atoi(r.URL.Query().Get("rows"))
-	if err := console.Attach(context.WithoutCancel(r.Context()), ws, c, id, cols, rows); err != nil {
+	q := r.URL.Query()
+	o := console.AttachOptions{Stream: q.Get("stream")}
+	o.Cols, _ = strconv.Atoi(q.Get("cols"))
+	o.Rows, _ = strconv.Atoi(q.Get("rows"))
+	o.Since, _ = strconv.ParseInt(q.Get("since"), 10, 64)
+	// The hub keeps this connection to the VM if it is the session's first client.
+	kept := false
+	dial := func() (console.Conn, error) { kept = true; return c, nil }
+	err = s.consoles().Attach(context.WithoutCancel(r.Context()), ws, sessionKey(v.Name, id), id, dial, o)
+	if !kept {
+		c.Close()
+	}
+	if err != nil {
 		s.logger().Warn("attach", "vm", v.Name, "session", id, "err", err)
 		ws.Close(websocket.StatusInternalError, err.Error())
 	}
+}
+
+func sessionKey(vm, id string) string { return vm + "/" + id }
+
+func (s *Server) consoles() *console.Hubs {
+	s.consolesOnce.Do(func() {
+		if s.Consoles == nil {
+			s.Consoles = &console.Hubs{Grace: 30 * time.Second, Log: s.logger()}
+		}
+	})
+	return s.Consoles
 }
