@@ -89,29 +89,30 @@ func runListBench(w io.Writer) error {
 }
 
 // benchManager makes a Manager on a bridge of the bench's own, in its namespace.
-func benchManager(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error) (*vm.Manager, error) {
+func benchManager(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error) (*vm.Manager, *store.Store, error) {
 	imageDir := os.Getenv("FCM_TEST_IMAGE")
 	if imageDir == "" {
 		imageDir = "/var/cache/fcm/test-image"
 	}
 	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	subnet := netip.MustParsePrefix("172.21.0.0/24")
 	hostNet, err := network.Setup(context.Background(), network.Config{Bridge: "fcmb0", Subnet: subnet, ProtectPorts: []uint16{22}})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, err := guest.LoadOrCreateKey(filepath.Join(dataDir, "id_ed25519"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return vm.New(vm.Config{
+	m, err := vm.New(vm.Config{
 		DataDir: dataDir, Driver: driver, Network: hostNet, Subnet: subnet, Store: st, Key: key, Log: quiet, Ready: ready,
 		Image: vm.Image{Kernel: filepath.Join(imageDir, image.KernelFile), Initrd: filepath.Join(imageDir, image.InitrdFile),
 			Rootfs: filepath.Join(imageDir, image.RootfsFile)},
 	})
+	return m, st, err
 }
 
 // runCreateBench times each step of create with the real QEMU driver, and 20
@@ -127,7 +128,7 @@ func runCreateBench(w io.Writer, runs int) error {
 	if err != nil {
 		return err
 	}
-	m, err := benchManager(dataDir, d, nil)
+	m, _, err := benchManager(dataDir, d, nil)
 	if err != nil {
 		return err
 	}
@@ -170,7 +171,7 @@ func runCreateBench(w io.Writer, runs int) error {
 		return err
 	}
 	defer os.RemoveAll(dataDir2)
-	m2, err := benchManager(dataDir2, noBoot{}, func(context.Context, *store.VM) error { return nil })
+	m2, _, err := benchManager(dataDir2, noBoot{}, func(context.Context, *store.VM) error { return nil })
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 // Command bench measures fcm's speed and memory targets and prints tables: disk
 // clones (fcm vs cp on ext4 and XFS), boot to the SSH banner under the accelerator
-// in use, graceful power-off, and QEMU's memory for a 512 MiB guest. It needs root
+// in use, graceful power-off, QEMU's memory for a 512 MiB guest, the API, the
+// steps of create, and the console against direct ssh. It needs root
 // and the minimal image (`make bench` builds it); VMs run in a network namespace
 // of its own with no route out.
 package main
@@ -15,9 +16,17 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api or create")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create or console")
 	runs := flag.Int("runs", 5, "boots to time")
+	keystrokes := flag.Int("keystrokes", 200, "keystrokes to time per console path")
 	flag.Parse()
+	if spec := os.Getenv("FCM_BENCH_CLIENTS"); spec != "" { // the console bench's clients
+		if err := benchClients(spec); err != nil {
+			fmt.Fprintf(os.Stderr, "bench clients: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if netns.Current() == "" {
 		code, err := netns.Reexec("fcm-bench")
 		if err != nil {
@@ -54,6 +63,14 @@ func main() {
 		fmt.Println("== create")
 		if err := runCreateBench(os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: create: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "console" {
+		fmt.Println("== console: fcm console vs ssh to the same VM (QEMU)")
+		if err := runConsoleBench(os.Stdout, *keystrokes); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: console: %v\n", err)
 			os.Exit(1)
 		}
 	}
