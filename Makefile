@@ -7,8 +7,12 @@ LDFLAGS   := -X github.com/fcmhost/fcm/internal/cli.Version=$(VERSION)
 # only fcm changed, fully only when its recipe did).
 TEST_IMAGE ?= /var/cache/fcm/test-image
 TEST_IMAGE_FULL ?= /var/cache/fcm/test-image-full
+# The ACME CA the edge tests get certificates from (Pebble), cached by version.
+PEBBLE_VERSION := v2.10.1
+TOOLS := /var/cache/fcm/tools/pebble-$(PEBBLE_VERSION)
+TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv
 
-.PHONY: build image test-image test bench vet deps clean
+.PHONY: build image test-image test-tools test bench vet deps clean
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
@@ -25,18 +29,24 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-test: vet test-image
-	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(GO) test -count=1 -timeout 30m ./...
+test-tools:
+	test -x $(TOOLS)/pebble -a -x $(TOOLS)/pebble-challtestsrv || GOBIN=$(TOOLS) $(GO) install \
+		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
+		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 
-bench: test-image
-	FCM_TEST_IMAGE=$(TEST_IMAGE) $(GO) run ./bench
+test: vet test-image test-tools
+	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) \
+		$(GO) test -count=1 -timeout 40m ./...
+
+bench: test-image test-tools
+	FCM_TEST_IMAGE=$(TEST_IMAGE) $(TOOL_ENV) $(GO) run ./bench
 
 # Host packages fcm and its tests use (Debian/Ubuntu).
 deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
-		iproute2 nftables tmux procps ca-certificates git make gcc cpio
+		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl
 
 clean:
 	rm -rf bin

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,8 +44,9 @@ func startDaemon(t *testing.T, dataDir string) *daemonProc {
 	return startDaemonHV(t, "qemu", dataDir)
 }
 
-// startDaemonHV runs `fcm daemon --hypervisor hv` on dataDir and waits for /health.
-func startDaemonHV(t *testing.T, hv, dataDir string) *daemonProc {
+// startDaemonHV runs `fcm daemon --hypervisor hv` on dataDir with extra flags
+// and waits for /health. Without --caddy-admin among them there is no edge.
+func startDaemonHV(t *testing.T, hv, dataDir string, extra ...string) *daemonProc {
 	t.Helper()
 	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(dataDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
 	args := []string{"daemon", "--data-dir", dataDir, "--listen", daemonListen, "--hypervisor", hv,
@@ -52,6 +54,10 @@ func startDaemonHV(t *testing.T, hv, dataDir string) *daemonProc {
 		"--kernel", filepath.Join(imageDir, image.KernelFile),
 		"--initrd", filepath.Join(imageDir, image.InitrdFile),
 		"--rootfs", filepath.Join(imageDir, image.RootfsFile)}
+	if !slices.Contains(extra, "--caddy-admin") {
+		args = append(args, "--caddy-admin", "off")
+	}
+	args = append(args, extra...)
 	logf, err := os.Create(d.logPath)
 	if err != nil {
 		t.Fatal(err)

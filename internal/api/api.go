@@ -27,6 +27,7 @@ type VM struct {
 	DiskBytes  int64     `json:"disk_bytes"`
 	Port       int       `json:"port"`
 	URL        string    `json:"url,omitempty"`
+	Route      string    `json:"route,omitempty"` // the URL's route in Caddy: applied or pending`
 	Hypervisor string    `json:"hypervisor"`
 	PID        int       `json:"pid,omitempty"`
 	HostKey    string    `json:"host_key"` // the VM's SSH host key, authorized_keys format
@@ -40,6 +41,7 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	Port      int    `json:"port,omitempty"`
+	NoExpose  bool   `json:"no_expose,omitempty"` // no public URL through the edge
 }
 
 // Defaults and limits of a VM.

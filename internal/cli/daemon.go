@@ -22,6 +22,11 @@ an SSH key for reaching guests, sets up the bridge, taps and an nftables table
 and serves the API. Stopping the daemon leaves VMs running; the next start
 re-adopts them and finishes or undoes whatever a crash interrupted.
 
+With Caddy running beside it (admin API on loopback), every VM is served at
+https://<name>.<domain> with an automatic certificate and the API at
+https://fcm.<domain>; fcm configures Caddy through its admin API and re-applies
+the routes whenever Caddy restarts.
+
 The guest image must exist first: sudo fcm image build.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -40,5 +45,11 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.Kernel, "kernel", "", "guest kernel (default <data-dir>/vmlinux.bin)")
 	f.StringVar(&o.Initrd, "initrd", "", "guest initrd (default <data-dir>/initrd.img)")
 	f.StringVar(&o.Rootfs, "rootfs", "", "base root filesystem (default <data-dir>/base-rootfs.img)")
+	f.StringVar(&o.Edge.Domain, "domain", "", "VMs are served at https://<name>.<domain>, the API at https://fcm.<domain> (default <host-ip-with-dashes>.sslip.io)")
+	f.StringVar(&o.Edge.CaddyAdmin, "caddy-admin", "http://127.0.0.1:2019", "Caddy's admin API; off: no edge, VMs only at http://<ip>:<port>")
+	f.StringVar(&o.Edge.TLS, "tls", "acme", "acme: certificates from --acme-ca; internal: Caddy's own CA (a LAN)")
+	f.StringVar(&o.Edge.ACMECA, "acme-ca", "", "ACME directory URL (default Let's Encrypt)")
+	f.StringVar(&o.Edge.ACMEEmail, "acme-email", "", "ACME account email")
+	f.StringVar(&o.Edge.ACMECARoot, "acme-ca-root", "", "PEM file of an extra root to trust for the ACME CA's HTTPS (a private CA)")
 	return cmd
 }

@@ -110,7 +110,7 @@ later commands in this directory (start, stop, destroy) need no name.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "VM created: %s\n  IP:  %s\n  URL: %s\n", v.Name, v.IP, v.URL)
+			fmt.Fprintf(cmd.OutOrStdout(), "VM created: %s\n  IP:  %s\n  URL: %s\n", v.Name, v.IP, urlNote(*v))
 			if err := os.WriteFile(dotFile, []byte(v.Name+"\n"), 0o644); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "note: could not write %s: %v\n", dotFile, err)
 			} else {
@@ -124,8 +124,22 @@ later commands in this directory (start, stop, destroy) need no name.`,
 	f.IntVar(&req.CPUs, "cpus", api.DefaultCPUs, "vCPUs")
 	f.IntVar(&req.MemoryMiB, "memory", api.DefaultMemoryMiB, "memory in MiB")
 	f.StringVar(&disk, "disk", "2G", "root disk size")
-	f.IntVar(&req.Port, "port", api.DefaultPort, "port the app listens on in the VM")
+	f.IntVar(&req.Port, "port", api.DefaultPort, "port the app listens on in the VM (served at https://<name>.<domain>)")
+	f.BoolVar(&req.NoExpose, "no-expose", false, "no public URL: the VM is reached only from this host")
 	return cmd
+}
+
+// urlNote is a VM's URL with what a person needs to know about it.
+func urlNote(v api.VM) string {
+	switch {
+	case v.URL == "":
+		return "none (--no-expose)"
+	case v.Route == "applied":
+		return v.URL + " (route applied; the first request may wait a moment for the certificate)"
+	case v.Route == "pending":
+		return v.URL + " (route pending: Caddy has not taken it yet; the daemon keeps trying, see its log)"
+	}
+	return v.URL
 }
 
 func newLsCmd() *cobra.Command {
@@ -157,8 +171,15 @@ func newLsCmd() *cobra.Command {
 				if v.Reason != "" {
 					state += " (" + v.Reason + ")"
 				}
+				url := v.URL
+				switch {
+				case url == "":
+					url = "-"
+				case v.Route == "pending":
+					url += " (route pending)"
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, state, v.IP, v.CPUs,
-					v.MemoryMiB, v.DiskBytes>>30, v.URL, ago(v.CreatedAt))
+					v.MemoryMiB, v.DiskBytes>>30, url, ago(v.CreatedAt))
 			}
 			return tw.Flush()
 		},

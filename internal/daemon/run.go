@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/network"
@@ -37,6 +38,7 @@ type Options struct {
 	Initrd     string
 	Rootfs     string
 	Version    string
+	Edge       EdgeOptions
 	Out        io.Writer // what a person starting the daemon should read
 	Log        *slog.Logger
 }
@@ -61,6 +63,10 @@ func Run(ctx context.Context, o Options) error {
 	netCfg := network.Config{Bridge: o.Bridge, Subnet: subnet.Masked()}
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
+	}
+	edgeCfg, err := o.Edge.config(o.Listen, subnet.Masked())
+	if err != nil {
+		return err
 	}
 	if d := filepath.Join(o.DataDir, "vms", "12345678"); len(d) > vmm.MaxDirLen {
 		return fmt.Errorf("--data-dir %s is too long: VM directories under it (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
@@ -121,12 +127,19 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 
+	var rec *edge.Reconciler
+	if edgeCfg != nil {
+		rec = edge.New(*edgeCfg, Sites(st), o.Log)
+		go rec.Run(ctx)
+		o.Log.Info("edge", "caddy", edgeCfg.Admin, "domain", edgeCfg.Domain, "daemon", edgeCfg.URL(edge.DaemonHost))
+	}
+
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           (&Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log}).Handler(),
+		Handler:           (&Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	if o.Out != nil {
@@ -137,6 +150,12 @@ func Run(ctx context.Context, o Options) error {
 		}
 		if host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			fmt.Fprintf(o.Out, "warning: the API listens on %s, beyond loopback, over plain HTTP\n", host)
+		}
+		if edgeCfg != nil {
+			fmt.Fprintf(o.Out, "VMs at https://<name>.%s through Caddy (admin API %s); the API also at %s\n",
+				edgeCfg.Domain, edgeCfg.Admin, edgeCfg.URL(edge.DaemonHost))
+		} else {
+			fmt.Fprintln(o.Out, "No edge (--caddy-admin off): VMs are reached at http://<ip>:<port> from this host")
 		}
 	}
 	errc := make(chan error, 1)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/console"
+	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 )
@@ -38,7 +39,8 @@ type Server struct {
 	Store      *store.Store
 	VMs        Lifecycle
 	Guests     Guests
-	Consoles   *console.Hubs // attached console sessions; nil: made on first use
+	Consoles   *console.Hubs    // attached console sessions; nil: made on first use
+	Edge       *edge.Reconciler // routes in Caddy; nil: no edge
 	Version    string
 	Hypervisor string
 	Log        *slog.Logger
@@ -158,7 +160,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request, tok *store.Toke
 	out := api.ListVMsResponse{VMs: []api.VM{}}
 	for _, v := range vms {
 		if visible(tok, v) {
-			out.VMs = append(out.VMs, vm.ToAPI(v))
+			out.VMs = append(out.VMs, s.toAPI(v))
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -166,7 +168,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request, tok *store.Toke
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	if v, ok := s.lookup(w, r, tok); ok {
-		writeJSON(w, http.StatusOK, vm.ToAPI(v))
+		writeJSON(w, http.StatusOK, s.toAPI(v))
 	}
 }
 
@@ -201,7 +203,8 @@ func (s *Server) stopVM(w http.ResponseWriter, r *http.Request, tok *store.Token
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, vm.ToAPI(v))
+	s.routeChanged(nil, v)
+	writeJSON(w, http.StatusOK, s.toAPI(v))
 }
 
 func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
@@ -212,6 +215,7 @@ func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.To
 		s.fail(w, err)
 		return
 	}
+	s.routeChanged(nil, nil)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -253,12 +257,15 @@ func (st *stream) progress(step, message string) {
 }
 
 func (st *stream) finish(s *Server, v *store.VM, err error, okStatus int) {
+	if err == nil {
+		s.routeChanged(st, v)
+	}
 	if !st.started {
 		if err != nil {
 			s.fail(st.w, err)
 			return
 		}
-		writeJSON(st.w, okStatus, vm.ToAPI(v))
+		writeJSON(st.w, okStatus, s.toAPI(v))
 		return
 	}
 	if err != nil {
@@ -269,7 +276,7 @@ func (st *stream) finish(s *Server, v *store.VM, err error, okStatus int) {
 		st.send(api.Event{Error: &api.Error{Message: err.Error(), Code: code}})
 		return
 	}
-	a := vm.ToAPI(v)
+	a := s.toAPI(v)
 	st.send(api.Event{VM: &a})
 }
 

@@ -45,6 +45,7 @@ type VM struct {
 	SwapMiB    int       `json:"swap_mib"`
 	DiskBytes  int64     `json:"disk_bytes"`
 	Port       int       `json:"port"`
+	NoExpose   bool      `json:"no_expose,omitempty"` // no route through the edge
 	Hypervisor string    `json:"hypervisor"`
 	PID        int       `json:"pid,omitempty"`
 	HostKey    string    `json:"host_key"`

@@ -131,7 +131,7 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *st
 			ID: id, Name: name, Owner: owner, State: api.StateCreating,
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
-			DiskBytes: req.DiskBytes, Port: req.Port, Hypervisor: m.cfg.Driver.Name(),
+			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),
 			CreatedAt: now,
 		}
 		if err := tx.InsertVM(vm); err != nil {

@@ -153,12 +153,16 @@ type Progress func(step, message string)
 
 func noProgress(string, string) {}
 
-// ToAPI converts a stored VM to its wire form.
+// ToAPI converts a stored VM to its wire form; its URL is http://<ip>:<port>
+// (the edge, when there is one, gives the public one instead).
 func ToAPI(vm *store.VM) api.VM {
-	return api.VM{
+	a := api.VM{
 		Name: vm.Name, ID: vm.ID, State: vm.State, Reason: vm.Reason, IP: vm.IP, MAC: vm.MAC,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Port: vm.Port,
-		URL:        fmt.Sprintf("http://%s:%d", vm.IP, vm.Port),
 		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
 	}
+	if !vm.NoExpose {
+		a.URL = fmt.Sprintf("http://%s:%d", vm.IP, vm.Port)
+	}
+	return a
 }

@@ -1,0 +1,74 @@
+package edge
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestValidateDomain(t *testing.T) {
+	for _, d := range []string{"apps.example.com", "1-2-3-4.sslip.io", "e2e.test"} {
+		if err := ValidateDomain(d); err != nil {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	for _, d := range []string{"", "localhost", "bad_domain.test", "UPPER.test", "-a.test", "a..test", "a.test.", "é.test", strings.Repeat("a", 64) + ".test"} {
+		if err := ValidateDomain(d); err == nil {
+			t.Errorf("%q accepted", d)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Admin: "http://127.0.0.1:2019", Domain: "apps.test", Daemon: "127.0.0.1:7777"}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for want, mod := range map[string]func(*Config){
+		"invalid Caddy admin address": func(c *Config) { c.Admin = "127.0.0.1:2019" },
+		"invalid domain":              func(c *Config) { c.Domain = "nodots" },
+		"want an https:// URL":        func(c *Config) { c.TLS.CA = "http://ca.test/dir" },
+		"invalid ACME email":          func(c *Config) { c.TLS.Email = "nobody" },
+		"no such file":                func(c *Config) { c.TLS.CARoot = "/nonexistent/root.pem" },
+		"takes no --acme-ca":          func(c *Config) { c.TLS.Internal, c.TLS.CA = true, "https://ca.test/dir" },
+	} {
+		c := ok
+		mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q, got %v", want, err)
+		}
+	}
+}
+
+// The server fcm puts in Caddy: HTTPS only, a route per site with its @id,
+// the daemon's route first, a 503 for a VM that is not running.
+func TestServerConfig(t *testing.T) {
+	c := Config{Admin: "http://127.0.0.1:2019", Domain: "apps.test", Daemon: "0.0.0.0:7777"}
+	srv := c.server([]Site{
+		{Name: "zeta", IP: "172.16.0.51", Port: 3000, State: "running"},
+		{Name: "alpha", IP: "172.16.0.50", Port: 8080, State: "stopped"},
+	})
+	b, _ := json.Marshal(srv)
+	s := string(b)
+	for _, want := range []string{
+		`"listen":[":443"]`, `"tls_connection_policies":[{}]`,
+		`{"@id":"fcm-daemon","handle":[{"flush_interval":-1,"handler":"reverse_proxy","upstreams":[{"dial":"127.0.0.1:7777"}]}],"match":[{"host":["fcm.apps.test"]}],"terminal":true}`,
+		`"@id":"fcm-vm-zeta","handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"172.16.0.51:3000"}]}],"match":[{"host":["zeta.apps.test"]}]`,
+		`"body":"alpha is stopped: start it with: fcm start alpha\n"`, `"status_code":503`,
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("server config lacks %s:\n%s", want, s)
+		}
+	}
+	if strings.Index(s, "fcm-vm-alpha") > strings.Index(s, "fcm-vm-zeta") {
+		t.Errorf("routes not in name order: %s", s)
+	}
+	p, _ := json.Marshal(Config{Domain: "apps.test", TLS: TLS{CA: "https://ca.test/dir", CARoot: "/r.pem"}}.policy())
+	if string(p) != `{"@id":"fcm-tls","issuers":[{"ca":"https://ca.test/dir","module":"acme","trusted_roots_pem_files":["/r.pem"]}],"subjects":["*.apps.test"]}` {
+		t.Errorf("policy %s", p)
+	}
+	p, _ = json.Marshal(Config{Domain: "apps.test", TLS: TLS{Internal: true}}.policy())
+	if string(p) != `{"@id":"fcm-tls","issuers":[{"module":"internal"}],"subjects":["*.apps.test"]}` {
+		t.Errorf("internal policy %s", p)
+	}
+}
