@@ -3,8 +3,9 @@
 # the daemon and create a first VM. Run as root from the repository:
 #   sudo env "PATH=$PATH" ./scripts/quickstart.sh
 # FCM_DATA_DIR (default /var/lib/firecracker) and FCM_VARIANT (default full) change
-# where and what; FCM_NO_SYSTEMD=1 runs the daemon in the background instead of
-# installing the systemd unit.
+# where and what; FCM_DOMAIN serves VMs at https://<name>.$FCM_DOMAIN (default
+# <host-ip-with-dashes>.sslip.io); FCM_NO_SYSTEMD=1 runs Caddy and the daemon in
+# the background instead of as systemd units.
 set -euo pipefail
 start_dir=$PWD
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ command -v go >/dev/null || { echo "quickstart: Go 1.26+ is needed (https://go.d
 
 say "host packages"
 missing=
-for tool in qemu-system-x86_64 debootstrap mkfs.ext4 lz4 nft ip make; do
+for tool in qemu-system-x86_64 debootstrap mkfs.ext4 lz4 nft ip make caddy curl; do
 	command -v "$tool" >/dev/null || missing=1
 done
 if [ -n "$missing" ]; then make deps; else echo "all present"; fi
@@ -34,23 +35,47 @@ else
 	fcm image build --variant "$variant" --out "$data"
 fi
 
+say "Caddy (HTTPS for every VM; fcm configures it through its admin API)"
+use_systemd=
+if [ -z "${FCM_NO_SYSTEMD:-}" ] && [ -d /run/systemd/system ] && [ "$data" = /var/lib/firecracker ]; then use_systemd=1; fi
+# The package's Caddyfile serves a welcome page on :80, which would shadow the
+# HTTP->HTTPS redirects: keep only the admin API, on loopback.
+if [ -f /etc/caddy/Caddyfile ] && grep -q /usr/share/caddy /etc/caddy/Caddyfile; then
+	mv /etc/caddy/Caddyfile /etc/caddy/Caddyfile.dist
+	printf '# fcm configures this Caddy through its admin API.\n{\n\tadmin localhost:2019\n}\n' >/etc/caddy/Caddyfile
+	echo "replaced the package's welcome-page Caddyfile (kept as /etc/caddy/Caddyfile.dist)"
+	if [ -n "$use_systemd" ]; then systemctl restart caddy; fi
+fi
+if curl -fsS http://127.0.0.1:2019/config/ >/dev/null 2>&1; then
+	echo "Caddy's admin API answers on 127.0.0.1:2019"
+elif [ -n "$use_systemd" ]; then
+	systemctl enable --now caddy
+else
+	mkdir -p "$data"
+	(cd /etc/caddy 2>/dev/null || cd /; nohup caddy run --config /etc/caddy/Caddyfile >>"$data/caddy.log" 2>&1 &)
+	echo "running in the background (log: $data/caddy.log)"
+fi
+
+flags=${FCM_DOMAIN:+--domain $FCM_DOMAIN}
 say "starting the daemon"
 if curl -fsS http://127.0.0.1:7777/health >/dev/null 2>&1; then
 	echo "already running"
-elif [ -z "${FCM_NO_SYSTEMD:-}" ] && [ -d /run/systemd/system ] && [ "$data" = /var/lib/firecracker ]; then
+elif [ -n "$use_systemd" ]; then
 	install -m 0644 deploy/fcm.service /etc/systemd/system/fcm.service
+	if [ -n "$flags" ]; then echo "FCM_DAEMON_FLAGS=\"$flags\"" >/etc/default/fcm; fi
 	systemctl daemon-reload
 	systemctl enable --now fcm
 	echo "systemd unit fcm.service enabled (logs: journalctl -u fcm -f)"
 else
-	nohup fcm daemon --data-dir "$data" >>"$data/daemon.log" 2>&1 &
+	# shellcheck disable=SC2086
+	nohup fcm daemon --data-dir "$data" $flags >>"$data/daemon.log" 2>&1 &
 	echo "running in the background, pid $! (log: $data/daemon.log)"
 fi
 for _ in $(seq 1 100); do
 	curl -fsS http://127.0.0.1:7777/health >/dev/null 2>&1 && break
 	sleep 0.2
 done
-curl -fsS http://127.0.0.1:7777/health >/dev/null || { echo "quickstart: the daemon did not come up; see its log" >&2; exit 1; }
+curl -fsS http://127.0.0.1:7777/health >/dev/null || { echo "quickstart: the daemon did not come up; see its log" >&2; tail -3 "$data/daemon.log" 2>/dev/null >&2; exit 1; }
 
 # The token, for root here and for the user who ran sudo.
 install -m 0600 "$data/.token" "$HOME/.fcm-token"
@@ -69,4 +94,7 @@ Next:
   fcm stop / fcm start   # the VM named in ./.fcm
   fcm create --name api  # another one
   fcm destroy <name>     # remove one
+  fcm console            # a shell in the VM that survives disconnects
+The URL works once this host's ports 80 and 443 are reachable from the
+internet (Let's Encrypt checks them); see the daemon's log for certificates.
 TXT
