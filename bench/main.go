@@ -1,7 +1,7 @@
 // Command bench measures fcm's speed and memory targets and prints tables: disk
 // clones (fcm vs cp on ext4 and XFS), boot to the SSH banner under the accelerator
 // in use, graceful power-off, QEMU's memory for a 512 MiB guest, the API, the
-// steps of create, and the console against direct ssh. It needs root
+// steps of create, HTTPS through Caddy, and the console against direct ssh. It needs root
 // and the minimal image (`make bench` builds it); VMs run in a network namespace
 // of its own with no route out.
 package main
@@ -16,7 +16,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create or console")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, edge or console")
 	runs := flag.Int("runs", 5, "boots to time")
 	keystrokes := flag.Int("keystrokes", 200, "keystrokes to time per console path")
 	flag.Parse()
@@ -63,6 +63,14 @@ func main() {
 		fmt.Println("== create")
 		if err := runCreateBench(os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: create: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "edge" {
+		fmt.Println("== edge: HTTPS through Caddy")
+		if err := runEdgeBench(os.Stdout, 3); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: edge: %v\n", err)
 			os.Exit(1)
 		}
 		fmt.Println()
