@@ -115,10 +115,18 @@ func (c Config) route(s Site) map[string]any {
 	} else {
 		handle = []any{map[string]any{"handler": "static_response", "status_code": 503,
 			"headers": map[string]any{"Content-Type": []any{"text/plain; charset=utf-8"}},
-			"body":    fmt.Sprintf("%s is %s: start it with: fcm start %s\n", s.Name, s.State, s.Name)}}
+			"body":    unavailable(s)}}
 	}
 	return map[string]any{"@id": RouteID(s.Name), "match": []any{map[string]any{"host": []any{c.Host(s.Name)}}},
 		"handle": handle, "terminal": true}
+}
+
+// unavailable is the page of a VM that is not running.
+func unavailable(s Site) string {
+	if s.State == "stopped" {
+		return fmt.Sprintf("%s is stopped: start it with: fcm start %s\n", s.Name, s.Name)
+	}
+	return fmt.Sprintf("%s is %s; try again in a moment\n", s.Name, s.State)
 }
 
 // server is fcm's HTTP server in Caddy: :443 only (Caddy adds its own :80
