@@ -136,7 +136,7 @@ func runCreateBench(w io.Writer, runs int) error {
 	var order []string
 	for i := 0; i < runs; i++ {
 		last := time.Now()
-		v, err := m.Create(ctx, "bench", api.CreateVMRequest{MemoryMiB: 512}, func(step, _ string) {
+		v, err := m.Create(ctx, "bench", api.CreateVMRequest{MemoryMiB: 512}, func(_ *store.VM, step, _ string) {
 			if _, ok := steps[step]; !ok {
 				order = append(order, step)
 			}

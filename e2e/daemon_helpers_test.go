@@ -211,3 +211,15 @@ func shortTempDir(t *testing.T) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// waitLog waits until the daemon's log says s.
+func (d *daemonProc) waitLog(s string) {
+	d.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(d.log(), s) {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("daemon log never said %q:\n%s", s, d.log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/edge/edgetest"
 )
 
@@ -158,6 +162,26 @@ func TestEdge(t *testing.T) {
 		}
 	}
 
+	// The CLI from afar: FCM_HOST=https://fcm.<domain>, a streamed create,
+	// and a console WebSocket, all through Caddy.
+	remote := remoteCLI(t, env, d.token())
+	out, err = remote("create", "--name", "web4")
+	t.Logf("remote create:\n%s", out)
+	if err != nil || !strings.Contains(out, "] ssh ") || !strings.Contains(out, "URL: https://web4.e2e.test (route applied") {
+		caddyLog, _ := os.ReadFile(env.Dir + "/caddy.log")
+		t.Errorf("remote create: %v\n%s\ncaddy log:\n%s", err, out, tail(string(caddyLog), 6000))
+	}
+	if out, err := remote("ls"); err != nil || !strings.Contains(out, "web4") {
+		t.Errorf("remote ls: %v\n%s", err, out)
+	}
+	if _, err := remote("console", "ls", "web4"); err != nil {
+		t.Errorf("remote console ls: %v", err)
+	}
+	consoleThroughCaddy(t, env, d.token(), "web4")
+	if out, err := remote("destroy", "web4"); err != nil {
+		t.Errorf("remote destroy: %v\n%s", err, out)
+	}
+
 	// Destroy: that route goes, the others stay.
 	d.mustCLI(work, "destroy", "web2")
 	if _, status := curl(t, env, "https://web2.e2e.test/"); strings.HasPrefix(status, "200") {
@@ -177,6 +201,7 @@ func TestEdge(t *testing.T) {
 	// Caddy down: create still works, the route is pending; Caddy back with an
 	// empty config: every route is applied again within seconds.
 	env.StopCaddy()
+	d.waitLog("edge: Caddy not updated; retrying")
 	out = d.mustCLI(work, "create", "--name", "web3")
 	if !strings.Contains(out, "URL: https://web3.e2e.test (route pending") {
 		t.Errorf("create with Caddy down:\n%s", out)
@@ -247,4 +272,49 @@ func TestEdge_BadInput(t *testing.T) {
 			t.Errorf("create --port %s: exit %d, %q", port, code, out)
 		}
 	}
+}
+
+// remoteCLI runs the fcm CLI as a remote user would: FCM_HOST is
+// https://fcm.<domain>, found through /etc/hosts (bind-mounted in a mount
+// namespace of its own) and trusted through Pebble's root.
+func remoteCLI(t *testing.T, env *edgetest.Env, token string) func(args ...string) (string, error) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	lines := "127.0.0.1 localhost\n"
+	for _, h := range []string{"fcm", "web1", "web2", "web3", "web4"} {
+		lines += edgeAddr + " " + h + "." + edgeDomain + "\n"
+	}
+	if err := os.WriteFile(hosts, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return func(args ...string) (string, error) {
+		cmd := exec.Command("unshare", append([]string{"-m", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`,
+			hosts, os.Getenv("FCM_BIN")}, args...)...)
+		cmd.Dir = t.TempDir()
+		cmd.Env = append(os.Environ(), "FCM_HOST=https://fcm."+edgeDomain, "FCM_TOKEN="+token, "SSL_CERT_FILE="+env.RootFile)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+}
+
+// consoleThroughCaddy attaches to a new session over wss://fcm.<domain> and
+// runs a command.
+func consoleThroughCaddy(t *testing.T, env *edgetest.Env, token, vm string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := &client.Client{Host: "https://fcm." + edgeDomain, Token: token, HTTP: env.Client()}
+	s, err := c.CreateSession(ctx, vm, "")
+	if err != nil {
+		t.Fatalf("session through Caddy: %v", err)
+	}
+	ws, _, err := websocket.Dial(ctx, "wss://fcm."+edgeDomain+"/v1/vms/"+vm+"/sessions/"+s.ID+"/attach?cols=80&rows=24",
+		&websocket.DialOptions{HTTPClient: env.Client(), HTTPHeader: http.Header{"Authorization": {"Bearer " + token}}})
+	if err != nil {
+		t.Fatalf("console WebSocket through Caddy: %v", err)
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(1 << 20)
+	readUntil(ctx, t, ws, "root@"+vm)
+	ws.Write(ctx, websocket.MessageBinary, []byte("echo via-caddy-$((6*7))\r"))
+	readUntil(ctx, t, ws, "via-caddy-42")
 }

@@ -66,7 +66,8 @@ type ListVMsResponse struct {
 // start): the response is newline-delimited JSON events, the last of which has
 // VM (success) or Error set.
 type Event struct {
-	Step    string  `json:"step,omitempty"` // disk, network, boot, ssh
+	Step    string  `json:"step,omitempty"` // reserve, disk, network, boot, ssh, route
+	Name    string  `json:"name,omitempty"` // the VM's name (known from the first step on)
 	Message string  `json:"message,omitempty"`
 	Elapsed float64 `json:"elapsed,omitempty"` // seconds since the request began
 	VM      *VM     `json:"vm,omitempty"`

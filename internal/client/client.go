@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
 )
@@ -181,6 +182,9 @@ func (c *Client) DestroyVM(ctx context.Context, name string) error {
 }
 
 // streamed reads a progress stream (or a plain JSON answer) to its final VM.
+// A stream cut short (a proxy reloading, a dropped connection) is not the
+// operation's end: the daemon carries on, so the client follows the VM until
+// it settles.
 func (c *Client) streamed(ctx context.Context, method, path string, body any, onEvent func(api.Event)) (*api.VM, error) {
 	resp, err := c.do(ctx, method, path, body, "application/x-ndjson")
 	if err != nil {
@@ -191,6 +195,7 @@ func (c *Client) streamed(ctx context.Context, method, path string, body any, on
 		var v api.VM
 		return &v, json.NewDecoder(resp.Body).Decode(&v)
 	}
+	name, elapsed := "", 0.0
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -198,6 +203,10 @@ func (c *Client) streamed(ctx context.Context, method, path string, body any, on
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return nil, fmt.Errorf("bad progress line %q: %w", sc.Text(), err)
 		}
+		if ev.Name != "" {
+			name = ev.Name
+		}
+		elapsed = max(elapsed, ev.Elapsed)
 		switch {
 		case ev.Error != nil:
 			return nil, ev.Error
@@ -207,10 +216,54 @@ func (c *Client) streamed(ctx context.Context, method, path string, body any, on
 			onEvent(ev)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, &UnreachableError{Host: c.Host, Err: err}
+	cut := sc.Err()
+	if cut == nil {
+		cut = errors.New("the stream ended early")
 	}
-	return nil, &UnreachableError{Host: c.Host, Err: errors.New("the daemon closed the connection before the operation finished (see 'fcm ls')")}
+	if name == "" {
+		return nil, &UnreachableError{Host: c.Host, Err: fmt.Errorf("%w before the operation finished (see 'fcm ls')", cut)}
+	}
+	if onEvent != nil {
+		onEvent(api.Event{Step: "wait", Message: "connection cut (" + cut.Error() + "); following " + name + " until it settles",
+			Name: name, Elapsed: elapsed})
+	}
+	return c.follow(ctx, name)
+}
+
+// follow polls a VM until it leaves the transitional states. A VM that is
+// gone was a create that failed and was undone.
+func (c *Client) follow(ctx context.Context, name string) (*api.VM, error) {
+	var unreachableSince, settled time.Time
+	for {
+		v, err := c.GetVM(ctx, name)
+		switch {
+		case IsNotFound(err):
+			return nil, &api.Error{Message: fmt.Sprintf("creating %s failed and was undone; the daemon's log says why", name), Code: api.CodeInternal}
+		case err != nil:
+			var ue *UnreachableError
+			if !errors.As(err, &ue) {
+				return nil, err
+			}
+			if unreachableSince.IsZero() {
+				unreachableSince = time.Now()
+			} else if time.Since(unreachableSince) > time.Minute {
+				return nil, err
+			}
+		case v.State != api.StateCreating && v.State != api.StateStarting:
+			// The operation's last step is the route: give it a moment.
+			if v.Route != "pending" || !settled.IsZero() && time.Since(settled) > 5*time.Second {
+				return v, nil
+			}
+			if settled.IsZero() {
+				settled = time.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // ListSessions lists console sessions: of one VM, or of every VM when vm is "".

@@ -30,6 +30,9 @@ func Sites(st *store.Store) func() ([]edge.Site, error) {
 		}
 		var sites []edge.Site
 		for _, v := range vms {
+			if v.State == api.StateCreating {
+				continue // routed once it runs: one Caddy reload per create, not two
+			}
 			if s, ok := SiteOf(v); ok {
 				sites = append(sites, s)
 			}
@@ -65,10 +68,10 @@ func (s *Server) routeChanged(st *stream, v *store.VM) {
 		s.Edge.Trigger()
 		return
 	}
-	st.progress("route", s.Edge.Config().URL(v.Name))
+	st.progress(v, "route", s.Edge.Config().URL(v.Name))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if !s.Edge.Sync(ctx) {
-		st.progress("route", "Caddy has not taken the route yet: fcm keeps trying (see the daemon's log)")
+		st.progress(v, "route", "Caddy has not taken the route yet: fcm keeps trying (see the daemon's log)")
 	}
 }

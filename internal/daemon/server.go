@@ -250,9 +250,9 @@ func (st *stream) send(ev api.Event) {
 	}
 }
 
-func (st *stream) progress(step, message string) {
+func (st *stream) progress(vm *store.VM, step, message string) {
 	if st.enabled {
-		st.send(api.Event{Step: step, Message: message})
+		st.send(api.Event{Step: step, Message: message, Name: vm.Name})
 	}
 }
 

@@ -186,7 +186,7 @@ func TestServer_CreateStreamsProgress(t *testing.T) {
 			return nil, fmt.Errorf("unexpected call: %s %+v", owner, req)
 		}
 		for _, s := range []string{"disk", "network", "boot", "ssh"} {
-			p(s, s+" done")
+			p(&store.VM{Name: "web"}, s, s+" done")
 		}
 		return &store.VM{ID: "cccc3333", Name: "web", State: "running", IP: "172.16.0.52", Port: 3000}, nil
 	}
@@ -202,7 +202,7 @@ func TestServer_CreateStreamsProgress(t *testing.T) {
 	}
 	// An error after progress started arrives as the stream's last event.
 	f.fake.create = func(ctx context.Context, owner string, req api.CreateVMRequest, p vm.Progress) (*store.VM, error) {
-		p("disk", "ok")
+		p(&store.VM{Name: "x"}, "disk", "ok")
 		return nil, errors.New("boot: the hypervisor exited during boot")
 	}
 	_, err = f.client.CreateVM(context.Background(), api.CreateVMRequest{}, nil)

@@ -89,7 +89,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	}
 	defer m.end(vm.Name)
 	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
-	progress("reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
+	progress(vm, "reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
 
 	vm, err = m.build(ctx, vm, op, progress)
 	if err != nil {
@@ -190,7 +190,7 @@ func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progres
 	if err != nil {
 		return vm, err
 	}
-	progress("disk", fmt.Sprintf("%s disk (%s clone) with keys in %s", humanBytes(vm.DiskBytes), method, time.Since(t).Round(time.Millisecond)))
+	progress(vm, "disk", fmt.Sprintf("%s disk (%s clone) with keys in %s", humanBytes(vm.DiskBytes), method, time.Since(t).Round(time.Millisecond)))
 	return m.boot(ctx, vm, op, progress)
 }
 
@@ -208,7 +208,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip); err != nil {
 		return vm, fmt.Errorf("network: %w", err)
 	}
-	progress("network", fmt.Sprintf("tap %s on the bridge in %s", vm.Tap, time.Since(t).Round(time.Millisecond)))
+	progress(vm, "network", fmt.Sprintf("tap %s on the bridge in %s", vm.Tap, time.Since(t).Round(time.Millisecond)))
 
 	t = time.Now()
 	if err := m.record(op, stepBoot); err != nil {
@@ -223,7 +223,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err != nil {
 		return vm, err
 	}
-	progress("boot", fmt.Sprintf("%s started (pid %d) in %s", m.cfg.Driver.Name(), inst.PID(), time.Since(t).Round(time.Millisecond)))
+	progress(vm, "boot", fmt.Sprintf("%s started (pid %d) in %s", m.cfg.Driver.Name(), inst.PID(), time.Since(t).Round(time.Millisecond)))
 
 	t = time.Now()
 	ready := m.waitSSH
@@ -233,7 +233,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err := ready(ctx, vm); err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
 	}
-	progress("ssh", fmt.Sprintf("SSH ready in %s", time.Since(t).Round(time.Millisecond)))
+	progress(vm, "ssh", fmt.Sprintf("SSH ready in %s", time.Since(t).Round(time.Millisecond)))
 
 	err = m.cfg.Store.Update(func(tx *store.Tx) error {
 		cur, err := tx.VM(vm.Name)

@@ -148,10 +148,10 @@ func (m *Manager) spec(vm *store.VM) vmm.Spec {
 	}
 }
 
-// Progress reports a step of a long operation to whoever asked for it.
-type Progress func(step, message string)
+// Progress reports a step of a long operation on vm to whoever asked for it.
+type Progress func(vm *store.VM, step, message string)
 
-func noProgress(string, string) {}
+func noProgress(*store.VM, string, string) {}
 
 // ToAPI converts a stored VM to its wire form; its URL is http://<ip>:<port>
 // (the edge, when there is one, gives the public one instead).
