@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -106,7 +107,20 @@ func TestEdge(t *testing.T) {
 	t.Cleanup(env.Close)
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
+
+	// Caddy refusing the config (its :443 is taken): the daemon says so, with
+	// the routes and Caddy's reason, and applies it once the port is free.
+	squatter, err := net.Listen("tcp", ":443")
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	d.waitLog("edge: Caddy refused the routes")
+	if log := d.log(); !strings.Contains(log, "added=[fcm-daemon]") || !strings.Contains(log, "address already in use") {
+		t.Errorf("daemon log on a refusal lacks the route or Caddy's reason:\n%s", log)
+	}
+	squatter.Close()
+	d.waitLog("edge: Caddy updated again")
 	work := t.TempDir()
 
 	out := d.mustCLI(work, "create", "--name", "web1")

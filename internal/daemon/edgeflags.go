@@ -25,7 +25,7 @@ func (o EdgeOptions) config(listen string, vmSubnet netip.Prefix) (*edge.Config,
 	if o.CaddyAdmin == "off" || o.CaddyAdmin == "" {
 		return nil, nil
 	}
-	c := edge.Config{Admin: o.CaddyAdmin, Domain: strings.TrimSuffix(o.Domain, "."), Daemon: listen,
+	c := edge.Config{Admin: o.CaddyAdmin, Domain: strings.ToLower(strings.TrimSuffix(o.Domain, ".")), Daemon: listen,
 		TLS: edge.TLS{CA: o.ACMECA, Email: o.ACMEEmail, CARoot: o.ACMECARoot}}
 	switch o.TLS {
 	case "", "acme":

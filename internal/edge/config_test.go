@@ -67,6 +67,10 @@ func TestServerConfig(t *testing.T) {
 	if string(p) != `{"@id":"fcm-tls","issuers":[{"ca":"https://ca.test/dir","module":"acme","trusted_roots_pem_files":["/r.pem"]}],"subjects":["*.apps.test"]}` {
 		t.Errorf("policy %s", p)
 	}
+	p, _ = json.Marshal(Config{Domain: "apps.test", TLS: TLS{Email: "ops@apps.test"}}.policy())
+	if string(p) != `{"@id":"fcm-tls","issuers":[{"ca":"https://acme-v02.api.letsencrypt.org/directory","email":"ops@apps.test","module":"acme"}],"subjects":["*.apps.test"]}` {
+		t.Errorf("default policy %s", p)
+	}
 	p, _ = json.Marshal(Config{Domain: "apps.test", TLS: TLS{Internal: true}}.policy())
 	if string(p) != `{"@id":"fcm-tls","issuers":[{"module":"internal"}],"subjects":["*.apps.test"]}` {
 		t.Errorf("internal policy %s", p)
