@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/network"
@@ -115,6 +117,30 @@ func benchManager(dataDir string, driver vmm.Driver, ready func(context.Context,
 	return m, st, err
 }
 
+// qemuManager is a Manager with the real QEMU driver on dataDir; accel says
+// how QEMU runs guests here.
+func qemuManager(dataDir string) (*vm.Manager, *store.Store, string, error) {
+	d, err := qemu.New(qemu.Options{Logger: quiet})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	m, st, err := benchManager(dataDir, d, nil)
+	return m, st, string(d.Accel()), err
+}
+
+// benchAPI serves the daemon's API for m (with edge rec, if any) under an
+// admin token, for the client it returns; stop ends it.
+func benchAPI(m *vm.Manager, st *store.Store, rec *edge.Reconciler) (c *client.Client, stop func(), err error) {
+	secret := store.NewSecret()
+	if err := st.Update(func(tx *store.Tx) error {
+		return tx.PutToken(secret, &store.Token{ID: "bench", Admin: true})
+	}); err != nil {
+		return nil, nil, err
+	}
+	srv := httptest.NewServer((&daemon.Server{Store: st, VMs: m, Guests: m, Log: quiet, Edge: rec}).Handler())
+	return &client.Client{Host: srv.URL, Token: secret}, srv.Close, nil
+}
+
 // runCreateBench times each step of create with the real QEMU driver, and 20
 // parallel creates with a driver that boots nothing (the daemon's own overhead).
 func runCreateBench(w io.Writer, runs int) error {
@@ -124,11 +150,7 @@ func runCreateBench(w io.Writer, runs int) error {
 		return err
 	}
 	defer os.RemoveAll(dataDir)
-	d, err := qemu.New(qemu.Options{Logger: quiet})
-	if err != nil {
-		return err
-	}
-	m, _, err := benchManager(dataDir, d, nil)
+	m, _, accel, err := qemuManager(dataDir)
 	if err != nil {
 		return err
 	}
@@ -151,7 +173,7 @@ func runCreateBench(w io.Writer, runs int) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "CREATE STEP (qemu, %s)\tMEDIAN\tMAX\n", d.Accel())
+	fmt.Fprintf(tw, "CREATE STEP (qemu, %s)\tMEDIAN\tMAX\n", accel)
 	var overhead time.Duration
 	for _, s := range order {
 		med := percentile(steps[s], 0.5)

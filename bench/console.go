@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,9 +22,6 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/console"
-	"github.com/fcmhost/fcm/internal/daemon"
-	"github.com/fcmhost/fcm/internal/store"
-	"github.com/fcmhost/fcm/internal/vmm/qemu"
 )
 
 // term is one interactive terminal on the VM: bytes in, output out.
@@ -46,11 +42,7 @@ func runConsoleBench(w io.Writer, keystrokes int) error {
 		return err
 	}
 	defer os.RemoveAll(dataDir)
-	d, err := qemu.New(qemu.Options{Logger: quiet})
-	if err != nil {
-		return err
-	}
-	m, st, err := benchManager(dataDir, d, nil)
+	m, st, _, err := qemuManager(dataDir)
 	if err != nil {
 		return err
 	}
@@ -59,15 +51,11 @@ func runConsoleBench(w io.Writer, keystrokes int) error {
 		return err
 	}
 	defer m.Destroy(ctx, v.Name)
-	secret := store.NewSecret()
-	if err := st.Update(func(tx *store.Tx) error {
-		return tx.PutToken(secret, &store.Token{ID: "bench", Admin: true})
-	}); err != nil {
+	c, stop, err := benchAPI(m, st, nil)
+	if err != nil {
 		return err
 	}
-	srv := httptest.NewServer((&daemon.Server{Store: st, VMs: m, Guests: m, Log: quiet}).Handler())
-	defer srv.Close()
-	c := &client.Client{Host: srv.URL, Token: secret}
+	defer stop()
 
 	knownHosts := filepath.Join(dataDir, "known_hosts")
 	if err := os.WriteFile(knownHosts, []byte(v.IP+" "+v.HostKey+"\n"), 0o600); err != nil {
@@ -84,7 +72,7 @@ func runConsoleBench(w io.Writer, keystrokes int) error {
 			if err != nil {
 				return nil, err
 			}
-			return dialTerm(ctx, srv.URL, secret, v.Name, s.ID)
+			return dialTerm(ctx, c.Host, c.Token, v.Name, s.ID)
 		}},
 		{"ssh (shell)", func() (term, error) { return startSSH(append(sshArgs, "bash")) }},
 		{"ssh + tmux", func() (term, error) {

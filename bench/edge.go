@@ -4,18 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http/httptest"
 	"os"
 	"text/tabwriter"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
-	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/daemon"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/edge/edgetest"
-	"github.com/fcmhost/fcm/internal/store"
-	"github.com/fcmhost/fcm/internal/vmm/qemu"
 )
 
 const benchDomain = "bench.test"
@@ -43,11 +39,7 @@ func runEdgeBench(w io.Writer, runs int) error {
 func firstHTTPS(w io.Writer, env *edgetest.Env, dir string, runs int) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	d, err := qemu.New(qemu.Options{Logger: quiet})
-	if err != nil {
-		return err
-	}
-	m, st, err := benchManager(dir, d, nil)
+	m, st, _, err := qemuManager(dir)
 	if err != nil {
 		return err
 	}
@@ -55,15 +47,11 @@ func firstHTTPS(w io.Writer, env *edgetest.Env, dir string, runs int) error {
 		TLS: edge.TLS{CA: edgetest.ACMEDir, CARoot: env.CARoot}}
 	rec := edge.New(cfg, daemon.Sites(st), quiet)
 	go rec.Run(ctx)
-	secret := store.NewSecret()
-	if err := st.Update(func(tx *store.Tx) error {
-		return tx.PutToken(secret, &store.Token{ID: "bench", Admin: true})
-	}); err != nil {
+	c, stop, err := benchAPI(m, st, rec)
+	if err != nil {
 		return err
 	}
-	srv := httptest.NewServer((&daemon.Server{Store: st, VMs: m, Guests: m, Log: quiet, Edge: rec}).Handler())
-	defer srv.Close()
-	c := &client.Client{Host: srv.URL, Token: secret}
+	defer stop()
 	https := env.Client()
 
 	var total, create []time.Duration

@@ -72,11 +72,7 @@ func (h *hostTmux) waitFor(name, want string) string {
 // output, detach and reattach with the shell's state intact, a window resize,
 // exit ending the session, and a clear error when attaching to a gone session.
 func TestConsole_Attach(t *testing.T) {
-	dataDir := shortTempDir(t)
-	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
-	work := t.TempDir()
-	d.mustCLI(work, "create", "--name", "term1")
+	d, work := daemonWithVM(t, "term1")
 	env := []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token(), "HOME=" + t.TempDir()}
 	h := newHostTmux(t)
 	bin := os.Getenv("FCM_BIN")

@@ -20,11 +20,7 @@ import (
 // TestConsole_Sessions: sessions are tmux sessions in the VM, made, listed and
 // ended through the API and CLI, and still there after a daemon restart.
 func TestConsole_Sessions(t *testing.T) {
-	dataDir := shortTempDir(t)
-	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
-	work := t.TempDir()
-	d.mustCLI(work, "create", "--name", "shell1")
+	d, work := daemonWithVM(t, "shell1")
 	c := &client.Client{Host: "http://" + daemonListen, Token: d.token()}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -68,7 +64,7 @@ func TestConsole_Sessions(t *testing.T) {
 
 	// Sessions live in the VM: a daemon restart finds them again.
 	d.stop(syscall.SIGTERM)
-	d = startDaemon(t, dataDir)
+	d = startDaemon(t, d.dataDir)
 	sessions, err := c.ListSessions(ctx, "shell1")
 	if err != nil {
 		t.Fatal(err)
@@ -95,11 +91,7 @@ func TestConsole_Sessions(t *testing.T) {
 // was down is replayed when it reconnects with where it stopped, even what has
 // scrolled off the screen; a new client instead gets the screen as it is.
 func TestConsole_ResumeLosesNothing(t *testing.T) {
-	dataDir := shortTempDir(t)
-	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
-	work := t.TempDir()
-	d.mustCLI(work, "create", "--name", "resume1")
+	d, work := daemonWithVM(t, "resume1")
 	c := &client.Client{Host: "http://" + daemonListen, Token: d.token()}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -223,3 +223,15 @@ func (d *daemonProc) waitLog(s string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// daemonWithVM starts a daemon on a data dir of its own and creates VM name
+// from a work dir; the VMs are removed after the test.
+func daemonWithVM(t *testing.T, name string) (*daemonProc, string) {
+	t.Helper()
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d := startDaemon(t, dataDir)
+	work := t.TempDir()
+	d.mustCLI(work, "create", "--name", name)
+	return d, work
+}

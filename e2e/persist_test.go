@@ -16,11 +16,7 @@ import (
 // a killed client loses nothing, and a client attached across a daemon restart
 // reconnects by itself.
 func TestConsole_Persistence(t *testing.T) {
-	dataDir := shortTempDir(t)
-	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
-	work := t.TempDir()
-	d.mustCLI(work, "create", "--name", "term2")
+	d, work := daemonWithVM(t, "term2")
 	env := []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token(), "HOME=" + t.TempDir()}
 	h := newHostTmux(t)
 	bin := os.Getenv("FCM_BIN")
@@ -73,7 +69,7 @@ func TestConsole_Persistence(t *testing.T) {
 	// itself, and the session goes on.
 	d.stop(syscall.SIGTERM)
 	h.waitFor("d", "Connection lost")
-	d = startDaemon(t, dataDir)
+	d = startDaemon(t, d.dataDir)
 	h.waitFor("d", "Reconnected.")
 	h.keys("d", "echo back-$((2*21))-$X", "Enter")
 	h.waitFor("d", "back-42-kept")
