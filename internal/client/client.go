@@ -238,7 +238,7 @@ func (c *Client) follow(ctx context.Context, name string) (*api.VM, error) {
 		v, err := c.GetVM(ctx, name)
 		switch {
 		case IsNotFound(err):
-			return nil, &api.Error{Message: fmt.Sprintf("creating %s failed and was undone; the daemon's log says why", name), Code: api.CodeInternal}
+			return nil, &api.Error{Message: fmt.Sprintf("%s is gone: the operation failed and was undone (the daemon's log says why)", name), Code: api.CodeInternal}
 		case err != nil:
 			var ue *UnreachableError
 			if !errors.As(err, &ue) {
@@ -246,7 +246,7 @@ func (c *Client) follow(ctx context.Context, name string) (*api.VM, error) {
 			}
 			if unreachableSince.IsZero() {
 				unreachableSince = time.Now()
-			} else if time.Since(unreachableSince) > time.Minute {
+			} else if time.Since(unreachableSince) > 5*time.Second {
 				return nil, err
 			}
 		case v.State != api.StateCreating && v.State != api.StateStarting:
