@@ -193,7 +193,7 @@ type wsTerm struct {
 }
 
 func dialTerm(ctx context.Context, host, token, vm, id string) (*wsTerm, error) {
-	u := strings.Replace(host, "http", "ws", 1) + "/v1/vms/" + vm + "/sessions/" + id + "/attach?cols=120&rows=40"
+	u := strings.Replace(host, "http", "ws", 1) + "/v1/vms/" + vm + "/sessions/" + id + "/attach?cols=80&rows=24" // as ssh -tt without a terminal
 	ws, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + token}}})
 	if err != nil {
 		return nil, err
@@ -304,8 +304,8 @@ func idleSessionMemory(ctx context.Context, w io.Writer, c *client.Client, vm st
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "\nIDLE ATTACHED SESSIONS\tATTACHED\tHEAP+STACKS PER SESSION\tRSS PER SESSION\n")
-	fmt.Fprintf(tw, "%d\t%d\t%.0f KiB\t%.0f KiB\n", n, attached, float64(after-before)/float64(n)/1024,
-		float64(rssAfter-rssBefore)/float64(n)/1024)
+	fmt.Fprintf(tw, "%d\t%d\t%.0f KiB\t%.0f KiB\n", n, attached, float64(int64(after)-int64(before))/float64(n)/1024,
+		float64(int64(rssAfter)-int64(rssBefore))/float64(n)/1024)
 	return tw.Flush()
 }
 
