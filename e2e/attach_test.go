@@ -68,14 +68,19 @@ func (h *hostTmux) waitFor(name, want string) string {
 	}
 }
 
+// terminal is what a person at a host terminal has: the CLI's environment for
+// this daemon, a private host tmux to type into, and the fcm binary.
+func (d *daemonProc) terminal(t *testing.T) (env []string, h *hostTmux, bin string) {
+	env = []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token(), "HOME=" + t.TempDir()}
+	return env, newHostTmux(t), os.Getenv("FCM_BIN")
+}
+
 // TestConsole_Attach drives `fcm console` in a host terminal: a command's
 // output, detach and reattach with the shell's state intact, a window resize,
 // exit ending the session, and a clear error when attaching to a gone session.
 func TestConsole_Attach(t *testing.T) {
 	d, work := daemonWithVM(t, "term1")
-	env := []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token(), "HOME=" + t.TempDir()}
-	h := newHostTmux(t)
-	bin := os.Getenv("FCM_BIN")
+	env, h, bin := d.terminal(t)
 
 	h.run("a", work, env, bin+" console")
 	h.waitFor("a", "Session: brook")

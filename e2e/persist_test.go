@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -17,9 +16,7 @@ import (
 // reconnects by itself.
 func TestConsole_Persistence(t *testing.T) {
 	d, work := daemonWithVM(t, "term2")
-	env := []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token(), "HOME=" + t.TempDir()}
-	h := newHostTmux(t)
-	bin := os.Getenv("FCM_BIN")
+	env, h, bin := d.terminal(t)
 
 	// vi on a file with known text; detach; the session is listed.
 	h.run("a", work, env, bin+" console")
