@@ -32,10 +32,13 @@ func (h *hostTmux) tmux(args ...string) string {
 	return string(out)
 }
 
-// run starts a window named name running cmd (kept open after it exits).
+// run starts a window named name running cmd (kept open after it exits). The
+// exit status is printed on a line of its own after `stty sane`, since a
+// killed client cannot take its terminal out of raw mode.
 func (h *hostTmux) run(name, dir string, env []string, cmd string) {
 	h.t.Helper()
-	script := "cd " + dir + " && env " + strings.Join(env, " ") + " " + cmd + "; echo '[fcm exited]' $?; sleep 600"
+	script := "cd " + dir + " && env " + strings.Join(env, " ") + " " + cmd +
+		"; s=$?; stty sane; echo; echo '[fcm exited]' $s; sleep 600"
 	if _, err := exec.Command("tmux", "-L", h.socket, "has-session", "-t", "main").CombinedOutput(); err != nil {
 		h.tmux("new-session", "-d", "-s", "main", "-n", name, "-x", "120", "-y", "40", script)
 		return
@@ -48,8 +51,9 @@ func (h *hostTmux) keys(name string, keys ...string) {
 	h.tmux(append([]string{"send-keys", "-t", "main:" + name}, keys...)...)
 }
 
+// screen is the window's visible text, lines wrapped at its width joined again.
 func (h *hostTmux) screen(name string) string {
-	return h.tmux("capture-pane", "-p", "-t", "main:"+name)
+	return h.tmux("capture-pane", "-p", "-J", "-t", "main:"+name)
 }
 
 // waitFor polls the window's screen until it contains want.
