@@ -11,26 +11,29 @@ import (
 	"regexp"
 )
 
+// adjectives and nouns are the design's word lists (space, tech and nature), then
+// more words of the same three themes.
 var adjectives = []string{
-	"amber", "ancient", "autumn", "bold", "brave", "bright", "calm", "clever",
-	"cosmic", "crimson", "crisp", "dawn", "deep", "eager", "electric", "emerald",
-	"fancy", "fast", "gentle", "golden", "green", "happy", "hidden", "icy",
-	"jolly", "keen", "kind", "lively", "lucky", "lunar", "mellow", "misty",
-	"noble", "odd", "patient", "polar", "proud", "quiet", "rapid", "restless",
-	"royal", "rustic", "shiny", "silent", "silver", "solar", "spring", "steady",
-	"stellar", "still", "sunny", "swift", "tidy", "tiny", "twilight", "velvet",
-	"vivid", "wandering", "warm", "wild", "winter", "wise", "young", "zesty",
+	"cosmic", "quantum", "stellar", "solar", "lunar", "orbital", "nebula", "cyber",
+	"digital", "neural", "binary", "atomic", "photon", "plasma", "misty", "crystal",
+	"amber", "coral", "forest", "arctic", "alpine", "galactic", "astral",
+	"celestial", "radiant", "electric", "magnetic", "ionic", "sonic", "optic",
+	"laser", "pixel", "vector", "analog", "kinetic", "polar", "boreal", "tidal",
+	"verdant", "mossy", "frosty", "sunny", "stormy", "rainy", "dusky", "golden",
+	"silver", "cobalt", "crimson", "emerald", "granite", "hidden", "silent",
+	"swift", "bright", "ancient", "wild", "velvet", "glowing", "frozen", "rapid",
+	"gentle",
 }
 
 var nouns = []string{
-	"aurora", "badger", "bay", "breeze", "brook", "canyon", "cedar", "cloud",
-	"comet", "coral", "cove", "crater", "creek", "delta", "dune", "eagle",
-	"ember", "falcon", "fern", "field", "fjord", "flame", "forest", "frost",
-	"galaxy", "glacier", "grove", "harbor", "hawk", "heron", "hill", "island",
-	"lagoon", "lake", "leaf", "meadow", "mesa", "meteor", "moon", "moss",
-	"nebula", "nova", "oak", "ocean", "orbit", "otter", "peak", "pine",
-	"planet", "pond", "prairie", "quasar", "rain", "reef", "ridge", "river",
-	"sky", "snow", "star", "stone", "sun", "thunder", "tide", "willow",
+	"nova", "comet", "pulsar", "quasar", "aurora", "eclipse", "meteor", "circuit",
+	"matrix", "nexus", "vertex", "tensor", "vector", "cipher", "river", "canyon",
+	"glacier", "meadow", "reef", "grove", "peak", "galaxy", "nebula", "orbit",
+	"zenith", "photon", "proton", "rocket", "satellite", "asteroid", "horizon",
+	"cosmos", "signal", "kernel", "socket", "router", "beacon", "pixel", "lagoon",
+	"delta", "fjord", "summit", "valley", "forest", "willow", "cedar", "fern",
+	"brook", "harbor", "island", "tundra", "prairie", "mesa", "geyser", "ridge",
+	"cove", "dune", "creek",
 }
 
 // Combinations is how many distinct adjective-noun names there are.
