@@ -24,6 +24,10 @@ func Main(args []string) int {
 	root := newRoot()
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var ec exitCode
+		if errors.As(err, &ec) {
+			return int(ec) // the command's output already said why
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(os.Stderr, "fcm: %v (see 'fcm %s --help')\n", err, ue.cmd)
@@ -55,7 +59,8 @@ authenticate with FCM_TOKEN or ~/.fcm-token.`,
 		return usageError{cmd: strings.TrimPrefix(c.CommandPath(), "fcm "), err: err}
 	})
 	root.AddCommand(newDaemonCmd(), newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
-		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd())
+		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
+		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd())
 	return root
 }
 

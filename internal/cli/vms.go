@@ -116,6 +116,13 @@ later commands in this directory (start, stop, destroy) need no name.`,
 			} else {
 				fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: commands in this directory now default to %s.\n", dotFile, v.Name)
 			}
+			if inWorkTree() {
+				if u, err := addRemote(v.Name); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "note: could not add the git remote: %v\n", err)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "Git remote %s: %s\nDeploy with: git push %s main\n", remoteName, u, remoteName)
+				}
+			}
 			return nil
 		},
 	}

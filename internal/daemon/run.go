@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
@@ -138,10 +139,17 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	srv := &http.Server{
-		Handler:           (&Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec}).Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec}
+	self, err := os.Executable()
+	if err != nil {
+		return err
 	}
+	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self,
+		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) }}
+	if err := server.Deploys.Prepare(ctx, func(name string) bool { _, err := st.GetVM(name); return err == nil }); err != nil {
+		return fmt.Errorf("git repositories: %w", err)
+	}
+	srv := &http.Server{Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	if o.Out != nil {
 		fmt.Fprintf(o.Out, "fcm daemon %s listening on http://%s (hypervisor %s, bridge %s %s, data %s)\n",
 			o.Version, ln.Addr(), driver.Name(), netCfg.Bridge, netCfg.Subnet, o.DataDir)
@@ -169,6 +177,15 @@ func Run(ctx context.Context, o Options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// appURL is where an app answers: its URL through the edge, else the VM's
+// address and port.
+func appURL(s *Server, v *store.VM) string {
+	if u := s.toAPI(v).URL; u != "" {
+		return u
+	}
+	return fmt.Sprintf("http://%s:%d", v.IP, v.Port)
 }
 
 func pick(override, def string) string {

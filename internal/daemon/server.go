@@ -18,6 +18,7 @@ import (
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/console"
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
@@ -41,6 +42,7 @@ type Server struct {
 	Guests     Guests
 	Consoles   *console.Hubs    // attached console sessions; nil: made on first use
 	Edge       *edge.Reconciler // routes in Caddy; nil: no edge
+	Deploys    *deploy.Service  // git push deploys; nil: none
 	Version    string
 	Hypervisor string
 	Log        *slog.Logger
@@ -67,6 +69,12 @@ func (s *Server) Handler() http.Handler {
 	}
 	for pattern, h := range routes {
 		mux.HandleFunc(pattern, s.authed(h))
+	}
+	if s.Deploys != nil {
+		// Git authenticates with HTTP Basic (the token as password); the hook
+		// with the one-time token of its push.
+		mux.Handle("/git/", s.Deploys.GitHandler())
+		mux.Handle("POST /internal/push", s.Deploys.PushHandler())
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
@@ -182,6 +190,11 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Tok
 	ctx := context.WithoutCancel(r.Context())
 	st := newStream(w, r)
 	v, err := s.VMs.Create(ctx, tok.ID, req, st.progress)
+	if err == nil && s.Deploys != nil {
+		if rerr := s.Deploys.EnsureRepo(ctx, v.Name); rerr != nil {
+			s.logger().Error("git repository", "vm", v.Name, "err", rerr)
+		}
+	}
 	st.finish(s, v, err, http.StatusCreated)
 }
 
@@ -214,6 +227,11 @@ func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.To
 	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), r.PathValue("name")); err != nil {
 		s.fail(w, err)
 		return
+	}
+	if s.Deploys != nil {
+		if err := s.Deploys.Forget(r.PathValue("name")); err != nil {
+			s.logger().Error("forget the app", "vm", r.PathValue("name"), "err", err)
+		}
 	}
 	s.routeChanged(nil, nil)
 	w.WriteHeader(http.StatusNoContent)

@@ -24,8 +24,6 @@ import (
 const (
 	HostKeyPath     = "/etc/ssh/ssh_host_ed25519_key"
 	SwapFile        = "/swapfile"
-	PlaceholderPID  = "/run/fcm-placeholder.pid"
-	PlaceholderPort = 3000
 )
 
 // Main runs init as process 1 and never returns: it ends with the machine.
@@ -43,9 +41,10 @@ func Main() {
 }
 
 type initProc struct {
-	self     string
-	sshd     int // pid, 0 when not running
-	stopping bool
+	self       string
+	sshd       int // pid, 0 when not running
+	supervisor int // the app supervisor's pid, 0 when not running
+	stopping   bool
 }
 
 func selfPath() string {
@@ -99,7 +98,7 @@ func (in *initProc) boot() {
 	}
 	ensureHostKey()
 	in.startSSHD()
-	in.startPlaceholder()
+	in.startSupervisor()
 	go watchPowerButton()
 }
 
@@ -246,13 +245,15 @@ func (in *initProc) startSSHD() {
 	in.sshd = pid
 }
 
-func (in *initProc) startPlaceholder() {
-	pid, err := spawn([]string{in.self, "guest", "placeholder"}, baseEnv)
+// startSupervisor starts the app supervisor: the app's processes, and the
+// proxy on the VM's port (the placeholder page until the first deploy).
+func (in *initProc) startSupervisor() {
+	pid, err := spawn([]string{in.self, "guest", "supervise"}, baseEnv)
 	if err != nil {
-		log.Printf("placeholder: %v", err)
+		log.Printf("supervisor: %v", err)
 		return
 	}
-	writeFile(PlaceholderPID, fmt.Sprintf("%d\n", pid), 0o644)
+	in.supervisor = pid
 }
 
 // loop reaps children, restarts sshd if it dies, and shuts down on request.
@@ -282,6 +283,12 @@ func (in *initProc) reap() {
 			in.sshd = 0
 			time.Sleep(500 * time.Millisecond)
 			in.startSSHD()
+		}
+		if pid == in.supervisor && !in.stopping {
+			log.Printf("app supervisor exited (%v); restarting", ws)
+			in.supervisor = 0
+			time.Sleep(500 * time.Millisecond)
+			in.startSupervisor()
 		}
 	}
 }

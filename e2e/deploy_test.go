@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gitEnv is a person's git: an identity, no system or global config.
+var gitEnv = []string{"GIT_AUTHOR_NAME=Ada", "GIT_AUTHOR_EMAIL=ada@example.com",
+	"GIT_COMMITTER_NAME=Ada", "GIT_COMMITTER_EMAIL=ada@example.com", "GIT_CONFIG_NOSYSTEM=1", "GIT_TERMINAL_PROMPT=0"}
+
+// git runs git in dir with the daemon's host and token in the environment (what
+// the credential helper fcm configured reads), returning output and exit code.
+func (d *daemonProc) git(dir string, args ...string) (string, int) {
+	d.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatal(err)
+	}
+	return string(out), code
+}
+
+func (d *daemonProc) mustGit(dir string, args ...string) string {
+	d.t.Helper()
+	out, code := d.git(dir, args...)
+	if code != 0 {
+		d.t.Fatalf("git %v: exit %d:\n%s\ndaemon log:\n%s", args, code, out, tail(d.log(), 4000))
+	}
+	return out
+}
+
+func writeFiles(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// commit writes files and commits them all.
+func (d *daemonProc) commit(dir, msg string, files map[string]string) {
+	d.t.Helper()
+	writeFiles(d.t, dir, files)
+	d.mustGit(dir, "add", "-A")
+	d.mustGit(dir, "commit", "-q", "-m", msg)
+}
+
+func httpBody(url string) (int, string, error) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// loadLoop requests url until stopped and counts the failures (an error or a
+// status of 500 or more), remembering the first few.
+type loadLoop struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startLoad(url string) *loadLoop {
+	l := &loadLoop{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			code, _, err := httpBody(url)
+			if err != nil || code >= 500 {
+				l.failed.Add(1)
+				l.mu.Lock()
+				if len(l.errs) < 5 {
+					l.errs = append(l.errs, fmt.Sprintf("%s: %d %v", time.Now().Format("15:04:05.000"), code, err))
+				}
+				l.mu.Unlock()
+			} else {
+				l.ok.Add(1)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return l
+}
+
+func (l *loadLoop) end() {
+	close(l.stop)
+	<-l.done
+}
+
+// TestDeploy_QuickStart is the design's quick start, verbatim, then what must
+// hold around it: a broken release never replaces a working one, requests never
+// fail during deploys, and pushes that must be refused are.
+func TestDeploy_QuickStart(t *testing.T) {
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d := startDaemon(t, dataDir)
+	work := t.TempDir()
+	d.mustGit(work, "init", "-q", "-b", "main")
+	out := d.mustCLI(work, "create", "--name", "hello")
+	if !strings.Contains(out, "Git remote fcm: http://"+daemonListen+"/git/hello.git") {
+		t.Fatalf("create inside a git work tree did not add the remote:\n%s", out)
+	}
+	vm := d.vms(work)["hello"]
+	url := fmt.Sprintf("http://%s:3000/", vm.IP)
+
+	d.commit(work, "hello", map[string]string{
+		"Procfile":   "web: python3 -m http.server 3000\n",
+		"index.html": "<h1>Hello World</h1>\n",
+	})
+	first := strings.TrimSpace(d.mustGit(work, "rev-parse", "HEAD"))
+	out = d.mustGit(work, "push", "fcm", "main")
+	t.Logf("git push fcm main:\n%s", out)
+	for _, want := range []string{"remote: -----> Building hello v1 from " + first[:7], "Procfile declares types -> web",
+		"remote: -----> Deploy successful! v1 is live", "remote:        http://" + vm.IP + ":3000", "* [new branch]      main -> main"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("push output lacks %q:\n%s", want, out)
+		}
+	}
+	if code, body, err := httpBody(url); err != nil || code != 200 || !strings.Contains(body, "<h1>Hello World</h1>") {
+		t.Fatalf("GET %s = %d %q %v", url, code, body, err)
+	}
+
+	t.Run("no downtime through a good and a crashing deploy", func(t *testing.T) {
+		load := startLoad(url)
+		d.commit(work, "v2", map[string]string{"index.html": "<h1>Hello again</h1>\n"})
+		out := d.mustGit(work, "push", "fcm", "main")
+		if !strings.Contains(out, "Deploy successful! v2 is live") {
+			t.Errorf("second push:\n%s", out)
+		}
+		good := strings.TrimSpace(d.mustGit(work, "rev-parse", "HEAD"))
+		d.commit(work, "crash", map[string]string{"Procfile": "web: echo starting up; echo 'no database' >&2; exit 3\n"})
+		out, code := d.git(work, "push", "fcm", "main")
+		time.Sleep(2 * time.Second) // the old release is stopped in the background: keep measuring
+		load.end()
+		if code == 0 {
+			t.Fatalf("a crashing release was accepted:\n%s", out)
+		}
+		t.Logf("crashing push:\n%s", out)
+		for _, want := range []string{"web exited with status 3", "no database", "v3 was not released; v2 keeps serving", "(pre-receive hook declined)"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("crashing push output lacks %q:\n%s", want, out)
+			}
+		}
+		if remote := strings.Fields(d.mustGit(work, "ls-remote", "fcm", "refs/heads/main"))[0]; remote != good {
+			t.Errorf("remote main = %s after a rejected push, want %s", remote, good)
+		}
+		if n := load.failed.Load(); n != 0 || load.ok.Load() < 20 {
+			t.Errorf("requests during deploys: %d ok, %d failed: %v", load.ok.Load(), n, load.errs)
+		}
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again") {
+			t.Errorf("after the rejected push the app serves %q", body)
+		}
+		d.mustGit(work, "reset", "-q", "--hard", good)
+	})
+
+	t.Run("a build that fails keeps the release", func(t *testing.T) {
+		d.commit(work, "bad procfile", map[string]string{"Procfile": "web python3 -m http.server\n"})
+		out, code := d.git(work, "push", "fcm", "main")
+		if code == 0 || !strings.Contains(out, "Procfile line 1: want 'type: command'") {
+			t.Errorf("bad Procfile: exit %d:\n%s", code, out)
+		}
+		d.mustGit(work, "reset", "-q", "--hard", "HEAD~1")
+	})
+
+	t.Run("refused pushes", func(t *testing.T) {
+		d.mustGit(work, "checkout", "-q", "-b", "feature")
+		out, code := d.git(work, "push", "fcm", "feature")
+		if code == 0 || !strings.Contains(out, `the branch "feature" was not pushed. To deploy it: git push fcm feature:main`) {
+			t.Errorf("push of another branch: exit %d:\n%s", code, out)
+		}
+		d.mustGit(work, "checkout", "-q", "main")
+		// A wrong token, straight in the URL (no helper involved).
+		out, code = d.git(work, "-c", "credential.helper=", "push", "http://fcm:wrong@"+daemonListen+"/git/hello.git", "main")
+		if code == 0 || !strings.Contains(out, "Authentication failed") {
+			t.Errorf("push with a wrong token: exit %d:\n%s", code, out)
+		}
+		out, code = d.git(work, "push", "http://"+daemonListen+"/git/nosuch.git", "main")
+		if code == 0 || !strings.Contains(out, `no app named "nosuch"`) {
+			t.Errorf("push to a missing app: exit %d:\n%s", code, out)
+		}
+	})
+
+	t.Run("clone gets what runs", func(t *testing.T) {
+		dir := t.TempDir()
+		d.mustGit(dir, "clone", "-q", "http://fcm:"+d.token()+"@"+daemonListen+"/git/hello.git", "c")
+		if b, err := os.ReadFile(filepath.Join(dir, "c", "index.html")); err != nil || !strings.Contains(string(b), "Hello again") {
+			t.Errorf("clone: %q %v", b, err)
+		}
+	})
+
+	d.mustCLI(work, "destroy", "hello")
+	if _, err := os.Stat(filepath.Join(dataDir, "repos", "hello.git")); !os.IsNotExist(err) {
+		t.Errorf("destroy left the repository: %v", err)
+	}
+}

@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/client"
+	"github.com/fcmhost/fcm/internal/deploy"
+	"github.com/spf13/cobra"
+)
+
+// remoteName is the git remote fcm adds, as `heroku create` adds "heroku".
+const remoteName = "fcm"
+
+func newGitRemoteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "git-remote [vm]",
+		Short: "Add the git remote 'fcm' for a VM to the git repository here",
+		Long: `Add (or update) the git remote 'fcm' in the current git repository, pointing at
+the VM's repository on the daemon, with fcm as the remote's credential helper
+(your fcm token is the password). Then deploy with:
+
+  git push fcm main
+
+fcm create does this by itself when run inside a git work tree.`,
+		Args: maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			if _, err := client.FromEnv().GetVM(cmd.Context(), name); err != nil {
+				return err
+			}
+			u, err := addRemote(name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Git remote %s: %s\nDeploy with: git push %s main\n", remoteName, u, remoteName)
+			return nil
+		},
+	}
+}
+
+// inWorkTree reports whether the current directory is inside a git work tree.
+func inWorkTree() bool {
+	out, err := exec.Command("git", "rev-parse", "--is-inside-work-tree").Output()
+	return err == nil && strings.TrimSpace(string(out)) == "true"
+}
+
+// addRemote points the remote at VM name's repository and makes fcm the
+// credential helper for the daemon's address.
+func addRemote(name string) (string, error) {
+	if !inWorkTree() {
+		return "", errors.New("not inside a git repository: run 'git init' first (or cd into one)")
+	}
+	host := client.FromEnv().Host
+	h, err := url.Parse(host)
+	if err != nil || h.Host == "" {
+		return "", fmt.Errorf("FCM_HOST %q is not a URL", host)
+	}
+	remote := host + "/git/" + name + ".git"
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	git := func(args ...string) error {
+		out, err := exec.Command("git", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if exec.Command("git", "remote", "get-url", remoteName).Run() == nil {
+		err = git("remote", "set-url", remoteName, remote)
+	} else {
+		err = git("remote", "add", remoteName, remote)
+	}
+	if err != nil {
+		return "", err
+	}
+	// An empty helper first clears helpers configured elsewhere for this host.
+	key := "credential." + h.Scheme + "://" + h.Host + ".helper"
+	exec.Command("git", "config", "--unset-all", key).Run()
+	if err := git("config", "--add", key, ""); err != nil {
+		return "", err
+	}
+	if err := git("config", "--add", key, "!'"+self+"' git-credential"); err != nil {
+		return "", err
+	}
+	return remote, nil
+}
+
+func newGitCredentialCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "git-credential get|store|erase",
+		Short:  "Git credential helper: gives git your fcm token for the daemon",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+			if args[0] != "get" {
+				return nil
+			}
+			tok := client.FromEnv().Token
+			if tok == "" {
+				return client.ErrNoToken
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "username=fcm\npassword=%s\n", tok)
+			return nil
+		},
+	}
+}
+
+func newHookCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "hook", Short: "Git hooks fcm installs in its repositories", Hidden: true}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "pre-receive",
+		Short: "Build and release the pushed tree before the branch moves",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if code := deploy.PreReceive(cmd.Context(), os.Stdin, os.Stdout); code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		},
+	})
+	return cmd
+}

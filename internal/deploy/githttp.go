@@ -1,0 +1,165 @@
+package deploy
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// GitHandler serves git's smart HTTP protocol at /git/<name>.git: clone, fetch
+// and push, with the fcm token as the HTTP Basic password. Pushes run the real
+// `git receive-pack`, whose pre-receive hook builds and releases the app.
+func (s *Service) GitHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rest := strings.TrimPrefix(r.URL.Path, "/git/")
+		name, action, ok := strings.Cut(rest, "/")
+		name = strings.TrimSuffix(name, ".git")
+		if !ok || name == "" {
+			http.Error(w, "not a repository path: use /git/<vm>.git", http.StatusNotFound)
+			return
+		}
+		tok := s.basicAuth(r)
+		if tok == nil {
+			w.Header().Set("WWW-Authenticate", `Basic realm="fcm"`)
+			http.Error(w, "fcm token required as the password (fcm git-remote sets this up)", http.StatusUnauthorized)
+			return
+		}
+		var service string
+		switch {
+		case r.Method == http.MethodGet && action == "info/refs":
+			service = r.URL.Query().Get("service")
+		case r.Method == http.MethodPost && (action == "git-receive-pack" || action == "git-upload-pack"):
+			service = action
+		default:
+			http.Error(w, "not found", http.StatusNotFound)
+			return
+		}
+		if service != "git-receive-pack" && service != "git-upload-pack" {
+			http.Error(w, "only git's smart HTTP protocol is served (git >= 1.6.6)", http.StatusForbidden)
+			return
+		}
+		vm, err := s.Store.GetVM(name)
+		if err != nil || !(tok.Admin || vm.Owner == tok.ID) {
+			gitError(w, service, fmt.Sprintf("no app named %q", name))
+			return
+		}
+		if err := s.EnsureRepo(r.Context(), name); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if action == "info/refs" {
+			s.advertise(w, r, service, name)
+			return
+		}
+		s.serviceRPC(w, r, service, vm, tok)
+	})
+}
+
+// basicAuth returns the token whose secret is the request's password.
+func (s *Service) basicAuth(r *http.Request) *store.Token {
+	_, secret, ok := r.BasicAuth()
+	if !ok || secret == "" {
+		return nil
+	}
+	var tok *store.Token
+	if err := s.Store.View(func(tx *store.Tx) (err error) { tok, err = tx.TokenFor(secret); return }); err != nil {
+		return nil
+	}
+	return tok
+}
+
+func pktLine(s string) string { return fmt.Sprintf("%04x%s", len(s)+4, s) }
+
+// gitError answers in the protocol itself, so git prints "remote error: msg".
+func gitError(w http.ResponseWriter, service, msg string) {
+	w.Header().Set("Content-Type", "application/x-"+service+"-advertisement")
+	w.Header().Set("Cache-Control", "no-cache")
+	io.WriteString(w, pktLine("# service="+service+"\n")+"0000"+pktLine("ERR "+msg+"\n"))
+}
+
+func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service, name string) {
+	cmd := exec.CommandContext(r.Context(), "git", strings.TrimPrefix(service, "git-"), "--stateless-rpc", "--advertise-refs", s.RepoPath(name))
+	cmd.Env = gitEnv(r)
+	out, err := cmd.Output()
+	if err != nil {
+		http.Error(w, "git: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-"+service+"-advertisement")
+	w.Header().Set("Cache-Control", "no-cache")
+	io.WriteString(w, pktLine("# service="+service+"\n")+"0000")
+	w.Write(out)
+}
+
+func gitEnv(r *http.Request) []string {
+	env := os.Environ()
+	if p := r.Header.Get("Git-Protocol"); p != "" {
+		env = append(env, "GIT_PROTOCOL="+p)
+	}
+	return env
+}
+
+// serviceRPC runs receive-pack or upload-pack with the request as its input
+// and its output streamed back (the hook's build output arrives as it happens).
+func (s *Service) serviceRPC(w http.ResponseWriter, r *http.Request, service string, vm *store.VM, tok *store.Token) {
+	body := io.Reader(r.Body)
+	if r.Header.Get("Content-Encoding") == "gzip" {
+		gz, err := gzip.NewReader(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body = gz
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	args := []string{strings.TrimPrefix(service, "git-"), "--stateless-rpc", s.RepoPath(vm.Name)}
+	env := gitEnv(r)
+	var p *push
+	if service == "git-receive-pack" {
+		args = append([]string{"-c", "core.hooksPath=" + s.hooksDir()}, args...)
+		p = s.newPush(vm.Name, tok)
+		defer s.endPush(p)
+		env = append(env, "FCM_PUSH_TOKEN="+p.token, "FCM_DAEMON_URL="+s.DaemonURL)
+	}
+	cmd := exec.Command("git", args...)
+	cmd.Env = env
+	cmd.Stdin = body
+	// Its own process group, so a pusher who goes away takes the hook with it;
+	// and gone with the daemon, so a push never outlives it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	w.Header().Set("Content-Type", "application/x-"+service+"-result")
+	w.Header().Set("Cache-Control", "no-cache")
+	cmd.Stdout = flushWriter{w}
+	if err := cmd.Start(); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	defer stop()
+	if err := cmd.Wait(); err != nil && ctx.Err() == nil {
+		s.Log.Warn("git", "service", service, "vm", vm.Name, "err", err)
+	}
+	if p != nil && p.deployedRef != "" {
+		// Clones check out what runs.
+		exec.Command("git", "-C", s.RepoPath(vm.Name), "symbolic-ref", "HEAD", p.deployedRef).Run()
+	}
+}
+
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return n, err
+}

@@ -1,0 +1,69 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// RepoPath is where VM name's bare repository lives.
+func (s *Service) RepoPath(name string) string { return filepath.Join(s.DataDir, "repos", name+".git") }
+
+func (s *Service) hooksDir() string { return filepath.Join(s.DataDir, "git-hooks") }
+
+// Prepare writes the hooks every repository uses (they call back into this
+// binary) and removes repositories and releases whose VM no longer exists.
+func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error {
+	if err := os.MkdirAll(s.hooksDir(), 0o755); err != nil {
+		return err
+	}
+	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", s.HookBin)
+	if err := os.WriteFile(filepath.Join(s.hooksDir(), "pre-receive"), []byte(hook), 0o755); err != nil {
+		return err
+	}
+	entries, _ := os.ReadDir(filepath.Join(s.DataDir, "repos"))
+	for _, e := range entries {
+		name := strings.TrimSuffix(e.Name(), ".git")
+		if !vmExists(name) {
+			s.Log.Info("removing the repository of a VM that no longer exists", "vm", name)
+			s.Forget(name)
+		}
+	}
+	return nil
+}
+
+// EnsureRepo makes VM name's bare repository if it does not exist yet.
+func (s *Service) EnsureRepo(ctx context.Context, name string) error {
+	p := s.RepoPath(name)
+	if _, err := os.Stat(filepath.Join(p, "HEAD")); err == nil {
+		return nil
+	}
+	tmp := p + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	cmds := [][]string{
+		{"git", "init", "-q", "--bare", "-b", "main", tmp},
+		{"git", "-C", tmp, "config", "receive.denyDeletes", "true"},
+		{"git", "-C", tmp, "config", "receive.denyNonFastForwards", "false"},
+	}
+	for _, c := range cmds {
+		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	return os.Rename(tmp, p)
+}
+
+// Forget removes VM name's repository, releases and config vars.
+func (s *Service) Forget(name string) error {
+	os.RemoveAll(s.RepoPath(name))
+	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(name) })
+}

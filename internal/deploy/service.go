@@ -1,0 +1,296 @@
+// Package deploy is the host's side of git push deploys: a bare repository per
+// VM served over git's smart HTTP protocol, the pre-receive hook's callback
+// that builds the pushed tree inside the app's VM, releases (deploys, config
+// changes, rollbacks) recorded in the store, and one deploy at a time per app.
+package deploy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/release"
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// Guests opens SSH connections to VMs.
+type Guests interface {
+	Client(vm *store.VM) (*guest.Client, error)
+}
+
+// Service runs deploys.
+type Service struct {
+	DataDir   string
+	Store     *store.Store
+	Guests    Guests
+	HookBin   string                 // the fcm binary the hook runs
+	DaemonURL string                 // where the hook calls back, e.g. http://127.0.0.1:7777
+	URL       func(*store.VM) string // the app's public URL, "" for none
+	Log       *slog.Logger
+
+	mu     sync.Mutex
+	pushes map[string]*push    // push token -> push
+	locks  map[string]*appLock // vm name -> its deploy lock
+}
+
+// push is one receive-pack in progress; its hook proves itself with token.
+type push struct {
+	token       string
+	vm          string
+	user        string
+	deployedRef string
+}
+
+// appLock serializes what changes an app's release, saying who holds it.
+type appLock struct {
+	ch     chan struct{}
+	holder string
+	since  time.Time
+}
+
+func (s *Service) newPush(vm string, tok *store.Token) *push {
+	b := make([]byte, 24)
+	rand.Read(b)
+	p := &push{token: hex.EncodeToString(b), vm: vm, user: tok.Name}
+	s.mu.Lock()
+	if s.pushes == nil {
+		s.pushes = map[string]*push{}
+	}
+	s.pushes[p.token] = p
+	s.mu.Unlock()
+	return p
+}
+
+func (s *Service) endPush(p *push) {
+	s.mu.Lock()
+	delete(s.pushes, p.token)
+	s.mu.Unlock()
+}
+
+// lock takes VM name's deploy lock, telling out when it has to wait.
+func (s *Service) lock(ctx context.Context, name, what string, out io.Writer) (func(), error) {
+	s.mu.Lock()
+	if s.locks == nil {
+		s.locks = map[string]*appLock{}
+	}
+	l := s.locks[name]
+	if l == nil {
+		l = &appLock{ch: make(chan struct{}, 1)}
+		s.locks[name] = l
+	}
+	s.mu.Unlock()
+	select {
+	case l.ch <- struct{}{}:
+	default:
+		s.mu.Lock()
+		holder, since := l.holder, l.since
+		s.mu.Unlock()
+		fmt.Fprintf(out, "-----> Waiting: %s (%s ago); this one goes next\n", holder, time.Since(since).Round(time.Second))
+		select {
+		case l.ch <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	s.mu.Lock()
+	l.holder, l.since = what, time.Now()
+	s.mu.Unlock()
+	return func() { <-l.ch }, nil
+}
+
+// PushHandler answers the pre-receive hook (POST /internal/push): the body is
+// the pushed tree as a tar; the response streams the build's output and ends
+// with the trailer Fcm-Exit.
+func (s *Service) PushHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		s.mu.Lock()
+		p := s.pushes[token]
+		s.mu.Unlock()
+		if p == nil || token == "" {
+			http.Error(w, "unknown push", http.StatusForbidden)
+			return
+		}
+		// The tree is read while the output is written.
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			s.Log.Warn("push: full duplex", "err", err)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Trailer", "Fcm-Exit")
+		w.WriteHeader(http.StatusOK)
+		out := &lineWriter{w: flushWriter{w}}
+		err := s.deploy(r.Context(), p, r.Header.Get("Fcm-Commit"), r.Header.Get("Fcm-Ref"), r.Body, out)
+		code := "0"
+		if err != nil {
+			code = "1"
+		} else {
+			p.deployedRef = r.Header.Get("Fcm-Ref")
+		}
+		w.Header().Set("Fcm-Exit", code)
+	})
+}
+
+// lineWriter remembers the last " !" line written, the reason a deploy failed.
+type lineWriter struct {
+	w      io.Writer
+	mu     sync.Mutex
+	reason string
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	for _, line := range strings.Split(string(p), "\n") {
+		if r, ok := strings.CutPrefix(line, " !     "); ok && !strings.HasPrefix(r, "The app's last lines") {
+			l.reason = strings.TrimSpace(r)
+		}
+	}
+	l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func short(commit string) string {
+	if len(commit) > 7 {
+		return commit[:7]
+	}
+	return commit
+}
+
+// deploy builds tree in the VM as a new release and switches to it.
+func (s *Service) deploy(ctx context.Context, p *push, commit, ref string, tree io.Reader, out *lineWriter) error {
+	unlock, err := s.lock(ctx, p.vm, fmt.Sprintf("a deploy of %s by %s is in progress", short(commit), p.user), out)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	vm, err := s.Store.GetVM(p.vm)
+	if err != nil {
+		fmt.Fprintf(out, " !     no app named %q\n", p.vm)
+		return err
+	}
+	if vm.State != api.StateRunning {
+		fmt.Fprintf(out, " !     %s is %s: start it with 'fcm start %s', then push again\n", vm.Name, vm.State, vm.Name)
+		return fmt.Errorf("vm not running")
+	}
+	rel, prev, err := s.newRelease(vm.Name, func(r *store.Release, cfg map[string]string) {
+		r.Description, r.Commit, r.Build, r.User, r.Env = "Deploy "+short(commit), commit, r.Version, p.user, cfg
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "-----> Building %s v%d from %s (%s)\n", vm.Name, rel.Version, short(commit), strings.TrimPrefix(ref, "refs/heads/"))
+	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: commit, Port: vm.Port, Env: rel.Env, RunRelease: true}
+	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
+	return s.finish(vm, rel, prev, err, out)
+}
+
+// newRelease records the next release of vm as pending; fill sets what it is.
+// It also returns the current (last succeeded) release, nil if none.
+func (s *Service) newRelease(vm string, fill func(r *store.Release, cfg map[string]string)) (*store.Release, *store.Release, error) {
+	var rel, prev *store.Release
+	err := s.Store.Update(func(tx *store.Tx) error {
+		all, err := tx.Releases(vm)
+		if err != nil {
+			return err
+		}
+		cfg, err := tx.Config(vm)
+		if err != nil {
+			return err
+		}
+		rel = &store.Release{VM: vm, Version: 1, Status: store.ReleasePending, CreatedAt: time.Now().UTC()}
+		if len(all) > 0 {
+			rel.Version = all[len(all)-1].Version + 1
+		}
+		for _, r := range all {
+			if r.Status == store.ReleaseSucceeded {
+				prev = r
+			}
+		}
+		fill(rel, cfg)
+		return tx.PutRelease(rel)
+	})
+	return rel, prev, err
+}
+
+// finish records how a release ended and tells the person deploying.
+func (s *Service) finish(vm *store.VM, rel, prev *store.Release, runErr error, out *lineWriter) error {
+	rel.FinishedAt = time.Now().UTC()
+	rel.Status = store.ReleaseSucceeded
+	if runErr != nil {
+		rel.Status = store.ReleaseFailed
+		rel.Reason = out.reason
+		if rel.Reason == "" {
+			rel.Reason = runErr.Error()
+		}
+	}
+	if err := s.Store.Update(func(tx *store.Tx) error { return tx.PutRelease(rel) }); err != nil {
+		return err
+	}
+	if runErr != nil {
+		keeps := "nothing was running before, so nothing is served yet"
+		if prev != nil {
+			keeps = fmt.Sprintf("v%d keeps serving", prev.Version)
+		}
+		fmt.Fprintf(out, " !     Deploy failed: %s\n !     v%d was not released; %s.\n", rel.Reason, rel.Version, keeps)
+		return runErr
+	}
+	fmt.Fprintf(out, "-----> Deploy successful! v%d is live\n", rel.Version)
+	if u := s.URL(vm); u != "" {
+		fmt.Fprintf(out, "       %s\n", u)
+	}
+	return nil
+}
+
+// runGuest runs the guest agent with req and (for a build) the tree, streaming
+// its output; ctx ending cancels it in the guest.
+func (s *Service) runGuest(ctx context.Context, vm *store.VM, req release.DeployRequest, tree io.Reader, out io.Writer) error {
+	c, err := s.Guests.Client(vm)
+	if err != nil {
+		return err
+	}
+	sess, err := c.Session(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", vm.Name, err)
+	}
+	defer sess.Close()
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		return err
+	}
+	sess.Stdout, sess.Stderr = out, out
+	if err := sess.Start("/usr/sbin/fcm-init guest deploy"); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Wait() }()
+	go func() {
+		// The request, then the tree; stdin stays open until the agent is done:
+		// its end is the agent's signal to cancel.
+		line, _ := json.Marshal(req)
+		stdin.Write(append(line, '\n'))
+		if tree != nil {
+			io.Copy(stdin, tree)
+		}
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("the build in %s failed: %w", vm.Name, err)
+		}
+		return nil
+	case <-ctx.Done():
+		stdin.Close()
+		sess.Close()
+		return errors.New("canceled: the pusher went away")
+	}
+}
