@@ -22,8 +22,8 @@ import (
 
 // Paths in the guest that init and the host agree on.
 const (
-	HostKeyPath     = "/etc/ssh/ssh_host_ed25519_key"
-	SwapFile        = "/swapfile"
+	HostKeyPath = "/etc/ssh/ssh_host_ed25519_key"
+	SwapFile    = "/swapfile"
 )
 
 // Main runs init as process 1 and never returns: it ends with the machine.
