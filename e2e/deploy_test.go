@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,6 +117,39 @@ func (l *loadLoop) end() {
 	<-l.done
 }
 
+// helloApp answers with a greeting from the config var GREETING.
+const helloApp = `import http.server, os
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("<h1>Hello again, %s</h1>\n" % os.environ.get("GREETING", "world")).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Hello).serve_forever()
+`
+
+// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // TestDeploy_QuickStart is the design's quick start, verbatim, then what must
 // hold around it: a broken release never replaces a working one, requests never
 // fail during deploys, and pushes that must be refused are.
@@ -151,7 +185,7 @@ func TestDeploy_QuickStart(t *testing.T) {
 
 	t.Run("no downtime through a good and a crashing deploy", func(t *testing.T) {
 		load := startLoad(url)
-		d.commit(work, "v2", map[string]string{"index.html": "<h1>Hello again</h1>\n"})
+		d.commit(work, "v2", map[string]string{"app.py": helloApp, "Procfile": "web: python3 app.py\n"})
 		out := d.mustGit(work, "push", "fcm", "main")
 		if !strings.Contains(out, "Deploy successful! v2 is live") {
 			t.Errorf("second push:\n%s", out)
@@ -212,8 +246,64 @@ func TestDeploy_QuickStart(t *testing.T) {
 	t.Run("clone gets what runs", func(t *testing.T) {
 		dir := t.TempDir()
 		d.mustGit(dir, "clone", "-q", "http://fcm:"+d.token()+"@"+daemonListen+"/git/hello.git", "c")
-		if b, err := os.ReadFile(filepath.Join(dir, "c", "index.html")); err != nil || !strings.Contains(string(b), "Hello again") {
+		if b, err := os.ReadFile(filepath.Join(dir, "c", "app.py")); err != nil || !strings.Contains(string(b), "Hello again") {
 			t.Errorf("clone: %q %v", b, err)
+		}
+	})
+
+	t.Run("releases, config, rollback, run, ps, logs", func(t *testing.T) {
+		out := d.mustCLI(work, "releases")
+		for _, want := range []string{"=== hello Releases - Current: v2", "v4  Deploy ", "failed: Procfile line 1", "v3  Deploy ", "web exited with status 3", "v1  Deploy " + first[:7]} {
+			if !strings.Contains(out, want) {
+				t.Errorf("releases lacks %q:\n%s", want, out)
+			}
+		}
+		if out := d.mustCLI(work, "config", "set", "GREETING=hola"); !strings.Contains(out, "Setting GREETING and restarting hello... done, v5") {
+			t.Errorf("config set: %s", out)
+		}
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after config set the app says %q", body)
+		}
+		if out := d.mustCLI(work, "config"); !strings.Contains(out, "GREETING=hola") {
+			t.Errorf("config: %s", out)
+		}
+		if out := d.mustCLI(work, "rollback"); !strings.Contains(out, "done, v6 (Rollback to v1)") {
+			t.Errorf("rollback: %s", out)
+		}
+		if _, body, _ := httpBody(url); !strings.Contains(body, "<h1>Hello World</h1>") {
+			t.Errorf("after the rollback to v1 the app says %q", body)
+		}
+		d.mustCLI(work, "rollback", "v5")
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after the rollback to v5 the app says %q", body)
+		}
+		if out := d.mustCLI(work, "run", "--", "sh", "-c", "echo greeting=$GREETING in $PWD"); !strings.Contains(out, "greeting=hola in /srv/app/builds/2") {
+			t.Errorf("run: %q", out)
+		}
+		if _, code := d.cli(work, "run", "--", "sh", "-c", "exit 3"); code != 3 {
+			t.Errorf("run -- sh -c 'exit 3' exited %d", code)
+		}
+		if out := d.mustCLI(work, "ps"); !regexp.MustCompile(`web\.1\s+v7\s+up\s+0`).MatchString(out) {
+			t.Errorf("ps:\n%s", out)
+		}
+		// logs -f shows a request made while it runs.
+		cmd := exec.Command(os.Getenv("FCM_BIN"), "logs", "-f", "-n", "5")
+		cmd.Dir = work
+		cmd.Env = append(os.Environ(), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token())
+		var buf syncBuffer
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		time.Sleep(time.Second)
+		httpBody(url + "logs-probe-42")
+		deadline := time.Now().Add(15 * time.Second)
+		for !strings.Contains(buf.String(), "GET /logs-probe-42") && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !strings.Contains(buf.String(), "app[web.1]:") || !strings.Contains(buf.String(), "GET /logs-probe-42") {
+			t.Errorf("logs -f did not show the request:\n%s", buf.String())
 		}
 	})
 

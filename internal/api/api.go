@@ -118,3 +118,63 @@ type ListSessionsResponse struct {
 type CreateSessionRequest struct {
 	ID string `json:"id,omitempty"` // default: the next free nature word
 }
+
+// Release is one version of an app: a deploy, a config change or a rollback.
+type Release struct {
+	Version     int       `json:"version"`
+	Description string    `json:"description"`
+	Commit      string    `json:"commit,omitempty"`
+	User        string    `json:"user"`
+	Status      string    `json:"status"` // pending, succeeded, failed
+	Reason      string    `json:"reason,omitempty"`
+	Current     bool      `json:"current,omitempty"` // the release that runs
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// ListReleasesResponse is the body of GET /v1/vms/{name}/releases, newest first.
+type ListReleasesResponse struct {
+	Releases []Release `json:"releases"`
+}
+
+// RollbackRequest is the body of POST /v1/vms/{name}/rollback; version 0 means
+// the release before the current one.
+type RollbackRequest struct {
+	Version int `json:"version,omitempty"`
+}
+
+// Config is an app's config vars (GET /v1/vms/{name}/config), and after a
+// change (PATCH) the release the change made, if the app had one to restart.
+type Config struct {
+	Vars    map[string]string `json:"vars"`
+	Release *Release          `json:"release,omitempty"`
+}
+
+// ConfigChange is the body of PATCH /v1/vms/{name}/config.
+type ConfigChange struct {
+	Set   map[string]string `json:"set,omitempty"`
+	Unset []string          `json:"unset,omitempty"`
+}
+
+// Process is one of an app's running processes (GET /v1/vms/{name}/ps).
+type Process struct {
+	Type     string    `json:"type"`
+	Command  string    `json:"command"`
+	Release  int       `json:"release"`
+	State    string    `json:"state"`
+	PID      int       `json:"pid,omitempty"`
+	Restarts int       `json:"restarts"`
+	Since    time.Time `json:"since"`
+	LastExit string    `json:"last_exit,omitempty"`
+}
+
+// ListProcessesResponse is the body of GET /v1/vms/{name}/ps.
+type ListProcessesResponse struct {
+	Processes []Process `json:"processes"`
+}
+
+// RunRequest is the body of POST /v1/vms/{name}/run: a one-off command in the
+// current release's directory and environment. The response streams its
+// output; the trailer Fcm-Exit carries its exit status.
+type RunRequest struct {
+	Command []string `json:"command"`
+}

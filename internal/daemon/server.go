@@ -66,6 +66,14 @@ func (s *Server) Handler() http.Handler {
 		"POST /v1/vms/{name}/sessions":            (*Server).createSession,
 		"DELETE /v1/vms/{name}/sessions/{id}":     (*Server).killSession,
 		"GET /v1/vms/{name}/sessions/{id}/attach": (*Server).attachSession,
+		"GET /v1/vms/{name}/releases":             (*Server).listReleases,
+		"POST /v1/vms/{name}/rollback":            (*Server).rollback,
+		"GET /v1/vms/{name}/config":               (*Server).getConfig,
+		"PATCH /v1/vms/{name}/config":             (*Server).changeConfig,
+		"GET /v1/vms/{name}/ps":                   (*Server).listProcesses,
+		"POST /v1/vms/{name}/restart":             (*Server).restartApp,
+		"GET /v1/vms/{name}/logs":                 (*Server).logs,
+		"POST /v1/vms/{name}/run":                 (*Server).run,
 	}
 	for pattern, h := range routes {
 		mux.HandleFunc(pattern, s.authed(h))
@@ -307,8 +315,10 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeExhausted
 	case errors.Is(err, store.ErrExists), errors.Is(err, vm.ErrBusy), errors.Is(err, vm.ErrBadState):
 		return http.StatusConflict, api.CodeConflict
-	case errors.Is(err, vm.ErrInvalid):
+	case errors.Is(err, vm.ErrInvalid), errors.Is(err, deploy.ErrInvalid):
 		return http.StatusBadRequest, api.CodeBadRequest
+	case errors.Is(err, deploy.ErrFailed), errors.Is(err, deploy.ErrNone):
+		return http.StatusConflict, api.CodeConflict
 	}
 	return http.StatusInternalServerError, api.CodeInternal
 }
