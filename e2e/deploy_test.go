@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -304,6 +305,57 @@ func TestDeploy_QuickStart(t *testing.T) {
 		}
 		if !strings.Contains(buf.String(), "app[web.1]:") || !strings.Contains(buf.String(), "GET /logs-probe-42") {
 			t.Errorf("logs -f did not show the request:\n%s", buf.String())
+		}
+	})
+
+	// The daemon killed during a release (here, not in a subtest: the test goes on
+	// with the restarted daemon).
+	{
+		d.commit(work, "slow release", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo migrating; sleep 60\n"})
+		push := exec.Command("git", "push", "fcm", "main")
+		push.Dir = work
+		push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+work)
+		var buf syncBuffer
+		push.Stdout, push.Stderr = &buf, &buf
+		if err := push.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for !strings.Contains(buf.String(), "migrating") && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !strings.Contains(buf.String(), "migrating") {
+			t.Fatalf("the release command never started:\n%s", buf.String())
+		}
+		d.stop(syscall.SIGKILL)
+		if err := push.Wait(); err == nil {
+			t.Errorf("the push succeeded though the daemon was killed:\n%s", buf.String())
+		}
+		d = startDaemon(t, dataDir)
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after the kill the app says %q", body)
+		}
+		if out := d.mustCLI(work, "releases"); !strings.Contains(out, "v8  Deploy ") || !strings.Contains(out, "interrupted: the daemon stopped") || !strings.Contains(out, "Current: v7") {
+			t.Errorf("releases after the kill:\n%s", out)
+		}
+		d.commit(work, "quick release", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo migrated\n"})
+		out := d.mustGit(work, "push", "fcm", "main")
+		for _, want := range []string{"Running release command: echo migrated", "Procfile declares types -> web, release", "Deploy successful! v9 is live"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("push after the restart lacks %q:\n%s", want, out)
+			}
+		}
+	}
+
+	t.Run("stop and start bring the app back", func(t *testing.T) {
+		d.mustCLI(work, "stop")
+		d.mustCLI(work, "start")
+		code, body, err := httpBody(url)
+		if err != nil || code != 200 || !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after stop/start: %d %q %v", code, body, err)
+		}
+		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v9") {
+			t.Errorf("logs after start:\n%s", out)
 		}
 	})
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/store"
 )
@@ -24,6 +25,28 @@ func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error
 	}
 	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", s.HookBin)
 	if err := os.WriteFile(filepath.Join(s.hooksDir(), "pre-receive"), []byte(hook), 0o755); err != nil {
+		return err
+	}
+	// A release still pending was cut short by the daemon stopping: its push
+	// failed with it, and the release before it kept serving.
+	err := s.Store.Update(func(tx *store.Tx) error {
+		var cut []*store.Release
+		err := tx.AllReleases(func(r *store.Release) error {
+			if r.Status == store.ReleasePending {
+				cut = append(cut, r)
+			}
+			return nil
+		})
+		for _, r := range cut {
+			r.Status, r.Reason, r.FinishedAt = store.ReleaseFailed, "interrupted: the daemon stopped during the release", time.Now().UTC()
+			s.Log.Info("release interrupted by a daemon stop", "vm", r.VM, "version", r.Version)
+			if err := tx.PutRelease(r); err != nil {
+				return err
+			}
+		}
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	entries, _ := os.ReadDir(filepath.Join(s.DataDir, "repos"))

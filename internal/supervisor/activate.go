@@ -27,7 +27,7 @@ func (s *Supervisor) Activate(ctx context.Context, spec release.Spec, out func(s
 		slotName = "b"
 	}
 	s.log.Printf("activating v%d (build %d) in slot %s", spec.Version, spec.Build, slotName)
-	r, err := s.start(spec, slotName, out)
+	r, err := s.start(ctx, spec, slotName, out)
 	if err != nil {
 		s.log.Printf("v%d: %v", spec.Version, err)
 		return err

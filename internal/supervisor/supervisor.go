@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/release"
+	"golang.org/x/sys/unix"
 )
 
 // Supervisor is the running state: the current release's slot and processes.
@@ -107,7 +108,7 @@ func (s *Supervisor) listen(port int) {
 
 // resume starts the current release after a boot, without a health check.
 func (s *Supervisor) resume(spec release.Spec) error {
-	r, err := s.start(spec, "a", nil)
+	r, err := s.start(s.ctx, spec, "a", nil)
 	if err != nil {
 		return err
 	}
@@ -119,7 +120,7 @@ func (s *Supervisor) resume(spec release.Spec) error {
 }
 
 // start makes the slot and starts every process of spec's build in it.
-func (s *Supervisor) start(spec release.Spec, slotName string, out func(string)) (*running, error) {
+func (s *Supervisor) start(ctx context.Context, spec release.Spec, slotName string, out func(string)) (*running, error) {
 	res, err := readResult(spec.Build)
 	if err != nil {
 		return nil, err
@@ -131,7 +132,7 @@ func (s *Supervisor) start(spec release.Spec, slotName string, out func(string))
 	r := &running{spec: spec, slot: sl, tail: &tailBuf{}}
 	dir := release.BuildDir(spec.Build)
 	if res.Release != "" && spec.RunRelease {
-		if err := s.runRelease(r, res, dir, out); err != nil {
+		if err := s.runRelease(ctx, r, res, dir, out); err != nil {
 			sl.close()
 			return nil, err
 		}
@@ -150,7 +151,7 @@ func (s *Supervisor) start(spec release.Spec, slotName string, out func(string))
 }
 
 // runRelease runs the Procfile's release command once, in the new slot.
-func (s *Supervisor) runRelease(r *running, res release.Result, dir string, out func(string)) error {
+func (s *Supervisor) runRelease(ctx context.Context, r *running, res release.Result, dir string, out func(string)) error {
 	say(out, "-----> Running release command: %s", res.Release)
 	cmd := appCmd(res.Release, dir, processEnv(r.spec, res, "release"))
 	pr, pw, err := os.Pipe()
@@ -164,9 +165,15 @@ func (s *Supervisor) runRelease(r *running, res release.Result, dir string, out 
 		return fmt.Errorf("release command: %w", err)
 	}
 	pw.Close()
+	stop := context.AfterFunc(ctx, func() { unix.Kill(-cmd.Process.Pid, unix.SIGKILL) })
+	defer stop()
 	s.log.copyLines(pr, "app[release.1]", func(l string) { say(out, "       %s", l) })
 	pr.Close()
-	if err := cmd.Wait(); err != nil {
+	err = cmd.Wait()
+	if ctx.Err() != nil {
+		return fmt.Errorf("deploy canceled during the release command")
+	}
+	if err != nil {
 		return fmt.Errorf("the release command %s", describeExit(err))
 	}
 	return nil
