@@ -178,3 +178,23 @@ type ListProcessesResponse struct {
 type RunRequest struct {
 	Command []string `json:"command"`
 }
+
+// Key is an SSH public key that may push over git's SSH transport
+// (ssh://git@<host>/<app>.git) on behalf of the token that added it.
+type Key struct {
+	Fingerprint string    `json:"fingerprint"` // SHA256:..., as ssh-keygen -l prints it
+	Type        string    `json:"type"`        // ssh-ed25519, ssh-rsa, ...
+	Comment     string    `json:"comment"`
+	PublicKey   string    `json:"public_key"` // the authorized_keys line
+	AddedAt     time.Time `json:"added_at"`
+}
+
+// AddKeyRequest is the body of POST /v1/keys.
+type AddKeyRequest struct {
+	PublicKey string `json:"public_key"` // an authorized_keys line: "ssh-ed25519 AAAA... you@host"
+}
+
+// ListKeysResponse is the body of GET /v1/keys.
+type ListKeysResponse struct {
+	Keys []Key `json:"keys"`
+}

@@ -40,6 +40,7 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.DataDir, "data-dir", image.DefaultOutDir, "state, VM disks, image, token")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:7777", "address of the HTTP API")
 	f.StringVar(&o.Hypervisor, "hypervisor", "auto", "auto, firecracker or qemu")
+	f.StringVar(&o.GitListen, "git-listen", ":2222", "address of git over SSH (ssh://git@<host>:2222/<app>.git); off: none")
 	f.StringVar(&o.Bridge, "bridge", "fcm0", "bridge the VMs' taps join")
 	f.StringVar(&o.Subnet, "subnet", "172.16.0.0/24", "VM subnet; the bridge takes its first address, VMs get .50 and up")
 	f.StringVar(&o.Kernel, "kernel", "", "guest kernel (default <data-dir>/vmlinux.bin)")

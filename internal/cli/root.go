@@ -61,7 +61,8 @@ authenticate with FCM_TOKEN or ~/.fcm-token.`,
 	root.AddCommand(newDaemonCmd(), newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd(),
-		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd())
+		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
+		newKeysCmd())
 	return root
 }
 

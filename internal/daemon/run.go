@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"github.com/fcmhost/fcm/internal/vmm"
 	_ "github.com/fcmhost/fcm/internal/vmm/firecracker" // registers the firecracker driver
 	"github.com/fcmhost/fcm/internal/vmm/qemu"
+	"golang.org/x/crypto/ssh"
 )
 
 // Options are the daemon's flags.
@@ -39,6 +41,7 @@ type Options struct {
 	Initrd     string
 	Rootfs     string
 	Version    string
+	GitListen  string // git over SSH, e.g. :2222; "off" or "": none
 	Edge       EdgeOptions
 	Out        io.Writer // what a person starting the daemon should read
 	Log        *slog.Logger
@@ -66,6 +69,10 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("network: %w", err)
 	}
 	edgeCfg, err := o.Edge.config(o.Listen, subnet.Masked())
+	if err != nil {
+		return err
+	}
+	gitPort, err := gitSSHPort(o.GitListen)
 	if err != nil {
 		return err
 	}
@@ -112,7 +119,7 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("--listen %q: %w", o.Listen, err)
 	}
 	apiPort, _ := strconv.Atoi(port)
-	netCfg.ProtectPorts = protectPorts(apiPort)
+	netCfg.ProtectPorts = protectPorts(apiPort, gitPort)
 	hostNet, err := network.Setup(ctx, netCfg)
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
@@ -149,6 +156,17 @@ func Run(ctx context.Context, o Options) error {
 	if err := server.Deploys.Prepare(ctx, func(name string) bool { _, err := st.GetVM(name); return err == nil }); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}
+	var gitLn net.Listener
+	var gitHostKey ssh.Signer
+	if gitPort != 0 {
+		if gitHostKey, err = guest.LoadOrCreateKey(filepath.Join(o.DataDir, GitHostKeyFile)); err != nil {
+			return fmt.Errorf("git over SSH: host key: %w", err)
+		}
+		if gitLn, err = net.Listen("tcp", o.GitListen); err != nil {
+			return fmt.Errorf("git over SSH: listen on %s: %w (--git-listen picks another address, off turns it off)", o.GitListen, err)
+		}
+		defer gitLn.Close()
+	}
 	srv := &http.Server{Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	if o.Out != nil {
 		fmt.Fprintf(o.Out, "fcm daemon %s listening on http://%s (hypervisor %s, bridge %s %s, data %s)\n",
@@ -166,8 +184,19 @@ func Run(ctx context.Context, o Options) error {
 			fmt.Fprintln(o.Out, "No edge (--caddy-admin off): VMs are reached at http://<ip>:<port> from this host")
 		}
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if gitLn != nil {
+		if o.Out != nil {
+			fmt.Fprintf(o.Out, "Git over SSH at ssh://git@%s/<app>.git (host key %s; add keys with fcm keys add)\n",
+				gitLn.Addr(), ssh.FingerprintSHA256(gitHostKey.PublicKey()))
+		}
+		go func() {
+			if err := server.Deploys.ServeSSH(ctx, gitLn, gitHostKey); err != nil {
+				errc <- fmt.Errorf("git over SSH: %w", err)
+			}
+		}()
+	}
 	select {
 	case err := <-errc:
 		return err
@@ -195,13 +224,35 @@ func pick(override, def string) string {
 	return def
 }
 
-// protectPorts are the host's own services guests must not reach.
-func protectPorts(apiPort int) []uint16 {
+// protectPorts are the host's own services guests must not reach: SSH, Caddy
+// admin, and fcm's own (the API, git over SSH).
+func protectPorts(own ...int) []uint16 {
 	ports := []uint16{22, 2019}
-	if apiPort > 0 && apiPort < 65536 {
-		ports = append(ports, uint16(apiPort))
+	for _, p := range own {
+		if p > 0 && p < 65536 && !slices.Contains(ports, uint16(p)) {
+			ports = append(ports, uint16(p))
+		}
 	}
 	return ports
+}
+
+// GitHostKeyFile is the SSH host key of git over SSH, in the data dir.
+const GitHostKeyFile = "git_host_ed25519"
+
+// gitSSHPort checks --git-listen and returns its port, 0 when it is off.
+func gitSSHPort(listen string) (int, error) {
+	if listen == "" || listen == "off" {
+		return 0, nil
+	}
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return 0, fmt.Errorf("--git-listen %q: want host:port or :port (or off): %w", listen, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("--git-listen %q: port out of range 1-65535", listen)
+	}
+	return n, nil
 }
 
 // ensureAdminToken makes the admin token on first run and makes sure the store

@@ -2,14 +2,13 @@ package deploy
 
 import (
 	"compress/gzip"
-	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 
 	"github.com/fcmhost/fcm/internal/store"
 )
@@ -47,7 +46,7 @@ func (s *Service) GitHandler() http.Handler {
 			return
 		}
 		vm, err := s.Store.GetVM(name)
-		if err != nil || !(tok.Admin || vm.Owner == tok.ID) {
+		if err != nil || !mayUse(tok, vm) {
 			gitError(w, service, fmt.Sprintf("no app named %q", name))
 			return
 		}
@@ -119,38 +118,12 @@ func (s *Service) serviceRPC(w http.ResponseWriter, r *http.Request, service str
 		}
 		body = gz
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	args := []string{strings.TrimPrefix(service, "git-"), "--stateless-rpc", s.RepoPath(vm.Name)}
-	env := gitEnv(r)
-	var p *push
-	if service == "git-receive-pack" {
-		args = append([]string{"-c", "core.hooksPath=" + s.hooksDir()}, args...)
-		p = s.newPush(vm.Name, tok)
-		defer s.endPush(p)
-		env = append(env, "FCM_PUSH_TOKEN="+p.token, "FCM_DAEMON_URL="+s.DaemonURL)
-	}
-	cmd := exec.Command("git", args...)
-	cmd.Env = env
-	cmd.Stdin = body
-	// Its own process group, so a pusher who goes away takes the hook with it;
-	// and gone with the daemon, so a push never outlives it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	w.Header().Set("Content-Type", "application/x-"+service+"-result")
 	w.Header().Set("Cache-Control", "no-cache")
-	cmd.Stdout = flushWriter{w}
-	if err := cmd.Start(); err != nil {
+	err := s.runGit(r.Context(), gitRun{Service: service, VM: vm, Token: tok, Stateless: true,
+		Protocol: r.Header.Get("Git-Protocol"), Stdin: body, Stdout: flushWriter{w}})
+	if errors.Is(err, errGitStart) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	defer stop()
-	if err := cmd.Wait(); err != nil && ctx.Err() == nil {
-		s.Log.Warn("git", "service", service, "vm", vm.Name, "err", err)
-	}
-	if p != nil && p.deployedRef != "" {
-		// Clones check out what runs.
-		exec.Command("git", "-C", s.RepoPath(vm.Name), "symbolic-ref", "HEAD", p.deployedRef).Run()
 	}
 }
 

@@ -1,0 +1,117 @@
+package daemon
+
+import (
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"golang.org/x/crypto/ssh"
+)
+
+// A token sees and removes only its own keys; an admin's are its own too
+// (keys are personal, unlike VMs an operator may need to manage).
+
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var keys []*store.Key
+	if err := s.Store.View(func(tx *store.Tx) (err error) { keys, err = tx.Keys(tok.ID); return }); err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := api.ListKeysResponse{Keys: []api.Key{}}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, keyToAPI(k))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) addKey(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.AddKeyRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	k, err := parseKey(req.PublicKey)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	k.Owner = tok.ID
+	if err := s.Store.Update(func(tx *store.Tx) error { return tx.InsertKey(k) }); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger().Info("ssh key added", "fingerprint", k.Fingerprint, "owner", tok.ID)
+	writeJSON(w, http.StatusCreated, keyToAPI(k))
+}
+
+func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	fp := normalizeFingerprint(r.PathValue("fingerprint"))
+	err := s.Store.Update(func(tx *store.Tx) error {
+		k, err := tx.KeyByFingerprint(fp)
+		if err != nil || k.Owner != tok.ID {
+			return fmt.Errorf("no key %s (see fcm keys ls): %w", fp, store.ErrNotFound)
+		}
+		return tx.DeleteKey(fp)
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger().Info("ssh key removed", "fingerprint", fp, "owner", tok.ID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// normalizeFingerprint accepts a fingerprint with or without "SHA256:", and in
+// base64url (what the client puts in paths: '/' cannot be in a path segment).
+func normalizeFingerprint(fp string) string {
+	fp = strings.TrimPrefix(fp, "SHA256:")
+	fp = strings.NewReplacer("-", "+", "_", "/").Replace(fp)
+	return "SHA256:" + fp
+}
+
+func keyToAPI(k *store.Key) api.Key {
+	line := k.Line
+	if k.Comment != "" {
+		line += " " + k.Comment
+	}
+	return api.Key{Fingerprint: k.Fingerprint, Type: k.Type, Comment: k.Comment, PublicKey: line, AddedAt: k.AddedAt}
+}
+
+// parseKey reads one authorized_keys line, refusing what cannot or should not
+// log in: private keys, options, certificates, short RSA keys, several keys.
+func parseKey(line string) (*store.Key, error) {
+	line = strings.TrimSpace(line)
+	if line == "" {
+		return nil, errors.New("no public key given: send an authorized_keys line such as 'ssh-ed25519 AAAA... you@host'")
+	}
+	if strings.Contains(line, "PRIVATE KEY") {
+		return nil, errors.New("this is a private key: give the public one (the .pub file); the private key never leaves your machine")
+	}
+	pub, comment, options, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return nil, fmt.Errorf("not an SSH public key (want an authorized_keys line such as 'ssh-ed25519 AAAA... you@host'): %v", err)
+	}
+	if len(options) > 0 {
+		return nil, fmt.Errorf("key options are not supported (%s): give the key alone", strings.Join(options, ","))
+	}
+	if _, _, _, _, err := ssh.ParseAuthorizedKey(rest); err == nil {
+		return nil, errors.New("more than one key given: add one at a time")
+	}
+	if strings.Contains(pub.Type(), "-cert-") {
+		return nil, errors.New("SSH certificates are not supported: give a plain public key")
+	}
+	if ck, ok := pub.(ssh.CryptoPublicKey); ok {
+		if rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey); ok && rk.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("RSA key of %d bits is too weak (at least 2048; better: ssh-keygen -t ed25519)", rk.N.BitLen())
+		}
+	}
+	return &store.Key{
+		Fingerprint: ssh.FingerprintSHA256(pub),
+		Type:        pub.Type(),
+		Comment:     comment,
+		Line:        strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub))),
+	}, nil
+}

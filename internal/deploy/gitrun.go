@@ -1,0 +1,98 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// gitRun is one run of `git receive-pack` or `git upload-pack` on a VM's
+// repository, the same for git's HTTP and SSH transports: receive-pack gets
+// fcm's hooks and the one-time token its pre-receive hook calls back with.
+type gitRun struct {
+	Service   string // git-receive-pack or git-upload-pack
+	VM        *store.VM
+	Token     *store.Token // who pushes
+	Stateless bool         // --stateless-rpc (HTTP)
+	Protocol  string       // GIT_PROTOCOL from the client, "" for none
+	Stdin     io.Reader
+	Stdout    io.Writer
+	Stderr    io.Writer // nil: discarded
+}
+
+// errGitStart says git could not be started at all (nothing was written).
+var errGitStart = errors.New("cannot run git")
+
+// mayUse reports whether tok may use vm's repository: its owner, or an admin.
+func mayUse(tok *store.Token, vm *store.VM) bool { return tok.Admin || vm.Owner == tok.ID }
+
+// runGit runs g to its end. ctx ending (the client went away) kills git's
+// process group, hook and build included. The error is git's exit (an
+// *exec.ExitError), errGitStart, or ctx's.
+func (s *Service) runGit(ctx context.Context, g gitRun) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	args := []string{strings.TrimPrefix(g.Service, "git-")}
+	if g.Stateless {
+		args = append(args, "--stateless-rpc")
+	}
+	args = append(args, s.RepoPath(g.VM.Name))
+	env := os.Environ()
+	if g.Protocol != "" {
+		env = append(env, "GIT_PROTOCOL="+g.Protocol)
+	}
+	var p *push
+	if g.Service == "git-receive-pack" {
+		args = append([]string{"-c", "core.hooksPath=" + s.hooksDir()}, args...)
+		p = s.newPush(g.VM.Name, g.Token)
+		defer s.endPush(p)
+		env = append(env, "FCM_PUSH_TOKEN="+p.token, "FCM_DAEMON_URL="+s.DaemonURL)
+	}
+	cmd := exec.Command("git", args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = g.Stdout, g.Stderr
+	// Its own process group, so a pusher who goes away takes the hook with it;
+	// and gone with the daemon, so a push never outlives it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// A request body is read by exec, which Wait waits for: it must not be read
+	// after the handler returns. An SSH channel is copied here instead: Wait
+	// must not wait for a client that sends nothing more once git is done.
+	var stdin io.WriteCloser
+	if g.Stateless {
+		cmd.Stdin = g.Stdin
+	} else {
+		var err error
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			return fmt.Errorf("%w: %v", errGitStart, err)
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%w: %v", errGitStart, err)
+	}
+	if stdin != nil {
+		go func() {
+			io.Copy(stdin, g.Stdin)
+			stdin.Close()
+		}()
+	}
+	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	defer stop()
+	err := cmd.Wait()
+	if ctx.Err() != nil {
+		err = ctx.Err()
+	} else if err != nil {
+		s.Log.Warn("git", "service", g.Service, "vm", g.VM.Name, "err", err)
+	}
+	if p != nil && p.deployedRef != "" {
+		// Clones check out what runs.
+		exec.Command("git", "-C", s.RepoPath(g.VM.Name), "symbolic-ref", "HEAD", p.deployedRef).Run()
+	}
+	return err
+}
