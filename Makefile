@@ -10,9 +10,13 @@ TEST_IMAGE_FULL ?= /var/cache/fcm/test-image-full
 # The ACME CA the edge tests get certificates from (Pebble), cached by version.
 PEBBLE_VERSION := v2.10.1
 TOOLS := /var/cache/fcm/tools/pebble-$(PEBBLE_VERSION)
-TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv
+# Caddy 2.7 or later keeps streams open across config changes (stream_close_delay);
+# distributions ship older ones (Debian 12: 2.6), so this one is built from source.
+CADDY_VERSION := v2.11.9
+CADDY := /var/cache/fcm/tools/caddy-$(CADDY_VERSION)/caddy
+TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY)
 
-.PHONY: build image test-image test-tools test bench vet deps clean
+.PHONY: build image test-image test-tools test bench vet deps caddy clean
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
@@ -29,7 +33,16 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-test-tools:
+# Upstream Caddy, built once per version into the cache.
+$(CADDY):
+	GOBIN=$(dir $(CADDY)) $(GO) install github.com/caddyserver/caddy/v2/cmd/caddy@$(CADDY_VERSION)
+
+# Install it as /usr/local/bin/caddy (and make the distribution's caddy.service
+# run it), unless the caddy on PATH is already 2.7 or later.
+caddy: $(CADDY)
+	./scripts/install-caddy.sh $(CADDY)
+
+test-tools: $(CADDY)
 	test -x $(TOOLS)/pebble -a -x $(TOOLS)/pebble-challtestsrv || GOBIN=$(TOOLS) $(GO) install \
 		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
 		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
@@ -46,7 +59,7 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
-		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl
+		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl ruby
 
 clean:
 	rm -rf bin

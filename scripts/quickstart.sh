@@ -22,6 +22,8 @@ for tool in qemu-system-x86_64 debootstrap mkfs.ext4 lz4 nft ip make caddy curl;
 	command -v "$tool" >/dev/null || missing=1
 done
 if [ -n "$missing" ]; then make deps; else echo "all present"; fi
+# Caddy 2.7+ (distributions ship older ones): built once, cached in /var/cache/fcm.
+make caddy
 
 say "building fcm"
 make build
@@ -86,8 +88,18 @@ fi
 
 say "creating a first VM"
 cd "$start_dir"
-fcm create
+# No git remote here: this is likely fcm's own clone.
+fcm create --no-git
+name=$(cat .fcm)
 cat <<TXT
+
+Deploy an app to it: in the app's directory (a git repository)
+  fcm git-remote $name && git push fcm main
+or start one from scratch:
+  mkdir hello && cd hello && fcm create      # a new VM, a git repo and the remote fcm
+  echo 'web: python3 -m http.server 3000' > Procfile
+  echo '<h1>Hello World</h1>' > index.html
+  git add . && git commit -m init && git push fcm main
 
 Next:
   fcm ls                 # your VMs

@@ -48,6 +48,29 @@ fcm create does this by itself when run inside a git work tree.`,
 	}
 }
 
+// setUpGit makes the current directory ready for git push fcm main: a git
+// repository (made if there is none) with the remote fcm. Failures are notes:
+// the VM exists either way.
+func setUpGit(cmd *cobra.Command, name string) {
+	if _, err := exec.LookPath("git"); err != nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "note: git is not installed: install it, then run 'fcm git-remote' to deploy with git push")
+		return
+	}
+	if !inWorkTree() {
+		if out, err := exec.Command("git", "init", "-q", "-b", "main").CombinedOutput(); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "note: git init: %v: %s\n", err, strings.TrimSpace(string(out)))
+			return
+		}
+		fmt.Fprintln(cmd.OutOrStdout(), "Initialized a git repository here (branch main) for your app.")
+	}
+	u, err := addRemote(name)
+	if err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: could not add the git remote: %v\n", err)
+		return
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Git remote %s: %s\nDeploy with: git push %s main\n", remoteName, u, remoteName)
+}
+
 // inWorkTree reports whether the current directory is inside a git work tree.
 func inWorkTree() bool {
 	out, err := exec.Command("git", "rev-parse", "--is-inside-work-tree").Output()

@@ -86,6 +86,7 @@ func printProgress(cmd *cobra.Command, header string) func(api.Event) {
 func newCreateCmd() *cobra.Command {
 	var req api.CreateVMRequest
 	var disk string
+	var noGit bool
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create and boot a VM (random name unless --name)",
@@ -93,7 +94,10 @@ func newCreateCmd() *cobra.Command {
 
 The VM gets a random name like cosmic-nova unless --name gives one (a DNS label:
 lowercase letters, digits, inner hyphens). create writes the name to ./.fcm, so
-later commands in this directory (start, stop, destroy) need no name.`,
+later commands in this directory (start, stop, destroy) need no name, and makes
+the directory ready for git push: a git repository (git init, unless it is one
+already) with the remote "fcm" pointing at the VM, fcm being the remote's
+credential helper. Then: git push fcm main.`,
 		Example: `  fcm create
   fcm create --name api --cpus 2 --memory 2048 --disk 10G`,
 		Args: noArgs,
@@ -116,12 +120,8 @@ later commands in this directory (start, stop, destroy) need no name.`,
 			} else {
 				fmt.Fprintf(cmd.OutOrStdout(), "Wrote %s: commands in this directory now default to %s.\n", dotFile, v.Name)
 			}
-			if inWorkTree() {
-				if u, err := addRemote(v.Name); err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "note: could not add the git remote: %v\n", err)
-				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "Git remote %s: %s\nDeploy with: git push %s main\n", remoteName, u, remoteName)
-				}
+			if !noGit {
+				setUpGit(cmd, v.Name)
 			}
 			return nil
 		},
@@ -133,6 +133,7 @@ later commands in this directory (start, stop, destroy) need no name.`,
 	f.StringVar(&disk, "disk", "2G", "root disk size")
 	f.IntVar(&req.Port, "port", api.DefaultPort, "port the app listens on in the VM (served at https://<name>.<domain>)")
 	f.BoolVar(&req.NoExpose, "no-expose", false, "no public URL: the VM is reached only from this host")
+	f.BoolVar(&noGit, "no-git", false, "do not make a git repository or add the remote fcm here")
 	return cmd
 }
 

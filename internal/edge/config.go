@@ -104,13 +104,19 @@ func (c Config) Host(name string) string { return name + "." + c.Domain }
 // URL is the VM's public address.
 func (c Config) URL(name string) string { return "https://" + c.Host(name) }
 
+// StreamCloseDelay is how long Caddy (2.7 or later) keeps streams through a
+// route open after a config change replaced it: every create or destroy
+// changes the config, and a push, a progress stream or a console must not be
+// cut by someone else's VM.
+const StreamCloseDelay = "1h"
+
 // RouteID is the @id of a VM's route.
 func RouteID(name string) string { return routePrefix + name }
 
 func (c Config) route(s Site) map[string]any {
 	var handle []any
 	if s.State == "running" {
-		handle = []any{map[string]any{"handler": "reverse_proxy",
+		handle = []any{map[string]any{"handler": "reverse_proxy", "stream_close_delay": StreamCloseDelay,
 			"upstreams": []any{map[string]any{"dial": net.JoinHostPort(s.IP, fmt.Sprint(s.Port))}}}}
 	} else {
 		handle = []any{map[string]any{"handler": "static_response", "status_code": 503,
@@ -138,6 +144,7 @@ func (c Config) server(sites []Site) map[string]any {
 	routes := []any{map[string]any{"@id": daemonID,
 		"match": []any{map[string]any{"host": []any{c.Host(DaemonHost)}}},
 		"handle": []any{map[string]any{"handler": "reverse_proxy", "flush_interval": -1, // progress streams
+			"stream_close_delay": StreamCloseDelay,
 			"upstreams": []any{map[string]any{"dial": c.daemonDial()}}}},
 		"terminal": true}}
 	for _, s := range sites {

@@ -2,7 +2,10 @@ package edge
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 )
@@ -133,6 +136,10 @@ func (r *Reconciler) Run(ctx context.Context) {
 	}
 }
 
+// ErrCaddyTooOld is Caddy refusing stream_close_delay: it is older than 2.7.
+var ErrCaddyTooOld = errors.New("Caddy is older than 2.7: fcm needs stream_close_delay to keep pushes, progress streams and consoles open while routes change; " +
+	"install Caddy 2.7 or later (go install github.com/caddyserver/caddy/v2/cmd/caddy@v2.11.9, or Caddy's own packages)")
+
 // Reconcile makes one pass: it reads fcm's parts of Caddy's config and writes
 // those that differ from what is wanted. It returns how many parts it wrote.
 func (r *Reconciler) Reconcile(ctx context.Context) (int, error) {
@@ -175,6 +182,9 @@ func (r *Reconciler) Reconcile(ctx context.Context) (int, error) {
 	if !same(have, server) {
 		added, removed := diffRoutes(have, sites)
 		if err := r.caddy.Set(ctx, serverPath, server); err != nil {
+			if strings.Contains(err.Error(), "stream_close_delay") {
+				err = fmt.Errorf("%w: %w", ErrCaddyTooOld, err)
+			}
 			r.log.Error("edge: Caddy refused the routes", "added", added, "removed", removed, "err", err)
 			return wrote, err
 		}

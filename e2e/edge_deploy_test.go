@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fcmhost/fcm/internal/edge/edgetest"
+)
+
+// personShell runs a bash script as a person on another machine would: fcm and
+// git reach the daemon at https://fcm.<domain> (found through /etc/hosts,
+// bind-mounted in a mount namespace of its own), trusting Pebble's root.
+func personShell(t *testing.T, env *edgetest.Env, token, dir, script string) (string, error) {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.Symlink(os.Getenv("FCM_BIN"), filepath.Join(bin, "fcm")); err != nil {
+		t.Fatal(err)
+	}
+	hosts := filepath.Join(bin, "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"+edgeAddr+" fcm."+edgeDomain+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "-m", "sh", "-c", `mount --bind "$0" /etc/hosts && exec bash -euo pipefail -c "$1"`, hosts, script)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), gitEnv...), "PATH="+bin+":"+os.Getenv("PATH"), "HOME="+dir,
+		"FCM_HOST=https://fcm."+edgeDomain, "FCM_TOKEN="+token, "SSL_CERT_FILE="+env.RootFile, "GIT_SSL_CAINFO="+env.RootFile)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestEdge_Deploy is the design's quick start verbatim, from another machine,
+// through Caddy: create, git init, Procfile, index.html, commit, git push fcm
+// main; the page at https://<name>.<domain> with a certificate from Pebble.
+// Then a push whose release takes a while survives another VM being created
+// and destroyed meanwhile (each changes Caddy's config).
+func TestEdge_Deploy(t *testing.T) {
+	env, err := edgetest.Start(t.TempDir(), edgeAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	waitCurl(t, env, "https://fcm."+edgeDomain+"/health", "200") // its certificate issued
+	work := t.TempDir()
+	out, err := personShell(t, env, d.token(), work, `
+fcm create
+git init
+echo "web: python3 -m http.server 3000" > Procfile
+echo "<h1>Hello World</h1>" > index.html
+git add . && git commit -m "init"
+git push fcm main
+`)
+	t.Logf("quick start:\n%s", out)
+	if err != nil {
+		t.Fatalf("quick start: %v\ndaemon log:\n%s", err, tail(d.log(), 3000))
+	}
+	name, _ := os.ReadFile(filepath.Join(work, ".fcm"))
+	vm := strings.TrimSpace(string(name))
+	url := "https://" + vm + "." + edgeDomain
+	for _, want := range []string{"Git remote fcm: https://fcm." + edgeDomain + "/git/" + vm + ".git",
+		"remote: -----> Deploy successful! v1 is live", "remote:        " + url, "* [new branch]      main -> main"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("quick start output lacks %q", want)
+		}
+	}
+	if body, _ := waitCurl(t, env, url+"/", "200"); !strings.Contains(body, "<h1>Hello World</h1>") {
+		t.Errorf("%s served %q", url, body)
+	}
+
+	// A push through Caddy while Caddy's config changes under it.
+	pushed := make(chan string, 1)
+	go func() {
+		out, err := personShell(t, env, d.token(), work, `
+echo "web: python3 -m http.server 3000" > Procfile
+echo "release: echo release started; sleep 25; echo release done" >> Procfile
+echo "<h1>Hello again</h1>" > index.html
+git commit -qam "slow release" && git push fcm main
+`)
+		if err != nil {
+			out += "\nerror: " + err.Error()
+		}
+		pushed <- out
+	}()
+	d.mustCLI(t.TempDir(), "create", "--name", "churn", "--no-git")
+	d.mustCLI(t.TempDir(), "destroy", "churn")
+	out = <-pushed
+	t.Logf("push during reloads:\n%s", out)
+	for _, want := range []string{"release started", "release done", "Deploy successful! v2 is live"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("push through Caddy during a create and a destroy lacks %q", want)
+		}
+	}
+	if log := d.log(); !strings.Contains(log, "added=[fcm-vm-churn]") || !strings.Contains(log, "removed=[fcm-vm-churn]") {
+		t.Errorf("Caddy's config did not change during the push:\n%s", tail(log, 3000))
+	}
+	if body, _ := curl(t, env, url+"/"); !strings.Contains(body, "Hello again") {
+		t.Errorf("%s served %q after the second push", url, body)
+	}
+	d.mustCLI(work, "destroy", vm)
+}
