@@ -145,7 +145,7 @@ func (c Config) server(sites []Site) map[string]any {
 		"match": []any{map[string]any{"host": []any{c.Host(DaemonHost)}}},
 		"handle": []any{map[string]any{"handler": "reverse_proxy", "flush_interval": -1, // progress streams
 			"stream_close_delay": StreamCloseDelay,
-			"upstreams": []any{map[string]any{"dial": c.daemonDial()}}}},
+			"upstreams":          []any{map[string]any{"dial": c.daemonDial()}}}},
 		"terminal": true}}
 	for _, s := range sites {
 		routes = append(routes, c.route(s))
