@@ -52,7 +52,7 @@ test: vet test-image test-tools
 		$(GO) test -count=1 -timeout 40m ./...
 
 bench: test-image test-tools
-	FCM_TEST_IMAGE=$(TEST_IMAGE) $(TOOL_ENV) $(GO) run ./bench
+	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) $(GO) run ./bench
 
 # Host packages fcm and its tests use (Debian/Ubuntu).
 deps:

@@ -92,10 +92,18 @@ func runListBench(w io.Writer) error {
 
 // benchManager makes a Manager on a bridge of the bench's own, in its namespace.
 func benchManager(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error) (*vm.Manager, *store.Store, error) {
-	imageDir := os.Getenv("FCM_TEST_IMAGE")
-	if imageDir == "" {
-		imageDir = "/var/cache/fcm/test-image"
+	return benchManagerImage(dataDir, driver, ready, envOr("FCM_TEST_IMAGE", "/var/cache/fcm/test-image"))
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
 	}
+	return def
+}
+
+// benchManagerImage is benchManager with VMs booting the image in imageDir.
+func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error, imageDir string) (*vm.Manager, *store.Store, error) {
 	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
 	if err != nil {
 		return nil, nil, err

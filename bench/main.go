@@ -1,7 +1,8 @@
 // Command bench measures fcm's speed and memory targets and prints tables: disk
 // clones (fcm vs cp on ext4 and XFS), boot to the SSH banner under the accelerator
 // in use, graceful power-off, QEMU's memory for a 512 MiB guest, the API, the
-// steps of create, HTTPS through Caddy, and the console against direct ssh. It needs root
+// steps of create, HTTPS through Caddy, git push deploys, and the console against
+// direct ssh. It needs root
 // and the minimal image (`make bench` builds it); VMs run in a network namespace
 // of its own with no route out.
 package main
@@ -16,7 +17,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, edge or console")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, edge, deploy or console")
 	runs := flag.Int("runs", 5, "boots to time")
 	keystrokes := flag.Int("keystrokes", 200, "keystrokes to time per console path")
 	flag.Parse()
@@ -71,6 +72,14 @@ func main() {
 		fmt.Println("== edge: HTTPS through Caddy")
 		if err := runEdgeBench(os.Stdout, 3); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: edge: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "deploy" {
+		fmt.Println("== deploy: git push into a VM (QEMU)")
+		if err := runDeployBench(os.Stdout, 3); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: deploy: %v\n", err)
 			os.Exit(1)
 		}
 		fmt.Println()

@@ -347,6 +347,44 @@ func TestDeploy_QuickStart(t *testing.T) {
 		}
 	}
 
+	t.Run("a pusher who goes away cancels the deploy", func(t *testing.T) {
+		d.commit(work, "cancel me", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo cancel-me; sleep 60\n"})
+		push := exec.Command("git", "push", "fcm", "main")
+		push.Dir = work
+		push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+work)
+		var buf syncBuffer
+		push.Stdout, push.Stderr = &buf, &buf
+		push.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := push.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for !strings.Contains(buf.String(), "cancel-me") && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Ctrl+C: the whole process group (git push runs git-remote-http).
+		syscall.Kill(-push.Process.Pid, syscall.SIGINT)
+		push.Wait()
+		deadline = time.Now().Add(20 * time.Second)
+		var rels string
+		for time.Now().Before(deadline) {
+			if rels = d.mustCLI(work, "releases"); strings.Contains(rels, "v10  Deploy ") && !strings.Contains(rels, "pending") {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(rels, "Current: v9") || !regexp.MustCompile(`v10  Deploy .*failed`).MatchString(rels) {
+			t.Errorf("releases after the pusher went away:\n%s", rels)
+		}
+		if out := d.mustCLI(work, "run", "--", "sh", "-c", "pgrep -x sleep || echo no-release-command-left"); !strings.Contains(out, "no-release-command-left") {
+			t.Errorf("the release command still runs in the VM: %q", out)
+		}
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after the canceled deploy the app says %q", body)
+		}
+		d.mustGit(work, "reset", "-q", "--hard", "HEAD~1")
+	})
+
 	t.Run("stop and start bring the app back", func(t *testing.T) {
 		d.mustCLI(work, "stop")
 		d.mustCLI(work, "start")

@@ -90,9 +90,15 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	} else if err != nil {
 		s.Log.Warn("git", "service", g.Service, "vm", g.VM.Name, "err", err)
 	}
-	if p != nil && p.deployedRef != "" {
+	var ref string
+	if p != nil {
+		s.mu.Lock()
+		ref = p.deployedRef
+		s.mu.Unlock()
+	}
+	if ref != "" {
 		// Clones check out what runs.
-		exec.Command("git", "-C", s.RepoPath(g.VM.Name), "symbolic-ref", "HEAD", p.deployedRef).Run()
+		exec.Command("git", "-C", s.RepoPath(g.VM.Name), "symbolic-ref", "HEAD", ref).Run()
 	}
 	return err
 }

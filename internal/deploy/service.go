@@ -49,7 +49,7 @@ type push struct {
 	token       string
 	vm          string
 	user        string
-	deployedRef string
+	deployedRef string // set under Service.mu once the deploy succeeded
 }
 
 // appLock serializes what changes an app's release, saying who holds it.
@@ -129,27 +129,45 @@ func (s *Service) PushHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Trailer", "Fcm-Exit")
 		w.WriteHeader(http.StatusOK)
-		out := &lineWriter{w: flushWriter{w}}
-		err := s.deploy(r.Context(), p, r.Header.Get("Fcm-Commit"), r.Header.Get("Fcm-Ref"), r.Body, out)
+		// The pusher going away (the hook's connection closing) cancels the
+		// deploy: found by the request's context, or by a write failing; quiet
+		// steps get a sign of life every KeepAlive, so a write comes soon.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		out := &lineWriter{w: &aliveWriter{w: flushWriter{w}, gone: cancel}}
+		stopAlive := out.keepAlive(ctx, KeepAlive)
+		err := s.deploy(ctx, p, r.Header.Get("Fcm-Commit"), r.Header.Get("Fcm-Ref"), r.Body, out)
+		stopAlive()
+		if ctx.Err() != nil {
+			s.Log.Info("push canceled: the pusher went away", "vm", p.vm)
+		}
 		code := "0"
 		if err != nil {
 			code = "1"
 		} else {
+			s.mu.Lock()
 			p.deployedRef = r.Header.Get("Fcm-Ref")
+			s.mu.Unlock()
 		}
 		w.Header().Set("Fcm-Exit", code)
 	})
 }
 
-// lineWriter remembers the last " !" line written, the reason a deploy failed.
+// KeepAlive is how long a deploy may be quiet before it prints a sign of life.
+var KeepAlive = 20 * time.Second
+
+// lineWriter remembers the last " !" line written, the reason a deploy failed,
+// and when anything was last written.
 type lineWriter struct {
 	w      io.Writer
 	mu     sync.Mutex
 	reason string
+	last   time.Time
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
+	l.last = time.Now()
 	for _, line := range strings.Split(string(p), "\n") {
 		if r, ok := strings.CutPrefix(line, " !     "); ok && !strings.HasPrefix(r, "The app's last lines") {
 			l.reason = strings.TrimSpace(r)
@@ -157,6 +175,48 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 	}
 	l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// keepAlive prints a line whenever nothing was written for every; the
+// returned func stops it.
+func (l *lineWriter) keepAlive(ctx context.Context, every time.Duration) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	start := time.Now()
+	l.mu.Lock()
+	l.last = start
+	l.mu.Unlock()
+	go func() {
+		tick := time.NewTicker(every / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			l.mu.Lock()
+			quiet := time.Since(l.last)
+			l.mu.Unlock()
+			if quiet >= every {
+				fmt.Fprintf(l, "       ... still working (%s)\n", time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return cancel
+}
+
+// aliveWriter calls gone once a write fails: the reader went away.
+type aliveWriter struct {
+	w    io.Writer
+	gone func()
+}
+
+func (a *aliveWriter) Write(p []byte) (int, error) {
+	n, err := a.w.Write(p)
+	if err != nil {
+		a.gone()
+	}
+	return n, err
 }
 
 func short(commit string) string {

@@ -106,8 +106,10 @@ func (s *Supervisor) listen(port int) {
 	}()
 }
 
-// resume starts the current release after a boot, without a health check.
+// resume starts the current release after a boot, without a health check and
+// without its release command (that ran when it was released).
 func (s *Supervisor) resume(spec release.Spec) error {
+	spec.RunRelease = false
 	r, err := s.start(s.ctx, spec, "a", nil)
 	if err != nil {
 		return err
