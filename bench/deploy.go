@@ -51,7 +51,9 @@ func runDeployBench(w io.Writer, runs int) error {
 	}
 	defer m.Destroy(ctx, v.Name)
 	secret := store.NewSecret()
-	if err := st.Update(func(tx *store.Tx) error { return tx.PutToken(secret, &store.Token{ID: "bench", Name: "bench", Admin: true}) }); err != nil {
+	if err := st.Update(func(tx *store.Tx) error {
+		return tx.PutToken(secret, &store.Token{ID: "bench", Name: "bench", Admin: true})
+	}); err != nil {
 		return err
 	}
 	appURL := fmt.Sprintf("http://%s:%d/", v.IP, v.Port)
