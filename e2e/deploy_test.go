@@ -259,6 +259,9 @@ func TestDeploy_QuickStart(t *testing.T) {
 				t.Errorf("releases lacks %q:\n%s", want, out)
 			}
 		}
+		if out := d.mustCLI(work, "releases", "output", "v3"); !strings.Contains(out, "-----> Building hello v3") || !strings.Contains(out, "no database") {
+			t.Errorf("releases output v3:\n%s", out)
+		}
 		if out := d.mustCLI(work, "config", "set", "GREETING=hola"); !strings.Contains(out, "Setting GREETING and restarting hello... done, v5") {
 			t.Errorf("config set: %s", out)
 		}

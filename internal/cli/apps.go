@@ -74,6 +74,43 @@ func newReleasesCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	var app *string
+	output := &cobra.Command{
+		Use:     "output [vN] [-a vm]",
+		Short:   "Print what a release printed: its build, release command and switch (default: the newest)",
+		Example: "  fcm releases output\n  fcm releases output v3 -a cosmic-nova",
+		Args:    maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := appName(cmd, *app)
+			if err != nil {
+				return err
+			}
+			c := client.FromEnv()
+			version := 0
+			if len(args) == 1 {
+				if version, err = strconv.Atoi(strings.TrimPrefix(args[0], "v")); err != nil || version <= 0 {
+					return usageError{cmd: "releases output", err: fmt.Errorf("%q is not a release (want e.g. v3)", args[0])}
+				}
+			} else {
+				rels, err := c.Releases(cmd.Context(), name)
+				if err != nil {
+					return err
+				}
+				if len(rels) == 0 {
+					return fmt.Errorf("%s has no releases yet", name)
+				}
+				version = rels[0].Version
+			}
+			out, err := c.ReleaseOutput(cmd.Context(), name, version)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	app = appFlag(output)
+	cmd.AddCommand(output)
 	return cmd
 }
 

@@ -17,6 +17,16 @@ func (c *Client) Releases(ctx context.Context, vm string) ([]api.Release, error)
 	return out.Releases, err
 }
 
+// ReleaseOutput returns what a release printed: its build, release command, switch.
+func (c *Client) ReleaseOutput(ctx context.Context, vm string, version int) ([]byte, error) {
+	resp, err := c.do(ctx, "GET", fmt.Sprintf("/v1/vms/%s/releases/v%d/output", url.PathEscape(vm), version), nil, "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
 // Rollback makes a release that runs version (0: the one before the current).
 func (c *Client) Rollback(ctx context.Context, vm string, version int) (*api.Release, error) {
 	var out api.Release

@@ -3,6 +3,7 @@ package daemon
 import (
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/store"
@@ -22,6 +23,26 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request, tok *store
 		return
 	}
 	writeJSON(w, http.StatusOK, api.ListReleasesResponse{Releases: rels})
+}
+
+// releaseOutput answers what a release printed, as text.
+func (s *Server) releaseOutput(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	v, ok := s.lookup(w, r, tok)
+	if !ok {
+		return
+	}
+	version, err := strconv.Atoi(strings.TrimPrefix(r.PathValue("version"), "v"))
+	if err != nil || version <= 0 {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "a release is v1, v2, ...")
+		return
+	}
+	out, err := s.Deploys.Output(v.Name, version)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(out)
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request, tok *store.Token) {

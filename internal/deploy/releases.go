@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -182,6 +184,8 @@ func (s *Service) activate(ctx context.Context, vm *store.VM, runRelease bool, f
 	if err != nil {
 		return nil, err
 	}
+	defer out.record(s, vm.Name, rel.Version)()
+	fmt.Fprintf(out, "-----> %s: %s v%d\n", rel.Description, vm.Name, rel.Version)
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: rel.Commit, Port: vm.Port, Env: rel.Env, RunRelease: runRelease}
 	runErr := s.runGuest(context.WithoutCancel(ctx), vm, release.DeployRequest{Spec: spec}, nil, out)
 	if err := s.finish(vm, rel, prev, runErr, out); err != nil {
@@ -292,4 +296,37 @@ func (s *Service) stream(ctx context.Context, vm *store.VM, cmd string, stdin io
 		return ee.ExitStatus(), nil
 	}
 	return 0, err
+}
+
+// keepOutputs is how many release transcripts the host keeps per app.
+const keepOutputs = 20
+
+func (s *Service) outputDir(vm string) string { return filepath.Join(s.DataDir, "releases", vm) }
+
+// createOutput makes the transcript file of a release, dropping the oldest
+// beyond keepOutputs.
+func (s *Service) createOutput(vm string, version int) (*os.File, error) {
+	dir := s.outputDir(vm)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if old := version - keepOutputs; old > 0 {
+		matches, _ := filepath.Glob(filepath.Join(dir, "v*.log"))
+		for _, m := range matches {
+			var n int
+			if _, err := fmt.Sscanf(filepath.Base(m), "v%d.log", &n); err == nil && n <= old {
+				os.Remove(m)
+			}
+		}
+	}
+	return os.OpenFile(filepath.Join(dir, fmt.Sprintf("v%d.log", version)), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+}
+
+// Output returns what a release printed (its build, release command, switch).
+func (s *Service) Output(vm string, version int) ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(s.outputDir(vm), fmt.Sprintf("v%d.log", version)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s has no output of v%d (the last %d releases' are kept): %w", vm, version, keepOutputs, store.ErrNotFound)
+	}
+	return data, err
 }

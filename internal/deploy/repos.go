@@ -88,5 +88,6 @@ func (s *Service) EnsureRepo(ctx context.Context, name string) error {
 // Forget removes VM name's repository, releases and config vars.
 func (s *Service) Forget(name string) error {
 	os.RemoveAll(s.RepoPath(name))
+	os.RemoveAll(s.outputDir(name))
 	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(name) })
 }

@@ -163,6 +163,26 @@ type lineWriter struct {
 	mu     sync.Mutex
 	reason string
 	last   time.Time
+	tee    io.Writer // the release's transcript on the host, once it has one
+}
+
+// record copies what follows into the release's transcript; the returned func
+// closes it.
+func (l *lineWriter) record(s *Service, vm string, version int) func() {
+	f, err := s.createOutput(vm, version)
+	if err != nil {
+		s.Log.Warn("release output", "vm", vm, "version", version, "err", err)
+		return func() {}
+	}
+	l.mu.Lock()
+	l.tee = f
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		l.tee = nil
+		l.mu.Unlock()
+		f.Close()
+	}
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
@@ -172,6 +192,9 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		if r, ok := strings.CutPrefix(line, " !     "); ok && !strings.HasPrefix(r, "The app's last lines") {
 			l.reason = strings.TrimSpace(r)
 		}
+	}
+	if l.tee != nil {
+		l.tee.Write(p)
 	}
 	l.mu.Unlock()
 	return l.w.Write(p)
@@ -248,6 +271,7 @@ func (s *Service) deploy(ctx context.Context, p *push, commit, ref string, tree 
 	if err != nil {
 		return err
 	}
+	defer out.record(s, vm.Name, rel.Version)()
 	fmt.Fprintf(out, "-----> Building %s v%d from %s (%s)\n", vm.Name, rel.Version, short(commit), strings.TrimPrefix(ref, "refs/heads/"))
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: commit, Port: vm.Port, Env: rel.Env, RunRelease: true}
 	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
