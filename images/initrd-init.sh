@@ -1,5 +1,5 @@
 #!/bin/sh
-# fcm initrd: load the virtio drivers the guest kernel builds as modules, mount the
+# fcm initrd: load the modules the guest needs (virtio drivers, veth, nftables NAT), mount the
 # root disk named by root= and hand over to its init. Any failure ends this script,
 # the kernel panics, and panic=1 reboots, which ends the VMM: a clear, fast failure.
 mount -t devtmpfs devtmpfs /dev

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/fcmhost/fcm/images"
 	"github.com/fcmhost/fcm/internal/image"
@@ -24,17 +25,21 @@ func newImageBuildCmd() *cobra.Command {
 		Short: "Build the guest image (kernel, initrd, ext4 rootfs) with debootstrap",
 		Long: `Build the guest image every VM boots from, without Docker:
 
-  vmlinux.bin      Debian's cloud kernel, extracted as the ELF Firecracker loads
-  initrd.img       busybox and the kernel's virtio modules
-  base-rootfs.img  Debian ` + images.Suite + ` from debootstrap, as a sparse ext4 image,
-                   with this fcm binary as its /sbin/init
+  vmlinux.bin      Debian ` + images.KernelSuite + `'s cloud kernel, extracted as the ELF Firecracker loads
+  initrd.img       busybox, the kernel's virtio modules, veth and nftables NAT
+  base-rootfs.img  Debian from debootstrap, as a sparse ext4 image, with this fcm
+                   binary as its /sbin/init and a user 'app' (uid 1000)
 
-Variants: 'minimal' (openssh-server, tmux, python3, iproute2: fast, for tests) and
-'full' (also pip and venv, ruby and bundler, nodejs and npm, git, curl,
-build-essential: what apps are built with).
+Variants: 'minimal' (Debian ` + images.Variants["minimal"].Suite + `: openssh-server, tmux, python3, iproute2;
+fast, for tests) and 'full' (Debian ` + images.Variants["full"].Suite + `, testing: Python 3.14 and 3.13
+with pip and venv, Node.js 24 and npm, Ruby 3.3 and Bundler, git, curl,
+build-essential, and from npm ` + strings.Join(images.Variants["full"].NPM, ", ") + `:
+what apps are built with).
 
 Slow stages (the kernel download, debootstrap) are cached in --cache-dir by a hash
-of their recipe; building again with nothing changed takes seconds. Needs root.`,
+of their recipe; building again with nothing changed takes seconds. Needs root.
+At the end it prints what went in (versions and sizes, measured in the image);
+image.json keeps the same list.`,
 		Example: `  sudo fcm image build
   sudo fcm image build --variant minimal --out /tmp/fcm-image`,
 		Args: noArgs,
@@ -47,7 +52,12 @@ of their recipe; building again with nothing changed takes seconds. Needs root.`
 			if err != nil {
 				return fmt.Errorf("image build: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Image %s (%s, %s) in %s\n", m.Recipe[:12], m.Variant, m.Kernel, opts.OutDir)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Image %s (%s, %s) in %s\n", m.Recipe[:12], m.Variant, m.Kernel, opts.OutDir)
+			if len(m.Components) > 0 {
+				fmt.Fprintln(out)
+				return image.WriteTable(out, m.Components)
+			}
 			return nil
 		},
 	}

@@ -51,12 +51,14 @@ type Options struct {
 
 // Manifest describes a built image; it is written as image.json beside the files.
 type Manifest struct {
-	Variant  string    `json:"variant"`
-	Suite    string    `json:"suite"`
-	Kernel   string    `json:"kernel"` // package=version
-	Recipe   string    `json:"recipe"` // hash of everything the image is made from
-	Built    time.Time `json:"built"`
-	Packages []string  `json:"packages"`
+	Variant    string      `json:"variant"`
+	Suite      string      `json:"suite"`  // the rootfs's Debian release
+	Kernel     string      `json:"kernel"` // package=version, from images.KernelSuite
+	Recipe     string      `json:"recipe"` // hash of everything the image is made from
+	Built      time.Time   `json:"built"`
+	Packages   []string    `json:"packages"`
+	NPM        []string    `json:"npm,omitempty"`        // global npm packages, name@version
+	Components []Component `json:"components,omitempty"` // what went in, measured
 }
 
 // ErrNotRoot and ErrMissingTool are returned before any work starts.
@@ -72,7 +74,9 @@ var requiredTools = map[string]string{
 	"dpkg-deb":    "dpkg",
 	"mkfs.ext4":   "e2fsprogs",
 	"debugfs":     "e2fsprogs",
+	"dumpe2fs":    "e2fsprogs",
 	"chroot":      "coreutils",
+	"unshare":     "util-linux",
 	"lz4":         "lz4",
 }
 
@@ -107,6 +111,10 @@ func CheckHost() error {
 // manifest. It leaves the previous image in place until the new one is complete.
 func Build(ctx context.Context, opts Options) (*Manifest, error) {
 	opts.setDefaults()
+	variant, err := images.Lookup(opts.Variant)
+	if err != nil {
+		return nil, err
+	}
 	packages, err := images.Packages(opts.Variant)
 	if err != nil {
 		return nil, err
@@ -125,8 +133,8 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 	}
 	b := &builder{opts: opts, packages: packages, start: time.Now()}
 
-	b.stage("resolving the kernel (%s from Debian %s)", images.KernelPackage, images.Suite)
-	a, err := newApt(opts.CacheDir, opts.Mirror, images.Suite)
+	b.stage("resolving the kernel (%s from Debian %s)", images.KernelPackage, images.KernelSuite)
+	a, err := newApt(opts.CacheDir, opts.Mirror, images.KernelSuite)
 	if err != nil {
 		return nil, err
 	}
@@ -148,23 +156,31 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
 
-	b.stage("initrd (busybox-static %s + virtio modules)", bbver)
+	b.stage("initrd (busybox-static %s + %d kernel modules and their dependencies)", bbver, len(images.Modules))
 	initrd, err := b.initrd(ctx, a, kdir, bbver)
 	if err != nil {
 		return nil, fmt.Errorf("initrd: %w", err)
 	}
 
-	rootKey := hashOf(images.Suite, opts.Mirror, strings.Join(packages, ","), rootfsRecipeVersion)
-	recipe := hashOf(rootKey, kpkg, kver, bbver, initSum, string(images.InitrdInit))
-	m := &Manifest{Variant: opts.Variant, Suite: images.Suite, Kernel: kpkg + "=" + kver,
-		Recipe: recipe, Packages: packages}
+	u := images.AppUser
+	rootKey := hashOf(variant.Suite, variant.Script, opts.Mirror, strings.Join(variant.Include, ","),
+		strings.Join(variant.Extra, ","), strings.Join(variant.NPM, ","),
+		fmt.Sprint(u.Name, u.UID, u.GID, u.Home, u.Shell), rootfsRecipeVersion, probeVersion)
+	recipe := hashOf(rootKey, images.KernelSuite, kpkg, kver, bbver, initSum, string(images.InitrdInit),
+		strings.Join(images.Modules, ","))
+	m := &Manifest{Variant: opts.Variant, Suite: variant.Suite, Kernel: kpkg + "=" + kver,
+		Recipe: recipe, Packages: packages, NPM: variant.NPM}
 	if old, err := ReadManifest(opts.OutDir); err == nil && old.Recipe == recipe && !opts.Force && b.complete() {
 		b.stage("image in %s is up to date (recipe %s)", opts.OutDir, recipe[:12])
 		return old, nil
 	}
 
-	b.stage("root filesystem: debootstrap %s %s (cached after the first build)", images.Suite, opts.Variant)
+	b.stage("root filesystem: debootstrap %s %s (cached after the first build)", variant.Suite, opts.Variant)
 	tree, err := b.rootfsTree(ctx, rootKey)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs: %w", err)
+	}
+	treeComps, err := b.treeComponents(ctx, tree)
 	if err != nil {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
@@ -175,6 +191,11 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 	if err := makeExt4(ctx, tree, tmpRoot, opts.InitBinary); err != nil {
 		return nil, fmt.Errorf("rootfs image: %w", err)
 	}
+	img, err := imageComponent(ctx, tmpRoot)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs image: %w", err)
+	}
+	m.Components = assemble(treeComps, kernelComponent(kpkg, kver, filepath.Join(kdir, KernelFile), initrd), img)
 
 	// Install: the files first, the manifest (which marks the image complete) last.
 	if err := copyFile(filepath.Join(kdir, KernelFile), filepath.Join(opts.OutDir, KernelFile)); err != nil {

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/fcmhost/fcm/images"
 	"github.com/fcmhost/fcm/internal/ext4"
@@ -18,7 +17,7 @@ import (
 
 // rootfsRecipeVersion changes whenever configureRootfs changes what it writes,
 // so cached trees made by an older recipe are not reused.
-const rootfsRecipeVersion = "rootfs-v1"
+const rootfsRecipeVersion = "rootfs-v2" // v2: the app user
 
 // kernel downloads the kernel package once and keeps vmlinux.bin and the modules.
 func (b *builder) kernel(ctx context.Context, a *apt, pkg, version string) (string, error) {
@@ -120,7 +119,8 @@ func (b *builder) initrd(ctx context.Context, a *apt, kernelDir, busyboxVersion 
 	return out, os.Rename(out+".tmp", out)
 }
 
-// rootfsTree runs debootstrap once per recipe and keeps the configured tree.
+// rootfsTree runs debootstrap once per recipe and keeps the configured tree, with
+// the components measured in it beside it (see components.go).
 func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
 	dir := filepath.Join(b.opts.CacheDir, "rootfs-"+b.opts.Variant+"-"+key[:16])
 	if _, err := os.Stat(filepath.Join(dir, ".fcm-complete")); err == nil && !b.opts.Force {
@@ -134,7 +134,10 @@ func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
 	tmp := dir + ".tmp"
 	os.RemoveAll(tmp)
 	args := []string{"--variant=minbase", "--include=" + strings.Join(variant.Include, ","),
-		"--keyring=" + keyring, images.Suite, tmp, b.opts.Mirror}
+		"--keyring=" + keyring, variant.Suite, tmp, b.opts.Mirror}
+	if variant.Script != "" {
+		args = append(args, filepath.Join(debootstrapScripts, variant.Script))
+	}
 	cmd := exec.CommandContext(ctx, "debootstrap", args...)
 	var tail lineTail
 	cmd.Stdout = &prefixWriter{w: b.progress(), tail: &tail}
@@ -144,22 +147,43 @@ func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
 		os.RemoveAll(tmp)
 		return "", fmt.Errorf("debootstrap: %w: %s (full log: %s)", err, tail.String(), logFile)
 	}
-	if len(variant.Extra) > 0 {
-		if err := b.aptInstall(ctx, tmp, variant.Extra); err != nil {
-			os.RemoveAll(tmp)
-			return "", err
-		}
-	}
-	if err := configureRootfs(tmp); err != nil {
+	fail := func(err error) (string, error) {
 		os.RemoveAll(tmp)
 		return "", err
 	}
+	if len(variant.Extra) > 0 {
+		if err := b.aptInstall(ctx, tmp, variant.Extra); err != nil {
+			return fail(err)
+		}
+	}
+	if len(variant.NPM) > 0 {
+		if err := b.npmInstall(ctx, tmp, variant.NPM); err != nil {
+			return fail(err)
+		}
+	}
+	if err := configureRootfs(tmp); err != nil {
+		return fail(err)
+	}
+	if err := b.addUser(ctx, tmp, images.AppUser); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(b.progress(), "    measuring what went in\n")
+	comps, err := b.measureTree(ctx, tmp)
+	if err != nil {
+		return fail(err)
+	}
+	if err := writeJSON(componentsFile(dir), comps); err != nil {
+		return fail(err)
+	}
 	if err := os.WriteFile(filepath.Join(tmp, ".fcm-complete"), nil, 0o644); err != nil {
-		return "", err
+		return fail(err)
 	}
 	os.RemoveAll(dir)
 	return dir, os.Rename(tmp, dir)
 }
+
+// debootstrapScripts is where debootstrap keeps a script per release.
+const debootstrapScripts = "/usr/share/debootstrap/scripts"
 
 // progress is where tools' output goes while a long stage runs.
 func (b *builder) progress() io.Writer {
@@ -169,16 +193,37 @@ func (b *builder) progress() io.Writer {
 	return b.opts.Progress
 }
 
+// rootPath is PATH for commands run in the new root.
+const rootPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// inRoot runs a shell script in root with a clean environment (env adds to it) and
+// a /proc of its own: in new mount and PID namespaces, so nothing stays mounted in
+// the tree and no process outlives the script. Output goes to out.
+func inRoot(ctx context.Context, root, script string, out io.Writer, env ...string) error {
+	args := []string{"--mount", "--pid", "--fork", "--mount-proc=" + filepath.Join(root, "proc"),
+		"chroot", root, "/usr/bin/env", "-i", rootPath, "LANG=C.UTF-8", "HOME=/root"}
+	args = append(append(args, env...), "/bin/sh", "-c", script)
+	cmd := exec.CommandContext(ctx, "unshare", args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd.Run()
+}
+
+// useHostResolver gives the new root the host's DNS for downloads; configureRootfs
+// replaces it with the guest's.
+func useHostResolver(root string) error {
+	resolv, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return fmt.Errorf("downloading in the rootfs needs the host's resolver: %w", err)
+	}
+	os.Remove(filepath.Join(root, "etc/resolv.conf"))
+	return os.WriteFile(filepath.Join(root, "etc/resolv.conf"), resolv, 0o644)
+}
+
 // aptInstall installs packages in the new root with its own apt-get, with the
 // host's resolver and no service starts, then drops the downloaded archives.
 func (b *builder) aptInstall(ctx context.Context, root string, pkgs []string) error {
 	fmt.Fprintf(b.progress(), "    apt-get install %s\n", strings.Join(pkgs, " "))
-	resolv, err := os.ReadFile("/etc/resolv.conf")
-	if err != nil {
-		return fmt.Errorf("apt-get in the rootfs needs the host's resolver: %w", err)
-	}
-	os.Remove(filepath.Join(root, "etc/resolv.conf"))
-	if err := os.WriteFile(filepath.Join(root, "etc/resolv.conf"), resolv, 0o644); err != nil {
+	if err := useHostResolver(root); err != nil {
 		return err
 	}
 	policy := filepath.Join(root, "usr/sbin/policy-rc.d")
@@ -186,15 +231,83 @@ func (b *builder) aptInstall(ctx context.Context, root string, pkgs []string) er
 		return err
 	}
 	defer os.Remove(policy)
-	script := "apt-get -q update && apt-get install -y -q --no-install-recommends " + strings.Join(pkgs, " ") + " && apt-get clean"
-	cmd := exec.CommandContext(ctx, "chroot", root, "/usr/bin/env", "-i",
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8", "HOME=/root", "/bin/sh", "-c", script)
+	// Testing's Release file is valid for a week only; a mirror snapshot older than
+	// that is still authentic (signed, and every package checked against it).
+	const opts = "-o Acquire::Check-Valid-Until=false"
+	script := "apt-get -q " + opts + " update && apt-get install -y -q --no-install-recommends " + strings.Join(pkgs, " ") + " && apt-get clean"
 	var tail lineTail
-	cmd.Stdout = &prefixWriter{w: b.progress(), tail: &tail}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Run(); err != nil {
+	out := &prefixWriter{w: b.progress(), tail: &tail}
+	if err := inRoot(ctx, root, script, out, "DEBIAN_FRONTEND=noninteractive"); err != nil {
 		return fmt.Errorf("apt-get install in the rootfs: %w: %s", err, tail.String())
+	}
+	return nil
+}
+
+// npmRegistry is where npmInstall gets packages from.
+const npmRegistry = "https://registry.npmjs.org/"
+
+// npmInstall installs npm packages globally (/usr/local) with the new root's own
+// npm, the host's resolver, proxy settings and CA certificates (what the host
+// trusts for its own downloads; they do not stay in the image). Install scripts
+// run there too, so packages that ship a native binary per platform (bun, Claude
+// Code) end up with it in place; npm's cache is dropped.
+func (b *builder) npmInstall(ctx context.Context, root string, pkgs []string) error {
+	fmt.Fprintf(b.progress(), "    npm install --global %s\n", strings.Join(pkgs, " "))
+	if err := useHostResolver(root); err != nil {
+		return err
+	}
+	const cache, ca = "/tmp/fcm-npm-cache", "/tmp/fcm-host-ca.crt"
+	defer os.RemoveAll(filepath.Join(root, cache))
+	var env []string
+	if data, err := os.ReadFile(hostCABundle); err == nil {
+		if err := os.WriteFile(filepath.Join(root, ca), data, 0o644); err != nil {
+			return err
+		}
+		defer os.Remove(filepath.Join(root, ca))
+		env = append(env, "npm_config_cafile="+ca, "NODE_EXTRA_CA_CERTS="+ca)
+	}
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	// npm 12 runs no install scripts unless allowed by name; these are ours, pinned.
+	names := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		names[i] = npmName(p)
+	}
+	script := "npm install --global --no-fund --no-audit --no-update-notifier --loglevel=warn " +
+		"--registry=" + npmRegistry + " --cache=" + cache + " --allow-scripts=" + strings.Join(names, ",") +
+		" " + strings.Join(pkgs, " ")
+	var tail lineTail
+	out := &prefixWriter{w: b.progress(), tail: &tail}
+	if err := inRoot(ctx, root, script, out, env...); err != nil {
+		return fmt.Errorf("npm install in the rootfs: %w: %s", err, tail.String())
+	}
+	for _, p := range []string{"root/.npm", "root/.config"} {
+		os.RemoveAll(filepath.Join(root, p))
+	}
+	return nil
+}
+
+// npmName drops the version from name@version, keeping a scope's @.
+func npmName(spec string) string {
+	if i := strings.LastIndex(spec, "@"); i > 0 {
+		return spec[:i]
+	}
+	return spec
+}
+
+// hostCABundle is Debian's (and Ubuntu's) bundle of the CA certificates the host trusts.
+const hostCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
+// addUser makes the unprivileged account apps run as, with its group and home.
+func (b *builder) addUser(ctx context.Context, root string, u images.User) error {
+	script := fmt.Sprintf("groupadd --gid %d %s && useradd --uid %d --gid %d --home-dir %s --create-home --shell %s %s",
+		u.GID, u.Name, u.UID, u.GID, u.Home, u.Shell, u.Name)
+	var out bytes.Buffer
+	if err := inRoot(ctx, root, script, &out); err != nil {
+		return fmt.Errorf("add user %s: %w: %s", u.Name, err, lastLines(out.String(), 5))
 	}
 	return nil
 }
@@ -253,15 +366,18 @@ func configureRootfs(root string) error {
 	return nil
 }
 
-// makeExt4 writes the tree into a sparse ext4 image with room to spare, then adds
+// makeExt4 writes the tree into a sparse ext4 image with a little room, then adds
 // the guest init (the fcm binary) without touching the cached tree.
 func makeExt4(ctx context.Context, tree, out, initBinary string) error {
-	used, err := treeSize(tree)
+	used, err := diskUsage(tree, map[fileID]bool{})
 	if err != nil {
 		return err
 	}
+	// Room for ext4's own metadata and a little more: each VM's disk is grown from
+	// this image to its own size, so the image should be no bigger than the
+	// smallest disk (1 GiB, 2 GiB by default).
 	const mib = 1 << 20
-	size := int64(float64(used)*1.3) + 256*mib
+	size := int64(float64(used)*1.1) + 128*mib
 	size = (size + 64*mib - 1) / (64 * mib) * (64 * mib)
 	if size < 1024*mib {
 		size = 1024 * mib
@@ -287,25 +403,6 @@ func makeExt4(ctx context.Context, tree, out, initBinary string) error {
 		{Path: sbin + "/fcm-init", Source: initBinary, Mode: 0o755},
 		{Path: sbin + "/init", Link: "fcm-init"},
 	})
-}
-
-// treeSize sums the blocks the tree's files occupy.
-func treeSize(root string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			total += st.Blocks * 512
-		}
-		return nil
-	})
-	return total, err
 }
 
 // safeName keeps a package name and version usable as a file name.
