@@ -185,10 +185,14 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 		return nil, fmt.Errorf("rootfs: %w", err)
 	}
 
-	b.stage("ext4 image with fcm as /sbin/init")
+	b.stage("ext4 image with fcm as /sbin/init (the tree's image is cached too)")
+	treeImg, err := b.treeImage(ctx, tree)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs image: %w", err)
+	}
 	tmpRoot := filepath.Join(opts.OutDir, "."+RootfsFile+".tmp")
 	defer os.Remove(tmpRoot)
-	if err := makeExt4(ctx, tree, tmpRoot, opts.InitBinary); err != nil {
+	if err := imageWithInit(ctx, tree, treeImg, tmpRoot, opts.InitBinary); err != nil {
 		return nil, fmt.Errorf("rootfs image: %w", err)
 	}
 	img, err := imageComponent(ctx, tmpRoot)

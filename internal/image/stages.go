@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/fcmhost/fcm/images"
+	"github.com/fcmhost/fcm/internal/disk"
 	"github.com/fcmhost/fcm/internal/ext4"
 )
 
@@ -178,6 +179,7 @@ func (b *builder) rootfsTree(ctx context.Context, key string) (string, error) {
 	if err := os.WriteFile(filepath.Join(tmp, ".fcm-complete"), nil, 0o644); err != nil {
 		return fail(err)
 	}
+	os.Remove(treeImageFile(dir)) // made from a tree that is being replaced
 	os.RemoveAll(dir)
 	return dir, os.Rename(tmp, dir)
 }
@@ -366,9 +368,31 @@ func configureRootfs(root string) error {
 	return nil
 }
 
-// makeExt4 writes the tree into a sparse ext4 image with a little room, then adds
-// the guest init (the fcm binary) without touching the cached tree.
-func makeExt4(ctx context.Context, tree, out, initBinary string) error {
+// ext4Version changes whenever makeExt4 lays an image out differently (its size,
+// mkfs options), so cached tree images made the old way are not reused.
+const ext4Version = "ext4-v1"
+
+// treeImageFile is where a cached tree's ext4 image is kept, beside the tree.
+func treeImageFile(treeDir string) string { return treeDir + "." + ext4Version + ".img" }
+
+// treeImage makes the ext4 image of a cached tree once, without the guest init:
+// mkfs.ext4 takes a while over a full tree, a sparse copy of its image (or a
+// reflink) much less, so a build where only fcm changed stays quick.
+func (b *builder) treeImage(ctx context.Context, tree string) (string, error) {
+	out := treeImageFile(tree)
+	if _, err := os.Stat(out); err == nil && !b.opts.Force {
+		return out, nil
+	}
+	tmp := out + ".tmp"
+	defer os.Remove(tmp)
+	if err := makeExt4(ctx, tree, tmp); err != nil {
+		return "", err
+	}
+	return out, os.Rename(tmp, out)
+}
+
+// makeExt4 writes the tree into a sparse ext4 image with a little room.
+func makeExt4(ctx context.Context, tree, out string) error {
 	used, err := diskUsage(tree, map[fileID]bool{})
 	if err != nil {
 		return err
@@ -394,6 +418,19 @@ func makeExt4(ctx context.Context, tree, out, initBinary string) error {
 	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "fcm-root", "-d", tree, out)
 	if output, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.ext4: %w: %s", err, lastLines(string(output), 5))
+	}
+	return nil
+}
+
+// imageWithInit copies the tree's image to out and adds the guest init (the fcm
+// binary) as /sbin/init, leaving the cached tree and its image as they were.
+func imageWithInit(ctx context.Context, tree, treeImg, out, initBinary string) error {
+	os.Remove(out)
+	if _, err := disk.Clone(ctx, treeImg, out); err != nil {
+		return err
+	}
+	if err := os.Chmod(out, 0o644); err != nil {
+		return err
 	}
 	sbin := "/sbin"
 	if fi, err := os.Lstat(filepath.Join(tree, "sbin")); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
