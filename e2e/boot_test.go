@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fcmhost/fcm/images"
 	"github.com/fcmhost/fcm/internal/disk"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
@@ -271,7 +274,8 @@ func (v *testVM) destroy(t *testing.T) {
 }
 
 // TestQEMU_FullImageHasAppToolchains boots the product's default image and checks
-// what buildpacks will build apps with.
+// what buildpacks will build apps with, the user they run as, and what the guest
+// kernel needs for per-release network namespaces behind NAT.
 func TestQEMU_FullImageHasAppToolchains(t *testing.T) {
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
@@ -279,21 +283,46 @@ func TestQEMU_FullImageHasAppToolchains(t *testing.T) {
 	}
 	vm := newVMFrom(t, fullImageDir, "e2efull", "full-vm", net.IPv4(172, 16, 0, 70))
 	inst := vm.boot(t, d)
+	pinned := map[string]string{} // npm package -> version, from the recipe
+	for _, p := range images.Variants["full"].NPM {
+		if i := strings.LastIndex(p, "@"); i > 0 {
+			pinned[p[:i]] = p[i+1:]
+		}
+	}
+	// Each command's output must match its regular expression.
 	for cmd, want := range map[string]string{
-		"node --version":   "v18.",
-		"npm --version":    "9.",
-		"ruby --version":   "ruby 3.",
-		"bundle --version": "Bundler version",
-		"pip3 --version":   "pip ",
-		"python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'import sys; print(sys.prefix)'": "/tmp/venv",
-		"git --version":  "git version",
-		"curl --version": "curl ",
-		"gcc --version":  "gcc ",
-		"make --version": "GNU Make",
-		"tmux -V":        "tmux ",
+		"python3 --version":    `^Python 3\.14\.\d+$`,
+		"python3.13 --version": `^Python 3\.13\.\d+$`,
+		"python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'import sys; print(sys.prefix)'": `^/tmp/venv$`,
+		"python3.13 -m venv /tmp/venv13 && /tmp/venv13/bin/python --version":                   `^Python 3\.13\.`,
+		"pip3 --version":                  `^pip \d+`,
+		"node --version":                  `^v24\.\d+\.\d+$`,
+		"npm --version":                   `^\d+\.\d+\.\d+$`,
+		"ruby --version":                  `^ruby 3\.3\.\d+`,
+		"bundle --version":                `^(Bundler version )?\d+\.\d+\.\d+$`,
+		"/usr/local/bin/bun --version":    "^" + regexp.QuoteMeta(pinned["bun"]) + "$",
+		"bun -e 'console.log(6*7)'":       `^42$`,
+		"/usr/local/bin/claude --version": "^" + regexp.QuoteMeta(pinned["@anthropic-ai/claude-code"]) + ` \(Claude Code\)$`,
+		"git --version":                   `^git version 2\.`,
+		"curl --version":                  `^curl \d+`,
+		"gcc --version":                   `^gcc `,
+		"make --version":                  `^GNU Make \d`,
+		"tmux -V":                         `^tmux 3\.`,
+		"id app":                          `^uid=1000\(app\) gid=1000\(app\) groups=1000\(app\)$`,
+		"getent passwd app":               `^app:x:1000:1000::/home/app:/bin/bash$`,
+		"runuser -u app -- sh -c 'cd && touch made-by-app && stat -c %U made-by-app'":   `^app$`,
+		"ip link add v0 type veth peer name v1 && ip -o link show v1 && ip link del v0": `^\d+: v1@v0: `,
 	} {
-		if out := vm.run(t, cmd); !strings.Contains(out, want) {
-			t.Errorf("%s = %q, want %q in it", cmd, out, want)
+		if out := vm.run(t, cmd); !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("%s = %q, want it to match %s", cmd, out, want)
+		}
+	}
+	// The image has no nft command: the modules the initrd loaded show that veth,
+	// NAT chains and masquerading are there for whatever sets them up (netlink).
+	loaded := strings.Fields(vm.run(t, "ls /sys/module"))
+	for _, m := range []string{"veth", "nf_tables", "nf_conntrack", "nf_nat", "nft_chain_nat", "nft_nat", "nft_masq"} {
+		if !slices.Contains(loaded, m) {
+			t.Errorf("kernel module %s not loaded (loaded: %v)", m, loaded)
 		}
 	}
 	if graceful, err := vmm.Stop(context.Background(), inst, 30*time.Second); err != nil || !graceful {
