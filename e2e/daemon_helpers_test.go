@@ -48,12 +48,18 @@ func startDaemon(t *testing.T, dataDir string) *daemonProc {
 // and waits for /health. Without --caddy-admin among them there is no edge.
 func startDaemonHV(t *testing.T, hv, dataDir string, extra ...string) *daemonProc {
 	t.Helper()
+	return startDaemonImage(t, hv, dataDir, imageDir, extra...)
+}
+
+// startDaemonImage is startDaemonHV with VMs booting the image in img.
+func startDaemonImage(t *testing.T, hv, dataDir, img string, extra ...string) *daemonProc {
+	t.Helper()
 	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(dataDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
 	args := []string{"daemon", "--data-dir", dataDir, "--listen", daemonListen, "--hypervisor", hv,
 		"--bridge", daemonBridge, "--subnet", daemonSubnet,
-		"--kernel", filepath.Join(imageDir, image.KernelFile),
-		"--initrd", filepath.Join(imageDir, image.InitrdFile),
-		"--rootfs", filepath.Join(imageDir, image.RootfsFile)}
+		"--kernel", filepath.Join(img, image.KernelFile),
+		"--initrd", filepath.Join(img, image.InitrdFile),
+		"--rootfs", filepath.Join(img, image.RootfsFile)}
 	if !slices.Contains(extra, "--caddy-admin") {
 		args = append(args, "--caddy-admin", "off")
 	}

@@ -51,6 +51,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Setenv("FCM_STANDIN_DIR", dir)
+		if err := prepareFixtures(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: test packages: %v\n", err)
+			os.Exit(1)
+		}
 		if err := checkImages(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.Exit(1)

@@ -132,19 +132,24 @@ func prune(keep int) {
 		}
 	}
 	sort.Sort(sort.Reverse(sort.IntSlice(builds)))
-	used := ""
+	used := map[string]bool{}
 	for i, n := range builds {
 		if i >= release.KeepBuilds && n != keep {
 			os.RemoveAll(release.BuildDir(n))
 			continue
 		}
+		var res release.Result
 		data, _ := os.ReadFile(filepath.Join(release.BuildDir(n), release.BuildInfo))
-		used += string(data)
+		if json.Unmarshal(data, &res) != nil {
+			return // a build we cannot read: keep every dependency directory
+		}
+		for _, d := range res.Deps {
+			used[d] = true
+		}
 	}
 	deps, _ := os.ReadDir(release.DepsDir)
 	for _, d := range deps {
-		p := filepath.Join(release.DepsDir, d.Name())
-		if !strings.Contains(used, p) {
+		if p := filepath.Join(release.DepsDir, d.Name()); !used[p] {
 			os.RemoveAll(p)
 		}
 	}

@@ -187,6 +187,7 @@ func (b *Builder) depsDir(kind string, parts ...[]byte) (string, bool, error) {
 		h.Write(p)
 	}
 	dir := filepath.Join(b.DepsDir, kind+"-"+hex.EncodeToString(h.Sum(nil))[:16])
+	b.res.Deps = append(b.res.Deps, dir)
 	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
 		os.Chtimes(dir, timeNow(), timeNow()) // recently used: pruned last
 		return dir, true, nil

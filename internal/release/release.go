@@ -71,6 +71,7 @@ type Result struct {
 	Env       map[string]string `json:"env,omitempty"`
 	PathAdd   []string          `json:"path_add,omitempty"` // directories put before PATH
 	Runtimes  []string          `json:"runtimes,omitempty"`
+	Deps      []string          `json:"deps,omitempty"` // dependency directories it uses (kept while it is)
 }
 
 // Types lists the process types in a stable order: web first.
