@@ -151,6 +151,30 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// pushUntil starts git push fcm main in dir, in a process group of its own
+// (as a shell runs it), and returns once its output shows want.
+func (d *daemonProc) pushUntil(t *testing.T, dir, want string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	push := exec.Command("git", "push", "fcm", "main")
+	push.Dir = dir
+	push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+dir)
+	buf := &syncBuffer{}
+	push.Stdout, push.Stderr = buf, buf
+	push.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := push.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(buf.String(), want) {
+		if time.Now().After(deadline) {
+			push.Process.Kill()
+			t.Fatalf("the push never printed %q:\n%s", want, buf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return push, buf
+}
+
 // TestDeploy_QuickStart is the design's quick start, verbatim, then what must
 // hold around it: a broken release never replaces a working one, requests never
 // fail during deploys, and pushes that must be refused are.
@@ -315,21 +339,7 @@ func TestDeploy_QuickStart(t *testing.T) {
 	// with the restarted daemon).
 	{
 		d.commit(work, "slow release", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo migrating; sleep 60\n"})
-		push := exec.Command("git", "push", "fcm", "main")
-		push.Dir = work
-		push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+work)
-		var buf syncBuffer
-		push.Stdout, push.Stderr = &buf, &buf
-		if err := push.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		for !strings.Contains(buf.String(), "migrating") && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !strings.Contains(buf.String(), "migrating") {
-			t.Fatalf("the release command never started:\n%s", buf.String())
-		}
+		push, buf := d.pushUntil(t, work, "migrating")
 		d.stop(syscall.SIGKILL)
 		if err := push.Wait(); err == nil {
 			t.Errorf("the push succeeded though the daemon was killed:\n%s", buf.String())
@@ -352,23 +362,11 @@ func TestDeploy_QuickStart(t *testing.T) {
 
 	t.Run("a pusher who goes away cancels the deploy", func(t *testing.T) {
 		d.commit(work, "cancel me", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo cancel-me; sleep 60\n"})
-		push := exec.Command("git", "push", "fcm", "main")
-		push.Dir = work
-		push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+work)
-		var buf syncBuffer
-		push.Stdout, push.Stderr = &buf, &buf
-		push.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := push.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		for !strings.Contains(buf.String(), "cancel-me") && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
+		push, _ := d.pushUntil(t, work, "cancel-me")
 		// Ctrl+C: the whole process group (git push runs git-remote-http).
 		syscall.Kill(-push.Process.Pid, syscall.SIGINT)
 		push.Wait()
-		deadline = time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(20 * time.Second)
 		var rels string
 		for time.Now().Before(deadline) {
 			if rels = d.mustCLI(work, "releases"); strings.Contains(rels, "v10  Deploy ") && !strings.Contains(rels, "pending") {

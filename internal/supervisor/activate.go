@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/release"
 )
 
@@ -154,30 +155,18 @@ func (s *Supervisor) Restart(ctx context.Context, out func(string)) error {
 	return s.Activate(ctx, spec, out)
 }
 
-// Process is one process as `fcm ps` shows it.
-type Process struct {
-	Type     string    `json:"type"`
-	Command  string    `json:"command"`
-	Release  int       `json:"release"`
-	State    string    `json:"state"`
-	PID      int       `json:"pid,omitempty"`
-	Restarts int       `json:"restarts"`
-	Since    time.Time `json:"since"`
-	LastExit string    `json:"last_exit,omitempty"`
-}
-
 // PS lists the current release's processes.
-func (s *Supervisor) PS() []Process {
+func (s *Supervisor) PS() []api.Process {
 	s.mu.Lock()
 	cur := s.current
 	s.mu.Unlock()
-	out := []Process{}
+	out := []api.Process{}
 	if cur == nil {
 		return out
 	}
 	for _, p := range cur.procs {
 		p.mu.Lock()
-		out = append(out, Process{Type: p.typ, Command: p.command, Release: cur.spec.Version, State: p.state,
+		out = append(out, api.Process{Type: p.typ, Command: p.command, Release: cur.spec.Version, State: p.state,
 			PID: p.pid, Restarts: p.restarts, Since: p.since, LastExit: p.lastExit})
 		p.mu.Unlock()
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/release"
 )
 
@@ -23,11 +24,11 @@ type Request struct {
 
 // Reply is one line back: progress (Out), then a last line with Done set.
 type Reply struct {
-	Out   string    `json:"out,omitempty"`
-	Done  bool      `json:"done,omitempty"`
-	Error string    `json:"error,omitempty"`
-	Tail  []string  `json:"tail,omitempty"` // the failed release's last output lines
-	PS    []Process `json:"ps,omitempty"`
+	Out   string        `json:"out,omitempty"`
+	Done  bool          `json:"done,omitempty"`
+	Error string        `json:"error,omitempty"`
+	Tail  []string      `json:"tail,omitempty"` // the failed release's last output lines
+	PS    []api.Process `json:"ps,omitempty"`
 }
 
 func (s *Supervisor) serveSocket(ctx context.Context) error {
