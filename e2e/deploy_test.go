@@ -386,6 +386,27 @@ func TestDeploy_QuickStart(t *testing.T) {
 		d.mustGit(work, "reset", "-q", "--hard", "HEAD~1")
 	})
 
+	t.Run("a second push waits for the first", func(t *testing.T) {
+		remote := "http://fcm:" + d.token() + "@" + daemonListen + "/git/hello.git"
+		other := filepath.Join(t.TempDir(), "other")
+		d.mustGit(filepath.Dir(other), "clone", "-q", remote, other)
+		d.commit(work, "first", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo first-release; sleep 8\n"})
+		first, firstOut := d.pushUntil(t, work, "first-release")
+		d.commit(other, "second", map[string]string{"second.txt": "2\n"})
+		out, code := d.git(other, "push", remote, "main")
+		if err := first.Wait(); err != nil {
+			t.Errorf("the first push failed: %v\n%s", err, firstOut.String())
+		}
+		head := strings.TrimSpace(d.mustGit(work, "rev-parse", "HEAD"))
+		if code == 0 || !strings.Contains(out, "-----> Waiting: a deploy of "+head[:7]+" by admin is in progress") ||
+			!strings.Contains(out, "main moved to "+head[:7]+" while this push waited") {
+			t.Errorf("the second push: exit %d:\n%s", code, out)
+		}
+		if rels := d.mustCLI(work, "releases"); !strings.Contains(rels, "Current: v11") || strings.Contains(rels, "v12") {
+			t.Errorf("releases after two pushes at once:\n%s", rels)
+		}
+	})
+
 	t.Run("stop and start bring the app back", func(t *testing.T) {
 		d.mustCLI(work, "stop")
 		d.mustCLI(work, "start")
@@ -393,7 +414,7 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if err != nil || code != 200 || !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("after stop/start: %d %q %v", code, body, err)
 		}
-		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v9") {
+		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v11") {
 			t.Errorf("logs after start:\n%s", out)
 		}
 	})

@@ -53,6 +53,7 @@ func PreReceive(ctx context.Context, stdin io.Reader, stdout io.Writer) int {
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Fcm-Commit", u.New)
 	req.Header.Set("Fcm-Ref", u.Ref)
+	req.Header.Set("Fcm-Old", u.Old)
 	req.Header.Set("Content-Type", "application/x-tar")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

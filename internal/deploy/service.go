@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -50,6 +51,7 @@ type push struct {
 	vm          string
 	user        string
 	deployedRef string // set under Service.mu once the deploy succeeded
+	unlock      func() // the app's deploy lock, held until receive-pack is done
 }
 
 // appLock serializes what changes an app's release, saying who holds it.
@@ -72,10 +74,17 @@ func (s *Service) newPush(vm string, tok *store.Token) *push {
 	return p
 }
 
+// endPush forgets p once its receive-pack has ended, and lets the next
+// deploy of the app go: only now has git moved the branch (or not).
 func (s *Service) endPush(p *push) {
 	s.mu.Lock()
 	delete(s.pushes, p.token)
+	unlock := p.unlock
+	p.unlock = nil
 	s.mu.Unlock()
+	if unlock != nil {
+		unlock()
+	}
 }
 
 // lock takes VM name's deploy lock, telling out when it has to wait.
@@ -136,7 +145,8 @@ func (s *Service) PushHandler() http.Handler {
 		defer cancel()
 		out := &lineWriter{w: &aliveWriter{w: flushWriter{w}, gone: cancel}}
 		stopAlive := out.keepAlive(ctx, KeepAlive)
-		err := s.deploy(ctx, p, r.Header.Get("Fcm-Commit"), r.Header.Get("Fcm-Ref"), r.Body, out)
+		upd := RefUpdate{Old: r.Header.Get("Fcm-Old"), New: r.Header.Get("Fcm-Commit"), Ref: r.Header.Get("Fcm-Ref")}
+		err := s.deploy(ctx, p, upd, r.Body, out)
 		stopAlive()
 		if ctx.Err() != nil {
 			s.Log.Info("push canceled: the pusher went away", "vm", p.vm)
@@ -250,12 +260,24 @@ func short(commit string) string {
 }
 
 // deploy builds tree in the VM as a new release and switches to it.
-func (s *Service) deploy(ctx context.Context, p *push, commit, ref string, tree io.Reader, out *lineWriter) error {
+func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Reader, out *lineWriter) error {
+	commit, ref := upd.New, upd.Ref
 	unlock, err := s.lock(ctx, p.vm, fmt.Sprintf("a deploy of %s by %s is in progress", short(commit), p.user), out)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	// Held until receive-pack has moved the branch (endPush), so that a push
+	// waiting behind this one sees where it went.
+	s.mu.Lock()
+	p.unlock = unlock
+	s.mu.Unlock()
+	// A push that waited for another must not undo it: git would refuse to move
+	// the branch afterwards anyway, and the app would run what no branch holds.
+	if now := s.refValue(p.vm, ref); upd.Old != "" && now != upd.Old {
+		fmt.Fprintf(out, " !     %s moved to %s while this push waited (another deploy): fetch, merge or rebase, and push again\n",
+			strings.TrimPrefix(ref, "refs/heads/"), short(now))
+		return fmt.Errorf("ref moved")
+	}
 	vm, err := s.Store.GetVM(p.vm)
 	if err != nil {
 		fmt.Fprintf(out, " !     no app named %q\n", p.vm)
@@ -276,6 +298,15 @@ func (s *Service) deploy(ctx context.Context, p *push, commit, ref string, tree 
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: commit, Port: vm.Port, Env: rel.Env, RunRelease: true}
 	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
 	return s.finish(vm, rel, prev, err, out)
+}
+
+// refValue is ref's commit in vm's repository, the zero id when it has none.
+func (s *Service) refValue(vm, ref string) string {
+	out, err := exec.Command("git", "-C", s.RepoPath(vm), "rev-parse", "--verify", "-q", ref).Output()
+	if err != nil {
+		return zeroRev
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // newRelease records the next release of vm as pending; fill sets what it is.
