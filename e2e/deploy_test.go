@@ -407,6 +407,46 @@ func TestDeploy_QuickStart(t *testing.T) {
 		}
 	})
 
+	t.Run("a release that ignores SIGTERM does not take the next ones down", func(t *testing.T) {
+		stubborn := `web: python3 -c 'import signal, runpy; signal.signal(signal.SIGTERM, signal.SIG_IGN); runpy.run_path("app.py")'` + "\n"
+		d.commit(work, "stubborn", map[string]string{"Procfile": stubborn})
+		d.mustGit(work, "push", "fcm", "main") // v12
+		d.commit(work, "polite", map[string]string{"Procfile": "web: python3 app.py\n"})
+		d.mustGit(work, "push", "fcm", "main") // v13: v12 takes its 10 s to be killed
+		d.commit(work, "again", map[string]string{"again.txt": "again\n"})
+		// v12 still holds the slot v14 needs until it is killed: v14 waits for it.
+		if out := d.mustGit(work, "push", "fcm", "main"); !strings.Contains(out, "Waiting for the previous release to finish its requests and stop") ||
+			!strings.Contains(out, "Deploy successful! v14 is live") {
+			t.Errorf("third push:\n%s", out)
+		}
+		time.Sleep(12 * time.Second)
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after three quick deploys the app says %q", body)
+		}
+		if out := d.mustCLI(work, "ps"); !regexp.MustCompile(`web\.1\s+v14\s+up\s+0`).MatchString(out) {
+			t.Errorf("ps after three quick deploys:\n%s", out)
+		}
+	})
+
+	t.Run("an app answering 500 fails its health check", func(t *testing.T) {
+		d.mustCLI(work, "config", "set", "FCM_HEALTHCHECK_TIMEOUT=5") // v15
+		d.commit(work, "broken", map[string]string{"Procfile": "web: python3 broken.py\n", "broken.py": `import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(500, "database unreachable")
+http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+`})
+		out, code := d.git(work, "push", "fcm", "main")
+		if code == 0 || !strings.Contains(out, "web did not answer on port 3000 within 5s: it answered HTTP 500") || !strings.Contains(out, "v16 was not released; v15 keeps serving") {
+			t.Errorf("push of an app answering 500: exit %d:\n%s", code, out)
+		}
+		d.mustGit(work, "reset", "-q", "--hard", "HEAD~1")
+		d.mustCLI(work, "config", "unset", "FCM_HEALTHCHECK_TIMEOUT") // v17
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("after the failed health check the app says %q", body)
+		}
+	})
+
 	t.Run("stop and start bring the app back", func(t *testing.T) {
 		d.mustCLI(work, "stop")
 		d.mustCLI(work, "start")
@@ -414,7 +454,7 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if err != nil || code != 200 || !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("after stop/start: %d %q %v", code, body, err)
 		}
-		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v11") {
+		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v17") {
 			t.Errorf("logs after start:\n%s", out)
 		}
 	})

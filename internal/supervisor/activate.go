@@ -23,6 +23,18 @@ func (s *Supervisor) Activate(ctx context.Context, spec release.Spec, out func(s
 	s.mu.Lock()
 	old := s.current
 	s.mu.Unlock()
+	// The other slot may still hold the release before the current one, being
+	// stopped: wait until it is free.
+	select {
+	case <-s.retired:
+	default:
+		say(out, "-----> Waiting for the previous release to finish its requests and stop")
+		select {
+		case <-s.retired:
+		case <-ctx.Done():
+			return fmt.Errorf("deploy canceled")
+		}
+	}
 	slotName := "a"
 	if old != nil && old.slot.name == "a" {
 		slotName = "b"
@@ -59,7 +71,10 @@ func (s *Supervisor) Activate(ctx context.Context, spec release.Spec, out func(s
 		say(out, "-----> Traffic moved to v%d; stopping v%d", spec.Version, old.spec.Version)
 		// Stop the old release in the background: the deploy is done once traffic
 		// has moved, and requests still in flight finish first.
+		retired := make(chan struct{})
+		s.retired = retired
 		go func() {
+			defer close(retired)
 			s.proxy.drain(prev, 30*time.Second)
 			s.stopRunning(old)
 			s.log.Printf("v%d stopped", old.spec.Version)

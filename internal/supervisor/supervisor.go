@@ -27,8 +27,9 @@ type Supervisor struct {
 	proxy *proxy
 	ctx   context.Context
 
-	op      sync.Mutex // one activation at a time
-	mu      sync.Mutex // guards the fields below
+	op      sync.Mutex    // one activation at a time
+	retired chan struct{} // closed once the release before the current one is stopped (under op)
+	mu      sync.Mutex    // guards the fields below
 	current *running
 	ports   map[int]bool
 }
@@ -49,7 +50,7 @@ func Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s := &Supervisor{log: lg, proxy: newProxy(lg), ctx: ctx, ports: map[int]bool{}}
+	s := &Supervisor{log: lg, proxy: newProxy(lg), ctx: ctx, ports: map[int]bool{}, retired: closed()}
 	if err := enableNAT(); err != nil {
 		lg.Printf("%v (apps get no outbound network)", err)
 	}
@@ -65,6 +66,12 @@ func Run(ctx context.Context) error {
 	}
 	s.listen(port)
 	return s.serveSocket(ctx)
+}
+
+func closed() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }
 
 func readCurrent() (release.Spec, error) {
