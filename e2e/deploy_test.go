@@ -123,6 +123,8 @@ const helloApp = `import http.server, os
 
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/crash":
+            os._exit(1)
         body = ("<h1>Hello again, %s</h1>\n" % os.environ.get("GREETING", "world")).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -447,14 +449,42 @@ http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever(
 		}
 	})
 
+	t.Run("a crashed process is restarted", func(t *testing.T) {
+		httpBody(url + "crash")
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if code, body, _ := httpBody(url); code == 200 && strings.Contains(body, "Hello again, hola") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the app did not come back after crashing")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if out := d.mustCLI(work, "ps"); !regexp.MustCompile(`web\.1\s+v17\s+up\s+1\s`).MatchString(out) {
+			t.Errorf("ps after a crash:\n%s", out)
+		}
+		if out := d.mustCLI(work, "logs"); !strings.Contains(out, "fcm[supervisor]: web.1 exited with status 1; restarting in 1s") {
+			t.Errorf("logs after a crash:\n%s", out)
+		}
+	})
+
 	t.Run("stop and start bring the app back", func(t *testing.T) {
+		d.commit(work, "a worker", map[string]string{"Procfile": "web: python3 app.py\nworker: while :; do echo worker-tick; sleep 1; done\n"})
+		if out := d.mustGit(work, "push", "fcm", "main"); !strings.Contains(out, "Procfile declares types -> web, worker") || !strings.Contains(out, "Starting web, worker (v18)") {
+			t.Errorf("push with a worker:\n%s", out)
+		}
 		d.mustCLI(work, "stop")
 		d.mustCLI(work, "start")
 		code, body, err := httpBody(url)
 		if err != nil || code != 200 || !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("after stop/start: %d %q %v", code, body, err)
 		}
-		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v17") {
+		if out := d.mustCLI(work, "ps"); !regexp.MustCompile(`web\.1\s+v18\s+up`).MatchString(out) || !regexp.MustCompile(`worker\.1\s+v18\s+up`).MatchString(out) {
+			t.Errorf("ps after stop/start:\n%s", out)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		if out := d.mustCLI(work, "logs", "-n", "200"); !strings.Contains(out, "fcm[supervisor]: web.1 started v18") || !strings.Contains(out, "app[worker.1]: worker-tick") {
 			t.Errorf("logs after start:\n%s", out)
 		}
 	})

@@ -90,7 +90,7 @@ git commit -qam "slow release" && git push fcm main
 	d.mustCLI(t.TempDir(), "destroy", "churn")
 	out = <-pushed
 	t.Logf("push during reloads:\n%s", out)
-	for _, want := range []string{"release started", "release done", "Deploy successful! v2 is live"} {
+	for _, want := range []string{"release started", "... still working (", "release done", "Deploy successful! v2 is live"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("push through Caddy during a create and a destroy lacks %q", want)
 		}

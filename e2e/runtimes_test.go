@@ -22,7 +22,9 @@ func TestDeploy_Runtimes(t *testing.T) {
 	vm := d.vms(work)["rt"]
 	url := fmt.Sprintf("http://%s:3000/", vm.IP)
 	pkg := startPkgServer(t, "172.20.0.1:0")
-	d.mustCLI(work, "config", "set", "PIP_INDEX_URL="+pkg.URL+"/simple/", "PIP_TRUSTED_HOST=172.20.0.1", "NPM_CONFIG_REGISTRY="+pkg.URL+"/npm/")
+	// Mirrors, as a person behind a proxy or with a private index sets them.
+	d.mustCLI(work, "config", "set", "PIP_INDEX_URL="+pkg.URL+"/simple/", "PIP_TRUSTED_HOST=172.20.0.1", "NPM_CONFIG_REGISTRY="+pkg.URL+"/npm/",
+		"BUNDLE_MIRROR__HTTPS://RUBYGEMS__ORG/="+pkg.URL+"/gems")
 
 	// deploy replaces the work tree with files, commits and pushes it.
 	deploy := func(t *testing.T, files map[string]string, wants ...string) string {
@@ -111,7 +113,7 @@ Bun.serve({ port: Number(process.env.PORT), fetch: () => new Response("an hour i
 
 	t.Run("ruby", func(t *testing.T) {
 		deploy(t, map[string]string{
-			"Gemfile":  "source \"" + pkg.URL + "/gems\"\ngem \"fcmgreet\"\n",
+			"Gemfile":  "source \"https://rubygems.org\"\ngem \"fcmgreet\"\n",
 			"Procfile": "web: bundle exec ruby app.rb\n",
 			"app.rb": `require "socket"
 require "fcmgreet"
@@ -128,7 +130,7 @@ end
 	})
 
 	t.Run("a missing dependency fails the build", func(t *testing.T) {
-		writeFiles(t, work, map[string]string{"Gemfile": "source \"" + pkg.URL + "/gems\"\ngem \"nosuchgem\"\n"})
+		writeFiles(t, work, map[string]string{"Gemfile": "source \"https://rubygems.org\"\ngem \"nosuchgem\"\n"})
 		d.git(work, "commit", "-qam", "missing dep")
 		out, code := d.git(work, "push", "-f", "fcm", "main")
 		if code == 0 || !strings.Contains(out, "bundle install failed") || !strings.Contains(out, "keeps serving") {

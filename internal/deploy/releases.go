@@ -90,7 +90,10 @@ func (s *Service) Rollback(ctx context.Context, vm *store.VM, user string, versi
 	}, target.Env)
 }
 
-var configKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+// configKeyRE is what a config var may be called: a letter or _ first, then
+// letters, digits and _, plus the . : / - that tools' own variables use
+// (bundler's BUNDLE_MIRROR__HTTPS://RUBYGEMS__ORG/).
+var configKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.:/-]*$`)
 
 // SetConfig changes vm's config vars; when the app has a release, it makes a
 // new one with them and restarts the processes into it.
@@ -98,7 +101,7 @@ func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, chan
 	var names []string
 	for k := range change.Set {
 		if !configKeyRE.MatchString(k) {
-			return nil, fmt.Errorf("config var name %q: use letters, digits and _ (not first a digit): %w", k, ErrInvalid)
+			return nil, fmt.Errorf("config var name %q: use letters, digits, _ and . : / - (a letter or _ first): %w", k, ErrInvalid)
 		}
 		if k == "PORT" {
 			return nil, fmt.Errorf("PORT is set by fcm (the VM's port): %w", ErrInvalid)
