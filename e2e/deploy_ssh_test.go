@@ -15,18 +15,8 @@ const sshGitListen = "127.0.0.1:12222"
 // sshGit runs git in dir with ssh using only the private key at key.
 func (d *daemonProc) sshGit(dir, key string, args ...string) (string, int) {
 	d.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), gitEnv...), "HOME="+dir,
-		"GIT_SSH_COMMAND=ssh -i "+key+" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p 12222")
-	out, err := cmd.CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		d.t.Fatal(err)
-	}
-	return string(out), code
+	return d.gitWith(dir, []string{"GIT_SSH_COMMAND=ssh -i " + key +
+		" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p 12222"}, args...)
 }
 
 // sshKey makes an ed25519 key pair in dir and returns the private key's path

@@ -24,9 +24,15 @@ var gitEnv = []string{"GIT_AUTHOR_NAME=Ada", "GIT_AUTHOR_EMAIL=ada@example.com",
 // the credential helper fcm configured reads), returning output and exit code.
 func (d *daemonProc) git(dir string, args ...string) (string, int) {
 	d.t.Helper()
+	return d.gitWith(dir, []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + d.token()}, args...)
+}
+
+// gitWith runs git in dir as a person would (identity, HOME=dir) with env added.
+func (d *daemonProc) gitWith(dir string, env []string, args ...string) (string, int) {
+	d.t.Helper()
 	cmd := exec.Command("git", args...)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+dir)
+	cmd.Env = append(append(append(os.Environ(), gitEnv...), "HOME="+dir), env...)
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -111,9 +110,7 @@ func newKeysLsCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(keys)
+				return printJSON(cmd, keys)
 			}
 			if len(keys) == 0 {
 				fmt.Fprintln(out, "No SSH keys. Add one with: fcm keys add")

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -164,9 +163,7 @@ func newLsCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(vms)
+				return printJSON(cmd, vms)
 			}
 			if len(vms) == 0 {
 				fmt.Fprintln(out, "No VMs. Create one with: fcm create")
