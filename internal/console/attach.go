@@ -36,6 +36,54 @@ type AttachOptions struct {
 	Since      int64
 }
 
+// A client may send ControlRate control frames a second on average, in bursts
+// of up to ControlBurst; frames beyond that are dropped.
+const (
+	ControlRate  = 20
+	ControlBurst = 40
+)
+
+// ParseControl parses a control frame from a client; ok is false for anything
+// but a well-formed resize (with a size within 1..1000), refresh or detach.
+func ParseControl(data []byte) (c Control, ok bool) {
+	if len(data) > 512 || json.Unmarshal(data, &c) != nil {
+		return Control{}, false
+	}
+	switch c.Type {
+	case "resize":
+		if c.Cols < 1 || c.Cols > 1000 || c.Rows < 1 || c.Rows > 1000 {
+			return Control{}, false
+		}
+		return Control{Type: c.Type, Cols: c.Cols, Rows: c.Rows}, true
+	case "refresh", "detach":
+		return Control{Type: c.Type}, true
+	}
+	return Control{}, false
+}
+
+// bucket is a token bucket: rate tokens a second, up to burst.
+type bucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newBucket(rate, burst int) *bucket {
+	return &bucket{rate: float64(rate), burst: float64(burst), tokens: float64(burst)}
+}
+
+// take spends a token if there is one at time now.
+func (b *bucket) take(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
 // writeTimeout bounds one frame to a client; a client that stalls longer is cut off.
 const writeTimeout = 30 * time.Second
 
@@ -86,12 +134,13 @@ func (hs *Hubs) Attach(ctx context.Context, ws *websocket.Conn, key, id string, 
 		if resized {
 			h.resize(o.Cols, o.Rows) // tmux redraws
 		} else if redraw {
-			go h.refresh()
+			h.refresh()
 		}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	bucket := newBucket(ControlRate, ControlBurst)
 	go func() { // client -> VM
 		defer func() {
 			cancel()
@@ -111,15 +160,18 @@ func (hs *Hubs) Attach(ctx context.Context, ws *websocket.Conn, key, id string, 
 				}
 				continue
 			}
-			var c Control
-			if json.Unmarshal(data, &c) != nil {
+			if !bucket.take(time.Now()) {
+				continue // over the rate: dropped, the client stays
+			}
+			c, ok := ParseControl(data)
+			if !ok {
 				continue
 			}
 			switch c.Type {
 			case "resize":
 				h.resize(c.Cols, c.Rows)
 			case "refresh":
-				go h.refresh()
+				h.refresh()
 			case "detach": // the client's close follows
 				detached.Store(true)
 			}
@@ -149,7 +201,7 @@ func (hs *Hubs) Attach(ctx context.Context, ws *websocket.Conn, key, id string, 
 			if write(ctx, ws, websocket.MessageBinary, []byte{0x18}) != nil {
 				return nil
 			}
-			go h.refresh()
+			h.refresh()
 		}
 		if n > 0 {
 			if write(ctx, ws, websocket.MessageBinary, buf[:n]) != nil {

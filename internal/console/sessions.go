@@ -14,6 +14,9 @@ import (
 	"time"
 )
 
+// CommandTimeout bounds each tmux command that lists, makes or ends sessions.
+const CommandTimeout = 15 * time.Second
+
 // Runner runs a shell command in a VM (guest.Client).
 type Runner interface {
 	Run(ctx context.Context, cmd string) ([]byte, error)
@@ -63,6 +66,8 @@ func NewID(taken map[string]bool) string {
 
 // List returns the VM's sessions, oldest first. No tmux server is no sessions.
 func List(ctx context.Context, r Runner) ([]Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, CommandTimeout)
+	defer cancel()
 	out, err := r.Run(ctx, `tmux list-sessions -F '#{session_name} #{session_created} #{session_attached}' 2>&1 || true`)
 	if err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
@@ -78,12 +83,15 @@ func parseList(out string) ([]Session, error) {
 		}
 		f := strings.Fields(line)
 		if len(f) != 3 {
-			return nil, fmt.Errorf("list sessions: unexpected tmux output %q", line)
+			return nil, fmt.Errorf("list sessions: unexpected tmux output %q", clip(line))
 		}
 		created, err1 := strconv.ParseInt(f[1], 10, 64)
 		attached, err2 := strconv.Atoi(f[2])
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("list sessions: unexpected tmux output %q", line)
+			return nil, fmt.Errorf("list sessions: unexpected tmux output %q", clip(line))
+		}
+		if Validate(f[0]) != nil {
+			continue // not one of ours, and not fit to print or to reach a command line
 		}
 		sessions = append(sessions, Session{ID: f[0], Created: time.Unix(created, 0).UTC(), Attached: attached})
 	}
@@ -96,6 +104,8 @@ func Create(ctx context.Context, r Runner, id string) error {
 	if err := Validate(id); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, CommandTimeout)
+	defer cancel()
 	if _, err := r.Run(ctx, "cd ~ && tmux new-session -d -s "+id); err != nil {
 		return fmt.Errorf("create session %s: %w", id, err)
 	}
@@ -110,6 +120,8 @@ func Kill(ctx context.Context, r Runner, id string) error {
 	if err := Validate(id); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, CommandTimeout)
+	defer cancel()
 	out, err := r.Run(ctx, "tmux kill-session -t ="+id+" 2>&1; echo rc=$?")
 	if err != nil {
 		return fmt.Errorf("kill session %s: %w", id, err)
@@ -118,4 +130,12 @@ func Kill(ctx context.Context, r Runner, id string) error {
 		return fmt.Errorf("session %q: %w", id, ErrNoSession)
 	}
 	return nil
+}
+
+// clip shortens guest text for an error message.
+func clip(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "..."
+	}
+	return s
 }

@@ -228,18 +228,21 @@ func (s *Server) stopVM(w http.ResponseWriter, r *http.Request, tok *store.Token
 		s.fail(w, err)
 		return
 	}
+	s.closeConsoles(v, "the VM stopped")
 	s.routeChanged(nil, v)
 	writeJSON(w, http.StatusOK, s.toAPI(v))
 }
 
 func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	if _, ok := s.lookup(w, r, tok); !ok {
+	v, ok := s.lookup(w, r, tok)
+	if !ok {
 		return
 	}
 	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), r.PathValue("name")); err != nil {
 		s.fail(w, err)
 		return
 	}
+	s.closeConsoles(v, "the VM was destroyed")
 	if s.Deploys != nil {
 		if err := s.Deploys.Forget(r.PathValue("name")); err != nil {
 			s.logger().Error("forget the app", "vm", r.PathValue("name"), "err", err)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -70,14 +71,14 @@ func writeNoSession(w http.ResponseWriter, vm, id string, ids []string) {
 
 // toAPISessions counts attached clients as users see them: the daemon's own
 // tmux client stands for the clients attached through it.
-func (s *Server) toAPISessions(vm string, in []console.Session) []api.Session {
+func (s *Server) toAPISessions(v *store.VM, in []console.Session) []api.Session {
 	out := []api.Session{}
 	for _, x := range in {
 		attached := x.Attached
-		if clients, hub := s.consoles().Attached(sessionKey(vm, x.ID)); hub {
+		if clients, hub := s.consoles().Attached(console.Key(v.ID, x.ID)); hub {
 			attached = max(0, attached-1) + clients
 		}
-		out = append(out, api.Session{ID: x.ID, VM: vm, Created: x.Created, Attached: attached})
+		out = append(out, api.Session{ID: x.ID, VM: v.Name, Created: x.Created, Attached: attached})
 	}
 	return out
 }
@@ -93,38 +94,58 @@ func (s *Server) listVMSessions(w http.ResponseWriter, r *http.Request, tok *sto
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.ListSessionsResponse{Sessions: s.toAPISessions(v.Name, sessions)})
+	writeJSON(w, http.StatusOK, api.ListSessionsResponse{Sessions: s.toAPISessions(v, sessions)})
 }
 
-// listAllSessions lists the caller's sessions in every running VM.
+// listAllSessions lists the caller's sessions in every running VM. The VMs are
+// asked at once, each within listTimeout: one that does not answer is left out
+// (and logged) and costs the others nothing.
 func (s *Server) listAllSessions(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	vms, err := s.Store.ListVMs()
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	out := api.ListSessionsResponse{Sessions: []api.Session{}}
+	var running []*store.VM
 	for _, v := range vms {
-		if !visible(tok, v) || v.State != api.StateRunning {
-			continue
+		if visible(tok, v) && v.State == api.StateRunning {
+			running = append(running, v)
 		}
-		c, err := s.Guests.Client(v)
-		if err != nil {
+	}
+	clients := make([]*guest.Client, len(running))
+	for i, v := range running {
+		if clients[i], err = s.Guests.Client(v); err != nil {
 			s.fail(w, err)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
-		sessions, err := console.List(ctx, c)
-		cancel()
-		c.Close()
-		if err != nil {
-			s.logger().Warn("list sessions", "vm", v.Name, "err", err)
-			continue // one unreachable VM does not hide the others
-		}
-		out.Sessions = append(out.Sessions, s.toAPISessions(v.Name, sessions)...)
+	}
+	found := make([][]console.Session, len(running))
+	var wg sync.WaitGroup
+	for i, v := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer clients[i].Close()
+			ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
+			defer cancel()
+			sessions, err := console.List(ctx, clients[i])
+			if err != nil {
+				s.logger().Warn("list sessions", "vm", v.Name, "err", err)
+				return // one unreachable VM does not hide the others
+			}
+			found[i] = sessions
+		}()
+	}
+	wg.Wait()
+	out := api.ListSessionsResponse{Sessions: []api.Session{}}
+	for i, v := range running {
+		out.Sessions = append(out.Sessions, s.toAPISessions(v, found[i])...)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
+
+// listTimeout bounds asking one VM for its sessions in a listing of all VMs.
+const listTimeout = 10 * time.Second
 
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	var req api.CreateSessionRequest
@@ -208,7 +229,9 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 		writeNoSession(w, v.Name, id, ids)
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: []string{"*"}})
+	// Same-origin only: a page on another site may not drive a shell. The CLI
+	// sends no Origin and is let in.
+	ws, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		c.Close()
 		return // Accept has answered
@@ -223,7 +246,7 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 	// The hub keeps this connection to the VM if it is the session's first client.
 	kept := false
 	dial := func() (console.Conn, error) { kept = true; return c, nil }
-	err = s.consoles().Attach(context.WithoutCancel(r.Context()), ws, sessionKey(v.Name, id), id, dial, o)
+	err = s.consoles().Attach(context.WithoutCancel(r.Context()), ws, console.Key(v.ID, id), id, dial, o)
 	if !kept {
 		c.Close()
 	}
@@ -233,7 +256,11 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 	}
 }
 
-func sessionKey(vm, id string) string { return vm + "/" + id }
+// closeConsoles lets go of the console hubs of a VM that stopped or is gone,
+// telling their clients why; a later attach starts afresh.
+func (s *Server) closeConsoles(v *store.VM, reason string) {
+	s.consoles().CloseVM(v.ID, reason)
+}
 
 func (s *Server) consoles() *console.Hubs {
 	s.consolesOnce.Do(func() {
