@@ -95,7 +95,7 @@ func parseList(out string) ([]Session, error) {
 		}
 		sessions = append(sessions, Session{ID: f[0], Created: time.Unix(created, 0).UTC(), Attached: attached})
 	}
-	sort.Slice(sessions, func(i, j int) bool { return sessions[i].Created.Before(sessions[j].Created) })
+	sort.SliceStable(sessions, func(i, j int) bool { return sessions[i].Created.Before(sessions[j].Created) })
 	return sessions, nil
 }
 
@@ -132,10 +132,11 @@ func Kill(ctx context.Context, r Runner, id string) error {
 	return nil
 }
 
-// clip shortens guest text for an error message.
+// clip shortens guest text for an error message (which quotes it: at most 4
+// bytes for each of these).
 func clip(s string) string {
-	if len(s) > 100 {
-		return s[:100] + "..."
+	if len(s) > 60 {
+		return s[:60] + "..."
 	}
 	return s
 }
