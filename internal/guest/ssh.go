@@ -25,9 +25,10 @@ const (
 	// OpenTimeout bounds opening an SSH channel (one session).
 	OpenTimeout = 15 * time.Second
 	// KeepAlive is how often an idle connection is probed; a probe unanswered
-	// within KeepAliveTimeout drops the connection.
+	// within KeepAliveTimeout drops the connection (generous: an emulated
+	// guest busy building an app still answers well within it).
 	KeepAlive        = 15 * time.Second
-	KeepAliveTimeout = 15 * time.Second
+	KeepAliveTimeout = 30 * time.Second
 	// maxErrText caps the guest text quoted in an error.
 	maxErrText = 512
 )
