@@ -175,7 +175,7 @@ func (c *Client) Run(ctx context.Context, cmd string) ([]byte, error) {
 		ctx, cancel = context.WithTimeout(ctx, RunTimeout)
 		defer cancel()
 	}
-	sess, conn, err := c.open(ctx)
+	sess, err := c.open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%q: %w", cmd, err)
 	}
@@ -201,8 +201,9 @@ func (c *Client) Run(ctx context.Context, cmd string) ([]byte, error) {
 		sess.Signal(ssh.SIGKILL)
 		return nil, fmt.Errorf("%q: %w", cmd, ErrOutputTooLarge)
 	case <-ctx.Done():
+		// The command alone is given up: other sessions may share the
+		// connection, and keepalives find out whether the guest still answers.
 		sess.Signal(ssh.SIGKILL)
-		c.drop(conn) // a guest that does not finish in time may not answer at all
 		return nil, fmt.Errorf("%q: %w", cmd, ctx.Err())
 	}
 }
@@ -258,20 +259,19 @@ func (c *Client) Close() error {
 // interactive use with a PTY; the caller closes it. Opening is bounded by ctx
 // and OpenTimeout.
 func (c *Client) Session(ctx context.Context) (*ssh.Session, error) {
-	s, _, err := c.open(ctx)
-	return s, err
+	return c.open(ctx)
 }
 
 // open opens a session channel, bounded by ctx and OpenTimeout. A channel the
 // guest refuses (sshd's MaxSessions, say) leaves the connection as it is, for
 // the other sessions on it; a broken or unanswering connection is dropped, so
 // the next call redials.
-func (c *Client) open(ctx context.Context) (*ssh.Session, *ssh.Client, error) {
+func (c *Client) open(ctx context.Context) (*ssh.Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, OpenTimeout)
 	defer cancel()
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	type result struct {
 		s   *ssh.Session
@@ -288,9 +288,9 @@ func (c *Client) open(ctx context.Context) (*ssh.Session, *ssh.Client, error) {
 		if r.err != nil && !errors.As(r.err, &refused) {
 			c.drop(conn)
 		}
-		return r.s, conn, r.err
+		return r.s, r.err
 	case <-ctx.Done():
 		c.drop(conn) // unblocks NewSession
-		return nil, nil, fmt.Errorf("open a session: %w", ctx.Err())
+		return nil, fmt.Errorf("open a session: %w", ctx.Err())
 	}
 }

@@ -210,3 +210,45 @@ func TestRun_RefusedChannelKeepsTheConnection(t *testing.T) {
 		t.Errorf("server saw %d channels opened, %d refused; want 2 and 1", opened, refusedN)
 	}
 }
+
+// TestRun_DeadlineKeepsTheConnection: a command that outlives its deadline is
+// given up alone; the session beside it on the connection goes on.
+func TestRun_DeadlineKeepsTheConnection(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	s := guesttest.Start(t, func(cmd string, ch ssh.Channel, _ bool) uint32 {
+		switch cmd {
+		case "cat":
+			guesttest.Echo(ch)
+		case "hang":
+			<-release
+		}
+		return 0
+	})
+	c := clientOf(s)
+	defer c.Close()
+	sess, err := c.Session(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, _ := sess.StdinPipe()
+	defer stdin.Close()
+	stdout, _ := sess.StdoutPipe()
+	if err := sess.Start("cat"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.Run(ctx, "hang"); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Fatalf("a hanging command: %v after %v", err, time.Since(start))
+	}
+	fmt.Fprint(stdin, "still-here")
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(stdout, buf); err != nil || string(buf) != "still-here" {
+		t.Fatalf("the session beside a timed-out command: %q, %v", buf, err)
+	}
+	if _, err := c.Run(context.Background(), "true"); err != nil {
+		t.Errorf("Run after a timed-out command: %v", err)
+	}
+}
