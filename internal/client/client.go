@@ -286,3 +286,10 @@ func (c *Client) CreateSession(ctx context.Context, vm, id string) (*api.Session
 func (c *Client) KillSession(ctx context.Context, vm, id string) error {
 	return c.call(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(vm)+"/sessions/"+url.PathEscape(id), nil, nil)
 }
+
+// RotateAdminToken makes the daemon replace its admin token (this client's
+// must be it) with a new one, which it returns; the old one stops working.
+func (c *Client) RotateAdminToken(ctx context.Context) (*api.RotateTokenResponse, error) {
+	var out api.RotateTokenResponse
+	return &out, c.call(ctx, http.MethodPost, "/v1/tokens/admin/rotate", nil, &out)
+}
