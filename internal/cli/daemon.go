@@ -52,5 +52,6 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.Edge.ACMECA, "acme-ca", "", "ACME directory URL (default Let's Encrypt)")
 	f.StringVar(&o.Edge.ACMEEmail, "acme-email", "", "ACME account email")
 	f.StringVar(&o.Edge.ACMECARoot, "acme-ca-root", "", "PEM file of an extra root to trust for the ACME CA's HTTPS (a private CA)")
+	f.BoolVar(&o.RotateAdminToken, "rotate-admin-token", false, "make a new admin token in <data-dir>/.token at start; the old one stops working (a running daemon: fcm token rotate)")
 	return cmd
 }

@@ -62,7 +62,7 @@ authenticate with FCM_TOKEN or ~/.fcm-token.`,
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
-		newKeysCmd())
+		newKeysCmd(), newTokenCmd())
 	return root
 }
 
