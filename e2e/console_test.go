@@ -84,7 +84,7 @@ func TestConsole_Sessions(t *testing.T) {
 	if out, code := d.cli(work, "console"); code == 0 || !strings.Contains(out, "start it first") {
 		t.Errorf("fcm console: exit %d, %q", code, out)
 	}
-	d.mustCLI(work, "destroy")
+	d.mustCLI(work, "destroy", "--yes")
 }
 
 // TestConsole_ResumeLosesNothing: output printed while a client's connection

@@ -112,7 +112,7 @@ func testLifecycle(t *testing.T, hv string) {
 	}
 	sshRun("echo still here")
 
-	if out := d.mustCLI(work, "destroy"); !strings.Contains(out, "Destroyed web1") {
+	if out := d.mustCLI(work, "destroy", "--yes"); !strings.Contains(out, "Destroyed web1") {
 		t.Errorf("destroy: %s", out)
 	}
 	if _, err := os.Stat(filepath.Join(work, ".fcm")); !os.IsNotExist(err) {

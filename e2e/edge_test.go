@@ -25,7 +25,7 @@ const (
 
 // edgeFlags point the daemon at the test's Caddy and Pebble.
 func edgeFlags(env *edgetest.Env) []string {
-	return []string{"--caddy-admin", edgetest.CaddyAdmin, "--domain", edgeDomain,
+	return []string{"--caddy-admin", env.Admin(), "--domain", edgeDomain,
 		"--acme-ca", edgetest.ACMEDir, "--acme-ca-root", env.CARoot, "--acme-email", "ops@e2e.test"}
 }
 
@@ -331,4 +331,85 @@ func consoleThroughCaddy(t *testing.T, env *edgetest.Env, token, vm string) {
 	readUntil(ctx, t, ws, "root@"+vm)
 	ws.Write(ctx, websocket.MessageBinary, []byte("echo via-caddy-$((6*7))\r"))
 	readUntil(ctx, t, ws, "via-caddy-42")
+}
+
+// TestEdge_UnixAdminSocket: with Caddy's admin API on a unix socket (0600, as
+// the quick start sets it up) and nothing on TCP 2019, the daemon applies its
+// route through the socket, again after Caddy restarts; the API through
+// Caddy works, /health there tells no version, and the daemon's log names the
+// client Caddy forwarded for and the token's id.
+func TestEdge_UnixAdminSocket(t *testing.T) {
+	sockDir := shortTempDir(t)
+	env, err := edgetest.StartSocket(t.TempDir(), edgeAddr, filepath.Join(sockDir, "admin.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:2019", time.Second); err == nil {
+		c.Close()
+		t.Fatal("something answers on 127.0.0.1:2019: the test wants Caddy only on its socket")
+	}
+	if fi, err := os.Stat(env.AdminSocket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	dataDir := shortTempDir(t)
+	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	if !strings.Contains(d.log(), "admin API unix/"+env.AdminSocket) {
+		t.Errorf("the daemon does not say it uses the socket:\n%s", d.log())
+	}
+	waitRoutes := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := env.AdminClient().Get(env.AdminURL() + "/config/apps/http/servers/fcm")
+			if err == nil {
+				var v map[string]any
+				json.NewDecoder(resp.Body).Decode(&v)
+				resp.Body.Close()
+				if strings.Join(routeIDs(v), ",") == "fcm-daemon" {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fcm's route never reached Caddy through its socket (%v):\n%s", err, d.log())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	waitRoutes()
+
+	body, _ := waitCurl(t, env, "https://fcm."+edgeDomain+"/health", "200")
+	if strings.TrimSpace(body) != `{"status":"ok"}` {
+		t.Errorf("/health through Caddy: %s, want only the status", body)
+	}
+	body, status := curl(t, env, "https://fcm."+edgeDomain+"/health", "-H", "Authorization: Bearer "+d.token())
+	if !strings.HasPrefix(status, "200") || !strings.Contains(body, `"version"`) {
+		t.Errorf("/health through Caddy with the token: %s %s", status, body)
+	}
+	if body, status := curl(t, env, "https://fcm."+edgeDomain+"/v1/vms", "-H", "Authorization: Bearer "+d.token()); !strings.HasPrefix(status, "200") {
+		t.Errorf("API through Caddy: %s %s", status, body)
+	}
+	d.waitLog("path=/v1/vms status=200")
+	var line string
+	for _, l := range strings.Split(d.log(), "\n") {
+		if strings.Contains(l, "path=/v1/vms status=200") {
+			line = l
+		}
+	}
+	for _, want := range []string{"remote=127.0.0.1:", "forwarded_for=" + edgeAddr, "token=admin", "token_fp="} {
+		if !strings.Contains(line, want) {
+			t.Errorf("request log line lacks %s: %s", want, line)
+		}
+	}
+	if strings.Contains(d.log(), d.token()[4:]) {
+		t.Error("the token is in the daemon's log")
+	}
+
+	// Caddy restarted (empty but for its admin socket): the route is back.
+	env.StopCaddy()
+	if err := env.StartCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	waitRoutes()
+	waitCurl(t, env, "https://fcm."+edgeDomain+"/health", "200")
 }

@@ -40,31 +40,67 @@ fi
 say "Caddy (HTTPS for every VM; fcm configures it through its admin API)"
 use_systemd=
 if [ -z "${FCM_NO_SYSTEMD:-}" ] && [ -d /run/systemd/system ] && [ "$data" = /var/lib/firecracker ]; then use_systemd=1; fi
+# Caddy's admin API on a unix socket only root (and Caddy's own user) may open:
+# on TCP any local user could re-point fcm.<domain> and collect API tokens.
+admin_sock=/run/caddy/admin.sock
+caddy_admin() { curl -fsS --max-time 5 --unix-socket "$admin_sock" "http://127.0.0.1$1"; }
 # The package's Caddyfile serves a welcome page on :80, which would shadow the
-# HTTP->HTTPS redirects: keep only the admin API, on loopback.
-if [ -f /etc/caddy/Caddyfile ] && grep -q /usr/share/caddy /etc/caddy/Caddyfile; then
-	mv /etc/caddy/Caddyfile /etc/caddy/Caddyfile.dist
-	printf '# fcm configures this Caddy through its admin API.\n{\n\tadmin localhost:2019\n}\n' >/etc/caddy/Caddyfile
-	echo "replaced the package's welcome-page Caddyfile (kept as /etc/caddy/Caddyfile.dist)"
-	if [ -n "$use_systemd" ]; then systemctl restart caddy; fi
+# HTTP->HTTPS redirects; an older quick start put the admin API on TCP: keep
+# only the admin API, on the socket.
+if [ ! -f /etc/caddy/Caddyfile ] || grep -q /usr/share/caddy /etc/caddy/Caddyfile ||
+	{ grep -q '^# fcm configures this Caddy' /etc/caddy/Caddyfile && ! grep -q "$admin_sock" /etc/caddy/Caddyfile; }; then
+	mkdir -p /etc/caddy
+	if [ -f /etc/caddy/Caddyfile ] && grep -q /usr/share/caddy /etc/caddy/Caddyfile; then
+		mv /etc/caddy/Caddyfile /etc/caddy/Caddyfile.dist
+		echo "replaced the package's welcome-page Caddyfile (kept as /etc/caddy/Caddyfile.dist)"
+	fi
+	printf '# fcm configures this Caddy through its admin API, on a socket only root may open.\n{\n\tadmin unix/%s|0600\n}\n' "$admin_sock" >/etc/caddy/Caddyfile
+	echo "/etc/caddy/Caddyfile: admin API on unix/$admin_sock (mode 0600)"
+	changed_caddyfile=1
 fi
-if curl -fsS http://127.0.0.1:2019/config/ >/dev/null 2>&1; then
-	echo "Caddy's admin API answers on 127.0.0.1:2019"
+if [ -n "$use_systemd" ]; then
+	# /run/caddy, made for Caddy's user at each start, closed to everyone else.
+	mkdir -p /etc/systemd/system/caddy.service.d
+	printf '# fcm: a directory for Caddy'"'"'s admin socket (unix//run/caddy/admin.sock).\n[Service]\nRuntimeDirectory=caddy\nRuntimeDirectoryMode=0700\n' \
+		>/etc/systemd/system/caddy.service.d/fcm-admin-socket.conf
+	systemctl daemon-reload
+else
+	install -d -m 0700 /run/caddy
+fi
+admin_addr=unix/$admin_sock
+if ! grep -q "$admin_sock" /etc/caddy/Caddyfile; then
+	# A Caddyfile of the operator's own: leave it, and Caddy's admin API on TCP.
+	echo "warning: /etc/caddy/Caddyfile keeps Caddy's admin API on TCP, where any local user can rewrite fcm's routes;" >&2
+	echo "  put 'admin unix/$admin_sock|0600' in its global options block and run this again" >&2
+	admin_addr=http://127.0.0.1:2019
+	caddy_admin() { curl -fsS --max-time 5 "http://127.0.0.1:2019$1"; }
+fi
+if caddy_admin /config/ >/dev/null 2>&1; then
+	echo "Caddy's admin API answers on $admin_addr"
 elif [ -n "$use_systemd" ]; then
-	systemctl enable --now caddy
+	systemctl enable caddy
+	systemctl restart caddy
+elif [ -n "${changed_caddyfile:-}" ] && curl -fsS --max-time 5 http://127.0.0.1:2019/config/ >/dev/null 2>&1; then
+	# A Caddy from an older quick start, admin on TCP: move it to the socket.
+	caddy reload --config /etc/caddy/Caddyfile --address 127.0.0.1:2019 --force
 else
 	mkdir -p "$data"
 	(cd /etc/caddy 2>/dev/null || cd /; nohup caddy run --config /etc/caddy/Caddyfile >>"$data/caddy.log" 2>&1 &)
 	echo "running in the background (log: $data/caddy.log)"
 fi
+for _ in $(seq 1 50); do
+	caddy_admin /config/ >/dev/null 2>&1 && break
+	sleep 0.2
+done
+caddy_admin /config/ >/dev/null || { echo "quickstart: Caddy's admin API does not answer on $admin_addr (see journalctl -u caddy or $data/caddy.log)" >&2; exit 1; }
 
-flags=${FCM_DOMAIN:+--domain $FCM_DOMAIN}
+flags="--caddy-admin $admin_addr${FCM_DOMAIN:+ --domain $FCM_DOMAIN}"
 say "starting the daemon"
 if curl -fsS http://127.0.0.1:7777/health >/dev/null 2>&1; then
 	echo "already running"
 elif [ -n "$use_systemd" ]; then
 	install -m 0644 deploy/fcm.service /etc/systemd/system/fcm.service
-	if [ -n "$flags" ]; then echo "FCM_DAEMON_FLAGS=\"$flags\"" >/etc/default/fcm; fi
+	echo "FCM_DAEMON_FLAGS=\"$flags\"" >/etc/default/fcm
 	systemctl daemon-reload
 	systemctl enable --now fcm
 	echo "systemd unit fcm.service enabled (logs: journalctl -u fcm -f)"

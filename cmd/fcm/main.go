@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"strings"
 
 	"github.com/fcmhost/fcm/internal/cli"
 	"github.com/fcmhost/fcm/internal/guestinit"
@@ -11,7 +12,28 @@ import (
 
 func main() {
 	if os.Getpid() == 1 {
-		guestinit.Main() // we are /sbin/init inside a VM
+		cmdline, _ := os.ReadFile("/proc/cmdline") // not mounted yet in a VM; maybe in a container
+		if isGuestInit(os.Args[0], string(cmdline)) {
+			guestinit.Main() // we are /sbin/init inside a VM
+		}
 	}
 	os.Exit(cli.Main(os.Args[1:]))
+}
+
+// isGuestInit reports whether process 1 is an fcm VM's init: started as
+// the image's init (the kernel and the initrd's switch_root run /sbin/init),
+// or on a kernel command line with fcm's own fcm.* parameters. Process 1 in
+// a container or under unshare --pid runs the CLI instead of mounting and
+// rebooting.
+func isGuestInit(argv0, cmdline string) bool {
+	switch argv0 {
+	case "/sbin/init", "/usr/sbin/init", "/sbin/fcm-init", "/usr/sbin/fcm-init":
+		return true
+	}
+	for _, arg := range strings.Fields(cmdline) {
+		if strings.HasPrefix(arg, "fcm.") {
+			return true
+		}
+	}
+	return false
 }

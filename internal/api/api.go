@@ -94,11 +94,21 @@ const (
 	CodeUnavailable  = "unavailable"
 )
 
-// Health is the body of GET /health.
+// Health is the body of GET /health. Version and hypervisor are told only to
+// clients on the host itself or with a valid token: through the edge, anyone
+// else learns only that the daemon is up.
 type Health struct {
 	Status     string `json:"status"`
-	Version    string `json:"version"`
-	Hypervisor string `json:"hypervisor"`
+	Version    string `json:"version,omitempty"`
+	Hypervisor string `json:"hypervisor,omitempty"`
+}
+
+// RotateTokenResponse is the body of POST /v1/tokens/admin/rotate: the new
+// admin token (the old one is refused from then on) and the daemon's file of it.
+type RotateTokenResponse struct {
+	Token       string `json:"token"`
+	Fingerprint string `json:"fingerprint"` // how the daemon's log names it
+	File        string `json:"file"`
 }
 
 // Session is a persistent console session: a tmux session in a VM.

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/spf13/cobra"
 )
@@ -22,15 +23,26 @@ an SSH key for reaching guests, sets up the bridge, taps and an nftables table
 and serves the API. Stopping the daemon leaves VMs running; the next start
 re-adopts them and finishes or undoes whatever a crash interrupted.
 
-With Caddy running beside it (admin API on loopback), every VM is served at
-https://<name>.<domain> with an automatic certificate and the API at
-https://fcm.<domain>; fcm configures Caddy through its admin API and re-applies
-the routes whenever Caddy restarts.
+With Caddy running beside it, every VM is served at https://<name>.<domain>
+with an automatic certificate and the API at https://fcm.<domain>; fcm
+configures Caddy through its admin API and re-applies the routes whenever Caddy
+restarts. Give Caddy its admin API on a unix socket only root may open
+(Caddyfile: admin unix//run/caddy/admin.sock|0600): on TCP any local user can
+rewrite the routes.
+
+The admin token in <data-dir>/.token is the one admin token: at each start any
+other is revoked. The file must be 0600 and hold a token fcm made. Replace it
+with --rotate-admin-token (or, against a running daemon, fcm token rotate).
+Every request is logged with its remote address, the client Caddy forwarded
+for, and the token's id and fingerprint (never the token).
 
 The guest image must exist first: sudo fcm image build.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Version = Version
+			if !cmd.Flags().Changed("caddy-admin") {
+				o.Edge.CaddyAdmin = edge.DefaultAdmin()
+			}
 			o.Out = cmd.OutOrStdout()
 			o.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			return daemon.Run(cmd.Context(), o)
@@ -47,10 +59,11 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.Initrd, "initrd", "", "guest initrd (default <data-dir>/initrd.img)")
 	f.StringVar(&o.Rootfs, "rootfs", "", "base root filesystem (default <data-dir>/base-rootfs.img)")
 	f.StringVar(&o.Edge.Domain, "domain", "", "VMs are served at https://<name>.<domain>, the API at https://fcm.<domain> (default <host-ip-with-dashes>.sslip.io)")
-	f.StringVar(&o.Edge.CaddyAdmin, "caddy-admin", "http://127.0.0.1:2019", "Caddy's admin API; off: no edge, VMs only at http://<ip>:<port>")
+	f.StringVar(&o.Edge.CaddyAdmin, "caddy-admin", "", "Caddy's admin API: a URL, or a unix socket as Caddy writes it (unix//run/caddy/admin.sock); off: no edge, VMs only at http://<ip>:<port> (default unix/"+edge.DefaultAdminSocket+" when that socket exists, else "+edge.DefaultAdminTCP+")")
 	f.StringVar(&o.Edge.TLS, "tls", "acme", "acme: certificates from --acme-ca; internal: Caddy's own CA (a LAN)")
 	f.StringVar(&o.Edge.ACMECA, "acme-ca", "", "ACME directory URL (default Let's Encrypt)")
 	f.StringVar(&o.Edge.ACMEEmail, "acme-email", "", "ACME account email")
 	f.StringVar(&o.Edge.ACMECARoot, "acme-ca-root", "", "PEM file of an extra root to trust for the ACME CA's HTTPS (a private CA)")
+	f.BoolVar(&o.RotateAdminToken, "rotate-admin-token", false, "make a new admin token in <data-dir>/.token at start; the old one stops working (a running daemon: fcm token rotate)")
 	return cmd
 }

@@ -131,7 +131,11 @@ func newGitCredentialCmd() *cobra.Command {
 			if args[0] != "get" {
 				return nil
 			}
-			tok := client.FromEnv().Token
+			c := client.FromEnv()
+			if c.Err != nil {
+				return c.Err
+			}
+			tok := c.Token
 			if tok == "" {
 				return client.ErrNoToken
 			}

@@ -51,7 +51,9 @@ Start with:
   fcm create                # a VM
 
 Clients find the daemon at FCM_HOST (default http://127.0.0.1:7777) and
-authenticate with FCM_TOKEN or ~/.fcm-token.`,
+authenticate with FCM_TOKEN or ~/.fcm-token (mode 0600: fcm refuses a token
+file others can read). From another host use https://fcm.<domain>: fcm warns
+before sending the token over plain http:// beyond this machine.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -62,7 +64,7 @@ authenticate with FCM_TOKEN or ~/.fcm-token.`,
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
-		newKeysCmd())
+		newKeysCmd(), newTokenCmd())
 	return root
 }
 

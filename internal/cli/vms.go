@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 )
 
 // dotFile names the VM a directory belongs to, written by create.
@@ -247,15 +250,26 @@ func newStopCmd() *cobra.Command {
 }
 
 func newDestroyCmd() *cobra.Command {
-	return &cobra.Command{
+	var yes bool
+	cmd := &cobra.Command{
 		Use:     "destroy [vm]",
 		Aliases: []string{"rm"},
 		Short:   "Delete a VM and its disk",
-		Args:    maxOneArg,
+		Long: `Delete a VM, its disk and its address.
+
+Without a name, the VM named in ./.fcm is the target: fcm asks before
+destroying it (a cloned repository's .fcm could name someone else's VM), and
+without a terminal to ask on it refuses unless --yes is given.`,
+		Args: maxOneArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := target(cmd, args)
 			if err != nil {
 				return err
+			}
+			if len(args) == 0 && !yes {
+				if err := confirm(cmd, name); err != nil {
+					return err
+				}
 			}
 			if err := client.FromEnv().DestroyVM(cmd.Context(), name); err != nil {
 				return err
@@ -267,4 +281,31 @@ func newDestroyCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "destroy the VM named in ./.fcm without asking")
+	return cmd
+}
+
+// isTerminal reports whether r is a terminal a person answers on.
+var isTerminal = func(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// errNotConfirmed ends a destroy the person said no to.
+var errNotConfirmed = errors.New("not destroyed")
+
+// confirm asks whether to destroy name, which ./.fcm chose; with no terminal
+// to ask on, it refuses.
+func confirm(cmd *cobra.Command, name string) error {
+	in := cmd.InOrStdin()
+	if !isTerminal(in) {
+		return usageError{cmd: "destroy", err: fmt.Errorf("./%s names %s: to destroy it without a terminal to confirm on, run fcm destroy %s or fcm destroy --yes", dotFile, name, name)}
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Destroy %s (named in ./%s) and its disk? [y/N] ", name, dotFile)
+	line, _ := bufio.NewReader(in).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return errNotConfirmed
 }

@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
@@ -28,23 +30,105 @@ type Client struct {
 	Host  string
 	Token string
 	HTTP  *http.Client
+	// Err, when set, is returned by every request before anything is sent
+	// (FromEnv's refusal of a token file others can read).
+	Err error
+	// Warn, when set, receives a warning before the token first goes over
+	// plain http:// to another host.
+	Warn io.Writer
+	// TokenFile is the file the token was read from; "" when it came from
+	// FCM_TOKEN or the caller.
+	TokenFile string
+
+	warnOnce sync.Once
 }
 
-// FromEnv builds a client from FCM_HOST and FCM_TOKEN, or ~/.fcm-token.
+// FromEnv builds a client from FCM_HOST and FCM_TOKEN, or ~/.fcm-token. A
+// token file that others may read is refused (Err), and a warning goes to
+// stderr before the token is sent in clear to another host.
 func FromEnv() *Client {
 	host := os.Getenv("FCM_HOST")
 	if host == "" {
 		host = DefaultHost
 	}
-	token := strings.TrimSpace(os.Getenv("FCM_TOKEN"))
-	if token == "" {
+	c := &Client{Host: strings.TrimRight(host, "/"), HTTP: &http.Client{}, Warn: os.Stderr}
+	c.Token = strings.TrimSpace(os.Getenv("FCM_TOKEN"))
+	if c.Token == "" {
 		if home, err := os.UserHomeDir(); err == nil {
-			if b, err := os.ReadFile(filepath.Join(home, ".fcm-token")); err == nil {
-				token = strings.TrimSpace(string(b))
+			path := filepath.Join(home, TokenFileName)
+			c.Token, c.Err = ReadTokenFile(path)
+			if c.Token != "" {
+				c.TokenFile = path
 			}
 		}
 	}
-	return &Client{Host: strings.TrimRight(host, "/"), Token: token, HTTP: &http.Client{}}
+	return c
+}
+
+// TokenFileName is the CLI's token file, in the user's home directory.
+const TokenFileName = ".fcm-token"
+
+// ReadTokenFile reads a token file: "" when there is none, an error when
+// group or others may read it (the token is root on every VM).
+func ReadTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		shown := path
+		if home, err := os.UserHomeDir(); err == nil && strings.HasPrefix(path, home+"/") {
+			shown = "~" + strings.TrimPrefix(path, home)
+		}
+		return "", fmt.Errorf("%s has mode %#o: run chmod 600 %s", shown, perm, shown)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	return strings.TrimSpace(string(b)), err
+}
+
+// WriteTokenFile replaces path with token, mode 0600, through a temporary
+// file and a rename (never readable by others, never half-written).
+func WriteTokenFile(path, token string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*") // 0600
+	if err != nil {
+		return err
+	}
+	_, err = tmp.WriteString(token + "\n")
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// plainRemote reports whether host (a URL) is http:// to somewhere other than
+// this machine: a token sent there crosses the network in clear.
+func plainRemote(host string) (string, bool) {
+	u, err := url.Parse(host)
+	if err != nil || u.Scheme != "http" {
+		return "", false
+	}
+	h := u.Hostname()
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return h, false
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return h, false
+	}
+	return h, true
 }
 
 // ErrNoToken is returned before any request when no token is configured.
@@ -79,8 +163,18 @@ func IsNotFound(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body any, accept string) (*http.Response, error) {
+	if c.Err != nil {
+		return nil, c.Err
+	}
 	if c.Token == "" && path != "/health" {
 		return nil, ErrNoToken
+	}
+	if c.Token != "" && c.Warn != nil {
+		if h, remote := plainRemote(c.Host); remote {
+			c.warnOnce.Do(func() {
+				fmt.Fprintf(c.Warn, "fcm: warning: sending your token in clear over http:// to %s; anyone on the way can read it (use https://, e.g. https://fcm.<domain> through Caddy)\n", h)
+			})
+		}
 	}
 	var rd io.Reader
 	if body != nil {
@@ -285,4 +379,11 @@ func (c *Client) CreateSession(ctx context.Context, vm, id string) (*api.Session
 // KillSession ends a session and what runs in it.
 func (c *Client) KillSession(ctx context.Context, vm, id string) error {
 	return c.call(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(vm)+"/sessions/"+url.PathEscape(id), nil, nil)
+}
+
+// RotateAdminToken makes the daemon replace its admin token (this client's
+// must be it) with a new one, which it returns; the old one stops working.
+func (c *Client) RotateAdminToken(ctx context.Context) (*api.RotateTokenResponse, error) {
+	var out api.RotateTokenResponse
+	return &out, c.call(ctx, http.MethodPost, "/v1/tokens/admin/rotate", nil, &out)
 }

@@ -7,14 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/deploy"
@@ -45,6 +43,9 @@ type Options struct {
 	Edge       EdgeOptions
 	Out        io.Writer // what a person starting the daemon should read
 	Log        *slog.Logger
+
+	// RotateAdminToken makes a new admin token at start; the old one stops working.
+	RotateAdminToken bool
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -79,6 +80,9 @@ func Run(ctx context.Context, o Options) error {
 	if d := filepath.Join(o.DataDir, "vms", "12345678"); len(d) > vmm.MaxDirLen {
 		return fmt.Errorf("--data-dir %s is too long: VM directories under it (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
 	}
+	if err := checkDataDir(o.DataDir); err != nil {
+		return err
+	}
 	img := vm.Image{
 		Kernel: pick(o.Kernel, filepath.Join(o.DataDir, image.KernelFile)),
 		Initrd: pick(o.Initrd, filepath.Join(o.DataDir, image.InitrdFile)),
@@ -94,13 +98,16 @@ func Run(ctx context.Context, o Options) error {
 	}
 	st, err := store.Open(filepath.Join(o.DataDir, "fcm.db"), 500*time.Millisecond)
 	if errors.Is(err, store.ErrLocked) {
+		if o.RotateAdminToken {
+			return fmt.Errorf("another fcm daemon is using %s (it holds the lock on fcm.db): rotate its admin token with 'fcm token rotate'", o.DataDir)
+		}
 		return fmt.Errorf("another fcm daemon is using %s (it holds the lock on fcm.db)", o.DataDir)
 	}
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	tokenPath, created, err := ensureAdminToken(st, o.DataDir)
+	adminToken, created, err := ensureAdminToken(st, o.DataDir, o.RotateAdminToken)
 	if err != nil {
 		return err
 	}
@@ -146,7 +153,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec}
+	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
+		AdminToken: adminToken}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -167,12 +175,16 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer gitLn.Close()
 	}
-	srv := &http.Server{Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(server.Handler())
 	if o.Out != nil {
 		fmt.Fprintf(o.Out, "fcm daemon %s listening on http://%s (hypervisor %s, bridge %s %s, data %s)\n",
 			o.Version, ln.Addr(), driver.Name(), netCfg.Bridge, netCfg.Subnet, o.DataDir)
 		if created {
-			fmt.Fprintf(o.Out, "Admin token written to %s. Give it to the CLI with:\n  sudo cat %s > ~/.fcm-token && chmod 600 ~/.fcm-token\n", tokenPath, tokenPath)
+			what := "Admin token written to"
+			if o.RotateAdminToken {
+				what = "New admin token (the old one no longer works) written to"
+			}
+			fmt.Fprintf(o.Out, "%s %s. Give it to the CLI with:\n  %s\n", what, adminToken.Path, TokenRecipe(adminToken.Path))
 		}
 		if host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			fmt.Fprintf(o.Out, "warning: the API listens on %s, beyond loopback, over plain HTTP\n", host)
@@ -253,33 +265,6 @@ func gitSSHPort(listen string) (int, error) {
 		return 0, fmt.Errorf("--git-listen %q: port out of range 1-65535", listen)
 	}
 	return n, nil
-}
-
-// ensureAdminToken makes the admin token on first run and makes sure the store
-// knows it on every run (the file is the one copy of the secret).
-func ensureAdminToken(st *store.Store, dataDir string) (path string, created bool, err error) {
-	path = filepath.Join(dataDir, TokenFile)
-	data, err := os.ReadFile(path)
-	secret := strings.TrimSpace(string(data))
-	if errors.Is(err, os.ErrNotExist) || secret == "" {
-		secret = store.NewSecret()
-		if err := os.WriteFile(path+".tmp", []byte(secret+"\n"), 0o600); err != nil {
-			return "", false, err
-		}
-		if err := os.Rename(path+".tmp", path); err != nil {
-			return "", false, err
-		}
-		created = true
-	} else if err != nil {
-		return "", false, err
-	}
-	err = st.Update(func(tx *store.Tx) error {
-		if _, err := tx.TokenFor(secret); err == nil {
-			return nil
-		}
-		return tx.PutToken(secret, &store.Token{ID: "admin", Name: "admin", Admin: true})
-	})
-	return path, created, err
 }
 
 // openDriver picks the hypervisor: auto takes firecracker when its binary is on

@@ -43,6 +43,7 @@ type Server struct {
 	Consoles   *console.Hubs    // attached console sessions; nil: made on first use
 	Edge       *edge.Reconciler // routes in Caddy; nil: no edge
 	Deploys    *deploy.Service  // git push deploys; nil: none
+	AdminToken *AdminToken      // the admin token's file, for rotation; nil: none
 	Version    string
 	Hypervisor string
 	Log        *slog.Logger
@@ -78,6 +79,7 @@ func (s *Server) Handler() http.Handler {
 		"POST /v1/vms/{name}/restart":                  (*Server).restartApp,
 		"GET /v1/vms/{name}/logs":                      (*Server).logs,
 		"POST /v1/vms/{name}/run":                      (*Server).run,
+		"POST /v1/tokens/admin/rotate":                 (*Server).rotateToken,
 	}
 	for pattern, h := range routes {
 		mux.HandleFunc(pattern, s.authed(h))
@@ -91,7 +93,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
-	return s.logged(mux)
+	return s.logged(bodyDeadline(mux))
 }
 
 // authed checks the bearer token before the handler runs.
@@ -104,6 +106,12 @@ func (s *Server) authed(h func(*Server, http.ResponseWriter, *http.Request, *sto
 		}
 		var tok *store.Token
 		err := s.Store.View(func(tx *store.Tx) (err error) { tok, err = tx.TokenFor(secret); return })
+		if sw, ok := w.(*statusWriter); ok {
+			sw.tokenFP = store.Fingerprint(secret)
+			if err == nil {
+				sw.tokenID = tok.ID
+			}
+		}
 		if err != nil {
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "invalid token")
 			return
@@ -112,9 +120,12 @@ func (s *Server) authed(h func(*Server, http.ResponseWriter, *http.Request, *sto
 	}
 }
 
+// statusWriter records, for the request log, the status sent and who asked.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status  int
+	tokenID string // the token's id, when it was valid
+	tokenFP string // store.Fingerprint of the secret sent, valid or not
 }
 
 func (w *statusWriter) WriteHeader(code int)        { w.status = code; w.ResponseWriter.WriteHeader(code) }
@@ -136,15 +147,46 @@ func (w *statusWriter) Flush() {
 	}
 }
 
+// logged writes one line per request: who (remote address, the client
+// Caddy forwarded for, the token's id and fingerprint, never its secret), what
+// (method, path), and how it went (status, time taken).
 func (s *Server) logged(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: 200}
 		h.ServeHTTP(sw, r)
-		if r.URL.Path != "/health" {
-			s.logger().Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(start).Round(time.Millisecond))
+		if r.URL.Path == "/health" {
+			return
 		}
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"took", time.Since(start).Round(time.Millisecond), "remote", r.RemoteAddr}
+		if ff := forwardedFor(r); ff != "" {
+			attrs = append(attrs, "forwarded_for", ff)
+		}
+		if sw.tokenFP != "" {
+			attrs = append(attrs, "token", sw.tokenID, "token_fp", sw.tokenFP)
+		}
+		s.logger().Info("request", attrs...)
 	})
+}
+
+// fromLoopback reports whether the request's connection comes from this host.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// forwardedFor is the X-Forwarded-For a local proxy (Caddy) set; from
+// anywhere else the header is the client's own claim and is not trusted.
+func forwardedFor(r *http.Request) string {
+	if !fromLoopback(r) {
+		return ""
+	}
+	return strings.Join(r.Header.Values("X-Forwarded-For"), ", ")
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -154,8 +196,28 @@ func (s *Server) logger() *slog.Logger {
 	return s.Log
 }
 
+// health says the daemon is up. Version and hypervisor are for this host's
+// own clients (loopback, not through Caddy) and for valid tokens only: to the
+// internet, through the edge, the answer is no fingerprint.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: s.Version, Hypervisor: s.Hypervisor})
+	h := api.Health{Status: "ok"}
+	if s.trusted(r) {
+		h.Version, h.Hypervisor = s.Version, s.Hypervisor
+	}
+	writeJSON(w, http.StatusOK, h)
+}
+
+// trusted reports whether r comes from this host directly or carries a valid
+// token.
+func (s *Server) trusted(r *http.Request) bool {
+	if fromLoopback(r) && r.Header.Get("X-Forwarded-For") == "" && r.Header.Get("Forwarded") == "" {
+		return true
+	}
+	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || secret == "" {
+		return false
+	}
+	return s.Store.View(func(tx *store.Tx) error { _, err := tx.TokenFor(secret); return err }) == nil
 }
 
 // visible reports whether tok may see vm: its owner, or an admin.
@@ -345,7 +407,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: "+err.Error())
 		return false
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "bad request body: data after the JSON object")
 		return false
 	}

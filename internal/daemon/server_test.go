@@ -74,7 +74,7 @@ func TestServer_EveryRouteNeedsAToken(t *testing.T) {
 		{"POST", "/v1/vms"}, {"GET", "/v1/vms"}, {"GET", "/v1/vms/alice-vm"},
 		{"POST", "/v1/vms/alice-vm/start"}, {"POST", "/v1/vms/alice-vm/stop"}, {"DELETE", "/v1/vms/alice-vm"},
 		{"GET", "/v1/sessions"}, {"GET", "/v1/vms/alice-vm/sessions"}, {"POST", "/v1/vms/alice-vm/sessions"},
-		{"DELETE", "/v1/vms/alice-vm/sessions/brook"},
+		{"DELETE", "/v1/vms/alice-vm/sessions/brook"}, {"POST", "/v1/tokens/admin/rotate"},
 	}
 	for _, r := range routes {
 		for _, auth := range []string{"", "Bearer ", "Bearer fcm_0000000000000000000000000000000000000000", "Basic " + f.admin, f.admin} {

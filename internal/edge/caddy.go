@@ -18,10 +18,12 @@ import (
 	"time"
 )
 
-// Caddy is a client of Caddy's admin API.
+// Caddy is a client of Caddy's admin API; NewCaddy makes one.
 type Caddy struct {
-	Admin string // base URL, e.g. http://127.0.0.1:2019
+	Admin string // the admin address, e.g. http://127.0.0.1:2019 or unix//run/caddy/admin.sock
 	HTTP  *http.Client
+
+	base string // what request paths are appended to
 }
 
 // CaddyError is an answer from Caddy other than success.
@@ -52,7 +54,11 @@ func (c *Caddy) do(ctx context.Context, method, path string, body, out any) erro
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.Admin, "/")+path, rd)
+	base := c.base
+	if base == "" {
+		base = strings.TrimRight(c.Admin, "/")
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ const (
 
 // Config says where Caddy is and what it should serve.
 type Config struct {
-	Admin  string // Caddy's admin API, e.g. http://127.0.0.1:2019
+	Admin  string // Caddy's admin API, e.g. http://127.0.0.1:2019 or unix//run/caddy/admin.sock
 	Domain string // VMs are <name>.<Domain>, the daemon fcm.<Domain>
 	Daemon string // the daemon's listener (host:port) Caddy proxies fcm.<Domain> to
 	TLS    TLS
@@ -58,9 +58,8 @@ func ValidateDomain(d string) error {
 
 // Validate checks the config before the daemon starts with it.
 func (c Config) Validate() error {
-	u, err := url.Parse(c.Admin)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("invalid Caddy admin address %q: want a URL like http://127.0.0.1:2019", c.Admin)
+	if err := validateAdmin(c.Admin); err != nil {
+		return err
 	}
 	if err := ValidateDomain(c.Domain); err != nil {
 		return err

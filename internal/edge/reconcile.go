@@ -36,7 +36,7 @@ func New(cfg Config, sites func() ([]Site, error), log *slog.Logger) *Reconciler
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{cfg: cfg, caddy: &Caddy{Admin: cfg.Admin}, sites: sites, log: log,
+	return &Reconciler{cfg: cfg, caddy: NewCaddy(cfg.Admin), sites: sites, log: log,
 		Interval: 2 * time.Second, kick: make(chan struct{}, 1), passed: make(chan struct{})}
 }
 

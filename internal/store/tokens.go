@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -26,6 +27,17 @@ func NewSecret() string {
 	}
 	return "fcm_" + hex.EncodeToString(b)
 }
+
+var secretRE = regexp.MustCompile(`^fcm_[0-9a-f]{40}$`)
+
+// ValidSecret reports whether s has the form NewSecret makes: a hand-edited or
+// truncated secret is refused rather than trusted.
+func ValidSecret(s string) bool { return secretRE.MatchString(s) }
+
+// Fingerprint names a secret in logs without revealing it: the first 8 hex
+// digits of its SHA-256 (what the store keeps), so the same token is
+// recognisable across log lines and a rotated one is told apart.
+func Fingerprint(secret string) string { return hex.EncodeToString(hashSecret(secret)[:4]) }
 
 func hashSecret(secret string) []byte {
 	sum := sha256.Sum256([]byte(secret))
@@ -81,4 +93,39 @@ func (t *Tx) Tokens() ([]*Token, error) {
 		return nil
 	})
 	return out, err
+}
+
+// SetAdminToken makes secret the one admin token: every other token with
+// Admin set is deleted, and secret is stored (as ID "admin") unless it already
+// is. It returns how many other admin tokens were removed.
+func (t *Tx) SetAdminToken(secret string) (removed int, err error) {
+	b := t.tx.Bucket(bucketTokens)
+	keep := hex.EncodeToString(hashSecret(secret))
+	var drop [][]byte
+	found := false
+	err = b.ForEach(func(k, v []byte) error {
+		var tok Token
+		if err := json.Unmarshal(v, &tok); err != nil {
+			return err
+		}
+		switch {
+		case string(k) == keep:
+			found = tok.Admin
+		case tok.Admin:
+			drop = append(drop, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range drop {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	if !found {
+		err = t.PutToken(secret, &Token{ID: "admin", Name: "admin", Admin: true})
+	}
+	return len(drop), err
 }

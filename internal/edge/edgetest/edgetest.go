@@ -44,6 +44,9 @@ type Env struct {
 	CARoot   string // PEM file: the root of Pebble's own HTTPS (for --acme-ca-root)
 	RootFile string // PEM file: Pebble's issuing root, which clients trust
 	Roots    *x509.CertPool
+	// AdminSocket, when set, puts Caddy's admin API on this unix socket (mode
+	// 0600) instead of CaddyAdmin; Admin says which.
+	AdminSocket string
 
 	caddy *exec.Cmd
 	procs []*exec.Cmd
@@ -64,8 +67,12 @@ func bin(name string) (string, error) {
 
 // Start puts addr on lo and starts the DNS server, Pebble and Caddy, with
 // their files and logs in dir.
-func Start(dir, addr string) (*Env, error) {
-	e := &Env{Dir: dir, Addr: addr}
+func Start(dir, addr string) (*Env, error) { return StartSocket(dir, addr, "") }
+
+// StartSocket is Start with Caddy's admin API on the unix socket sock (as
+// the quick start sets it up), or on CaddyAdmin when sock is "".
+func StartSocket(dir, addr, sock string) (*Env, error) {
+	e := &Env{Dir: dir, Addr: addr, AdminSocket: sock}
 	if out, err := exec.Command("ip", "addr", "replace", addr+"/32", "dev", "lo").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip addr: %v: %s", err, out)
 	}
@@ -186,6 +193,14 @@ func (e *Env) StartCaddy() error {
 	defer log.Close()
 	path, _ := bin("caddy")
 	cmd := exec.Command(path, "run") // no Caddyfile in its directory: an empty config
+	if e.AdminSocket != "" {
+		cfg := filepath.Join(home, "admin.json")
+		data, _ := json.Marshal(map[string]any{"admin": map[string]any{"listen": e.Admin() + "|0600"}})
+		if err := os.WriteFile(cfg, data, 0o644); err != nil {
+			return err
+		}
+		cmd = exec.Command(path, "run", "--config", cfg)
+	}
 	cmd.Dir = home
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+filepath.Join(home, "data"),
@@ -196,13 +211,40 @@ func (e *Env) StartCaddy() error {
 	}
 	e.caddy = cmd
 	return retry(20*time.Second, func() error {
-		resp, err := http.Get(CaddyAdmin + "/config/")
+		resp, err := e.AdminClient().Get(e.AdminURL() + "/config/")
 		if err != nil {
 			return err
 		}
 		resp.Body.Close()
 		return nil
 	})
+}
+
+// Admin is Caddy's admin address as fcm's --caddy-admin takes it.
+func (e *Env) Admin() string {
+	if e.AdminSocket != "" {
+		return "unix/" + e.AdminSocket
+	}
+	return CaddyAdmin
+}
+
+// AdminURL is the base URL of admin requests made with AdminClient.
+func (e *Env) AdminURL() string {
+	if e.AdminSocket != "" {
+		return "http://127.0.0.1" // a Host Caddy accepts on a socket
+	}
+	return CaddyAdmin
+}
+
+// AdminClient reaches Caddy's admin API, on its socket if it has one.
+func (e *Env) AdminClient() *http.Client {
+	if e.AdminSocket == "" {
+		return &http.Client{Timeout: 10 * time.Second}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", e.AdminSocket)
+		}, DisableKeepAlives: true}}
 }
 
 // StopCaddy stops Caddy and waits for it to exit.
