@@ -16,7 +16,7 @@ CADDY_VERSION := v2.11.9
 CADDY := /var/cache/fcm/tools/caddy-$(CADDY_VERSION)/caddy
 TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY)
 
-.PHONY: build image test-image test-tools test bench vet deps caddy clean
+.PHONY: build image test-image test-tools test fuzz bench vet deps caddy clean
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
@@ -50,6 +50,18 @@ test-tools: $(CADDY)
 test: vet test-image test-tools
 	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) \
 		$(GO) test -count=1 -timeout 40m ./...
+	$(MAKE) fuzz
+
+# A short run of every fuzz test past its committed seed corpus (testdata/fuzz);
+# `go test` alone runs only the seeds. FUZZTIME=5m for a longer search.
+FUZZTIME ?= 10s
+FUZZ := ./internal/daemon:FuzzAPIBodies ./internal/names:FuzzValidate \
+	./internal/console:FuzzParseControl ./internal/console:FuzzParseList ./internal/console:FuzzSessionName
+fuzz:
+	@set -e; for f in $(FUZZ); do \
+		echo "fuzz $${f#*:} ($${f%%:*}, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) "$${f%%:*}"; \
+	done
 
 bench: test-image test-tools
 	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) $(GO) run ./bench
