@@ -18,16 +18,17 @@ func newDaemonCmd() *cobra.Command {
 
 On first run it makes the data dir, an admin token (<data-dir>/.token, 0600) and
 an SSH key for reaching guests, sets up the bridge, taps and the nftables tables
-"fcm" and "fcm-l2", and serves the API.
+"fcm" and "fcm-l2", and serves the API. Stopping the daemon leaves VMs running;
+the next start re-adopts them and finishes or undoes whatever a crash interrupted.
 
 Guests are isolated: each VM sends only from its own MAC and IPv4 address (no
 IPv6), cannot talk to other VMs directly (--guest-to-guest allows it), reaches
-the host only on TCP 80/443 (Caddy, for the VMs' public URLs) and ping, and
+the host only on TCP 80/443 (Caddy, for the VMs' public URLs) and by ping, and
 reaches the internet but not link-local (cloud metadata), private, CGNAT or
 multicast ranges nor the host's own networks (--allow-egress CIDR opens one).
 IPv4 forwarding is turned on for the bridge and the interfaces guest traffic
-leaves by, never with the global net.ipv4.ip_forward. Stopping the daemon leaves VMs running; the next start
-re-adopts them and finishes or undoes whatever a crash interrupted.
+leaves by (read at start: restart the daemon when the host's uplink changes),
+never with the global net.ipv4.ip_forward.
 
 With Caddy running beside it (admin API on loopback), every VM is served at
 https://<name>.<domain> with an automatic certificate and the API at

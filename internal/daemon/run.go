@@ -36,18 +36,20 @@ type Options struct {
 	Hypervisor string // auto, firecracker, qemu
 	Bridge     string
 	Subnet     string
-	// AllowEgress are CIDRs guests may reach although blocked by default
-	// (private, link-local, CGNAT, multicast, the host's networks).
-	AllowEgress  []string
-	GuestToGuest bool   // guests may talk to each other directly on the bridge
-	Kernel       string // overrides of the image files in DataDir
-	Initrd       string
-	Rootfs       string
-	Version      string
-	GitListen    string // git over SSH, e.g. :2222; "off" or "": none
-	Edge         EdgeOptions
-	Out          io.Writer // what a person starting the daemon should read
-	Log          *slog.Logger
+	Kernel     string // overrides of the image files in DataDir
+	Initrd     string
+	Rootfs     string
+	Version    string
+	GitListen  string // git over SSH, e.g. :2222; "off" or "": none
+	Edge       EdgeOptions
+	Out        io.Writer // what a person starting the daemon should read
+	Log        *slog.Logger
+
+	// AllowEgress are CIDRs guests may reach although they are blocked by
+	// default (link-local, private, CGNAT, multicast, the host's networks).
+	AllowEgress []string
+	// GuestToGuest lets guests talk to each other directly on the bridge.
+	GuestToGuest bool
 }
 
 // TokenFile is where the admin token is written, in the data dir.
