@@ -147,6 +147,15 @@ func TestAddVM_PersistentTapOnBridge(t *testing.T) {
 		if got := showLink(t, "fcm0").Address; got != mac {
 			t.Errorf("%s: bridge MAC changed from %s to %s (guests' ARP caches go stale)", when, mac, got)
 		}
+		if set := run(t, "nft", "list", "set", "bridge", "fcm-l2", "ports"); !strings.Contains(set, `"tap_ab12cd34" . 02:fc:00:00:00:99 . 172.16.0.30`) {
+			t.Errorf("%s: tap not bound to its MAC and address:\n%s", when, set)
+		}
+		if got, want := neighbour(t, ip), testMAC.String()+" PERMANENT"; got != want {
+			t.Errorf("%s: host's neighbour entry of %s = %q, want %q", when, ip, got, want)
+		}
+		if link := run(t, "bridge", "-d", "link", "show", "dev", tap); !strings.Contains(link, "isolated on") {
+			t.Errorf("%s: tap is not an isolated port:\n%s", when, link)
+		}
 	}
 	check("after AddVM in a child")
 
@@ -170,6 +179,12 @@ func TestAddVM_PersistentTapOnBridge(t *testing.T) {
 	}
 	if showLink(t, tap) != nil {
 		t.Errorf("tap %s still exists after RemoveVM", tap)
+	}
+	if set := run(t, "nft", "list", "table", "bridge", "fcm-l2"); strings.Contains(set, "tap_ab12cd34") {
+		t.Errorf("tap still bound after RemoveVM:\n%s", set)
+	}
+	if got := neighbour(t, ip); got != "" {
+		t.Errorf("host's neighbour entry of %s after RemoveVM = %q, want none", ip, got)
 	}
 	if set := run(t, "nft", "list", "set", "inet", "fcm", "vms"); strings.Contains(set, "172.16.0.30") {
 		t.Errorf("172.16.0.30 still in set after RemoveVM:\n%s", set)
