@@ -109,7 +109,7 @@ func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Con
 		return nil, nil, err
 	}
 	subnet := netip.MustParsePrefix("172.21.0.0/24")
-	hostNet, err := network.Setup(context.Background(), network.Config{Bridge: "fcmb0", Subnet: subnet, ProtectPorts: []uint16{22}})
+	hostNet, err := network.Setup(context.Background(), network.Config{Bridge: "fcmb0", Subnet: subnet})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -14,10 +14,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/fcmhost/fcm/images"
+	"golang.org/x/sys/unix"
 )
 
 // Packages the runtime tests install, served by the test itself inside its
@@ -129,14 +131,75 @@ end
 	return filepath.Join(dir, "fcmgreet-1.0.0.gem")
 }
 
-// pkgServer serves, on addr: a PyPI simple index (/simple/), an npm registry
+// internet is a network namespace standing in for the internet: the test's
+// namespace (the host) reaches it by its default route over a veth,
+// 10.254.0.1/30 on the host, 10.254.0.2/30 in it, and it answers on
+// 198.51.100.1 (TEST-NET-2: a public address guests may reach) and on
+// 169.254.169.254 (where clouds serve their metadata, which guests must not
+// reach). Start it before the daemon, which picks at start the interfaces
+// guest traffic leaves by. It has no route to the VM subnet: guests reach it
+// only masqueraded.
+type internet struct{ ns string }
+
+func startInternet(t *testing.T) *internet {
+	t.Helper()
+	n := &internet{ns: fmt.Sprintf("fcm-inet-%d", os.Getpid())}
+	sh(t, "ip", "netns", "add", n.ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", n.ns).Run() })
+	sh(t, "ip", "-n", n.ns, "link", "set", "lo", "up")
+	sh(t, "ip", "link", "add", "vinet0", "type", "veth", "peer", "name", "eth0", "netns", n.ns)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", "vinet0").Run() })
+	sh(t, "ip", "addr", "add", "10.254.0.1/30", "dev", "vinet0")
+	sh(t, "ip", "link", "set", "vinet0", "up")
+	sh(t, "ip", "route", "add", "default", "via", "10.254.0.2")
+	sh(t, "ip", "-n", n.ns, "addr", "add", "10.254.0.2/30", "dev", "eth0")
+	sh(t, "ip", "-n", n.ns, "link", "set", "eth0", "up")
+	sh(t, "ip", "-n", n.ns, "addr", "add", "198.51.100.1/32", "dev", "lo")
+	sh(t, "ip", "-n", n.ns, "addr", "add", "169.254.169.254/32", "dev", "lo")
+	return n
+}
+
+// listen opens a TCP listener on addr inside the namespace: the socket is
+// made from a thread switched into it for the moment, and stays there.
+func (n *internet) listen(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	runtime.LockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer self.Close()
+	target, err := os.Open("/run/netns/" + n.ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("enter namespace %s: %v", n.ns, err)
+	}
+	ln, lerr := net.Listen("tcp", addr)
+	if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+		panic(fmt.Sprintf("cannot return to the test's namespace: %v", err)) // the thread stays locked and dies
+	}
+	runtime.UnlockOSThread()
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// pkgServer serves, on ln: a PyPI simple index (/simple/), an npm registry
 // (/npm/), and a gem source with bundler's compact index (/gems/).
 type pkgServer struct {
 	URL string
 	srv *http.Server
 }
 
-func startPkgServer(t *testing.T, addr string) *pkgServer {
+func startPkgServer(t *testing.T, ln net.Listener) *pkgServer {
 	t.Helper()
 	mux := http.NewServeMux()
 	// Python: one wheel.
@@ -155,10 +218,6 @@ func startPkgServer(t *testing.T, addr string) *pkgServer {
 		t.Fatalf("fixtures (made by TestMain before the namespace): %v", err)
 	}
 	tgzSHA := sha256.Sum256(tgz)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	base := "http://" + ln.Addr().String()
 	tarball := base + "/npm/ms/-/ms-" + msVersion + ".tgz"
 	mux.HandleFunc("/npm/ms", func(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 // full image, each with a real dependency from the test's own package server,
 // and reads through the app's URL what only that dependency could produce.
 func TestDeploy_Runtimes(t *testing.T) {
+	inet := startInternet(t) // before the daemon, which picks its uplinks at start
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemonImage(t, "qemu", dataDir, fullImageDir)
@@ -21,9 +22,11 @@ func TestDeploy_Runtimes(t *testing.T) {
 	d.mustCLI(work, "create", "--name", "rt")
 	vm := d.vms(work)["rt"]
 	url := fmt.Sprintf("http://%s:3000/", vm.IP)
-	pkg := startPkgServer(t, "172.20.0.1:0")
+	// The packages come from "the internet": guests may not reach the host's
+	// own ports beyond Caddy's.
+	pkg := startPkgServer(t, inet.listen(t, "198.51.100.1:0"))
 	// Mirrors, as a person behind a proxy or with a private index sets them.
-	d.mustCLI(work, "config", "set", "PIP_INDEX_URL="+pkg.URL+"/simple/", "PIP_TRUSTED_HOST=172.20.0.1", "NPM_CONFIG_REGISTRY="+pkg.URL+"/npm/",
+	d.mustCLI(work, "config", "set", "PIP_INDEX_URL="+pkg.URL+"/simple/", "PIP_TRUSTED_HOST=198.51.100.1", "NPM_CONFIG_REGISTRY="+pkg.URL+"/npm/",
 		"BUNDLE_MIRROR__HTTPS://RUBYGEMS__ORG/="+pkg.URL+"/gems")
 
 	// deploy replaces the work tree with files, commits and pushes it.

@@ -18,10 +18,18 @@ func newDaemonCmd() *cobra.Command {
 		Long: `Run the daemon that owns this host's VMs. It needs root.
 
 On first run it makes the data dir, an admin token (<data-dir>/.token, 0600) and
-an SSH key for reaching guests, sets up the bridge, taps and an nftables table
-"fcm" (NAT for the VMs; guests cannot reach the host's API, SSH or Caddy admin),
-and serves the API. Stopping the daemon leaves VMs running; the next start
-re-adopts them and finishes or undoes whatever a crash interrupted.
+an SSH key for reaching guests, sets up the bridge, taps and the nftables tables
+"fcm" and "fcm-l2", and serves the API. Stopping the daemon leaves VMs running;
+the next start re-adopts them and finishes or undoes whatever a crash interrupted.
+
+Guests are isolated: each VM sends only from its own MAC and IPv4 address (no
+IPv6), cannot talk to other VMs directly (--guest-to-guest allows it), reaches
+the host only on TCP 80/443 (Caddy, for the VMs' public URLs) and by ping, and
+reaches the internet but not link-local (cloud metadata), private, CGNAT or
+multicast ranges nor the host's own networks (--allow-egress CIDR opens one).
+IPv4 forwarding is turned on for the bridge and the interfaces guest traffic
+leaves by (read at start: restart the daemon when the host's uplink changes),
+never with the global net.ipv4.ip_forward.
 
 With Caddy running beside it, every VM is served at https://<name>.<domain>
 with an automatic certificate and the API at https://fcm.<domain>; fcm
@@ -55,6 +63,8 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.GitListen, "git-listen", ":2222", "address of git over SSH (ssh://git@<host>:2222/<app>.git); off: none")
 	f.StringVar(&o.Bridge, "bridge", "fcm0", "bridge the VMs' taps join")
 	f.StringVar(&o.Subnet, "subnet", "172.16.0.0/24", "VM subnet; the bridge takes its first address, VMs get .50 and up")
+	f.StringArrayVar(&o.AllowEgress, "allow-egress", nil, "CIDR guests may reach although it is blocked by default (link-local such as 169.254.169.254, private, CGNAT, multicast and the host's own networks); repeat for more, e.g. --allow-egress 10.1.2.0/24")
+	f.BoolVar(&o.GuestToGuest, "guest-to-guest", false, "let VMs talk to each other directly on the bridge (by default they reach each other only through their public URLs)")
 	f.StringVar(&o.Kernel, "kernel", "", "guest kernel (default <data-dir>/vmlinux.bin)")
 	f.StringVar(&o.Initrd, "initrd", "", "guest initrd (default <data-dir>/initrd.img)")
 	f.StringVar(&o.Rootfs, "rootfs", "", "base root filesystem (default <data-dir>/base-rootfs.img)")

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"slices"
 	"strings"
 	"testing"
 )
@@ -28,11 +27,5 @@ func TestGitSSHPort(t *testing.T) {
 		} else if err != nil || port != tc.port {
 			t.Errorf("%q = %d, %v; want %d", tc.in, port, err, tc.port)
 		}
-	}
-	if got := protectPorts(7777, 2222); !slices.Equal(got, []uint16{22, 2019, 7777, 2222}) {
-		t.Errorf("protectPorts(7777, 2222) = %v", got)
-	}
-	if got := protectPorts(7777, 0, 22); !slices.Equal(got, []uint16{22, 2019, 7777}) {
-		t.Errorf("protectPorts(7777, 0, 22) = %v", got)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
@@ -46,6 +45,12 @@ type Options struct {
 
 	// RotateAdminToken makes a new admin token at start; the old one stops working.
 	RotateAdminToken bool
+
+	// AllowEgress are CIDRs guests may reach although they are blocked by
+	// default (link-local, private, CGNAT, multicast, the host's networks).
+	AllowEgress []string
+	// GuestToGuest lets guests talk to each other directly on the bridge.
+	GuestToGuest bool
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -65,7 +70,14 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("--subnet %q: %w", o.Subnet, err)
 	}
-	netCfg := network.Config{Bridge: o.Bridge, Subnet: subnet.Masked()}
+	netCfg := network.Config{Bridge: o.Bridge, Subnet: subnet.Masked(), HostPorts: network.DefaultHostPorts, GuestToGuest: o.GuestToGuest}
+	for _, a := range o.AllowEgress {
+		p, err := netip.ParsePrefix(a)
+		if err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("--allow-egress %q: want an IPv4 CIDR such as 10.0.0.0/8 or 192.0.2.7/32", a)
+		}
+		netCfg.AllowEgress = append(netCfg.AllowEgress, p.Masked())
+	}
 	if err := netCfg.Validate(); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
@@ -121,12 +133,10 @@ func Run(ctx context.Context, o Options) error {
 	}
 	o.Log.Info("hypervisor", "driver", driver.Name(), "why", why)
 
-	host, port, err := net.SplitHostPort(o.Listen)
+	host, _, err := net.SplitHostPort(o.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen %q: %w", o.Listen, err)
 	}
-	apiPort, _ := strconv.Atoi(port)
-	netCfg.ProtectPorts = protectPorts(apiPort, gitPort)
 	hostNet, err := network.Setup(ctx, netCfg)
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
@@ -234,18 +244,6 @@ func pick(override, def string) string {
 		return override
 	}
 	return def
-}
-
-// protectPorts are the host's own services guests must not reach: SSH, Caddy
-// admin, and fcm's own (the API, git over SSH).
-func protectPorts(own ...int) []uint16 {
-	ports := []uint16{22, 2019}
-	for _, p := range own {
-		if p > 0 && p < 65536 && !slices.Contains(ports, uint16(p)) {
-			ports = append(ports, uint16(p))
-		}
-	}
-	return ports
 }
 
 // GitHostKeyFile is the SSH host key of git over SSH, in the data dir.

@@ -76,8 +76,80 @@ func ensureBridge(cfg Config) error {
 			return fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
 		}
 	}
+	// Guests get no IPv6: the bridge neither has an address to be reached on
+	// nor listens to router advertisements a guest might send.
+	for k, v := range map[string]string{"accept_ra": "0", "disable_ipv6": "1"} {
+		if err := writeSysctl(ipv6Conf(name, k), v, true); err != nil {
+			return fmt.Errorf("bridge %s: %w", name, err)
+		}
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("bring up bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+// isolatePorts sets the isolated flag of every port of the bridge to on.
+func isolatePorts(bridge string, on bool) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", bridge, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			if err := setPort(l.Attrs().Name, on); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// setPort makes the bridge port isolated (it cannot send to other isolated
+// ports, only to the host) or not, and turns IPv6 off on the port itself.
+func setPort(port string, isolated bool) error {
+	l, err := netlink.LinkByName(port)
+	if err != nil {
+		return fmt.Errorf("port %s: %w", port, err)
+	}
+	if err := netlink.LinkSetIsolated(l, isolated); err != nil {
+		return fmt.Errorf("port %s: set isolated %v: %w", port, isolated, err)
+	}
+	if err := writeSysctl(ipv6Conf(port, "disable_ipv6"), "1", true); err != nil {
+		return fmt.Errorf("port %s: %w", port, err)
+	}
+	return nil
+}
+
+// pinNeighbour makes the host's neighbour entry of ip on the bridge a
+// permanent one to mac, so no ARP a guest sends can change it.
+func pinNeighbour(bridge string, ip netip.Addr, mac net.HardwareAddr) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", bridge, err)
+	}
+	n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4,
+		State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
+	if err := netlink.NeighSet(n); err != nil {
+		return fmt.Errorf("pin neighbour %s lladdr %s on %s: %w", ip, mac, bridge, err)
+	}
+	return nil
+}
+
+// unpinNeighbour deletes the host's neighbour entry of ip on the bridge; a
+// missing entry or bridge is fine.
+func unpinNeighbour(bridge string, ip netip.Addr) error {
+	br, err := linkByName(bridge)
+	if err != nil || br == nil {
+		return err
+	}
+	n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, IP: ip.AsSlice()}
+	if err := netlink.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete neighbour %s on %s: %w", ip, bridge, err)
 	}
 	return nil
 }

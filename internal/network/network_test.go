@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +18,9 @@ import (
 // helperEnv, when set, makes the test binary act as a small helper program
 // (see runHelper) instead of running tests.
 const helperEnv = "FCM_NETWORK_TEST_HELPER"
+
+// testMAC is the MAC of test VMs whose MAC does not matter.
+var testMAC = net.HardwareAddr{0x02, 0xfc, 0, 0, 0, 0x99}
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
@@ -36,9 +40,9 @@ func TestMain(m *testing.M) {
 // testConfig is the configuration the daemon uses by default.
 func testConfig() Config {
 	return Config{
-		Bridge:       "fcm0",
-		Subnet:       netip.MustParsePrefix("172.16.0.0/24"),
-		ProtectPorts: []uint16{7777, 22, 2019},
+		Bridge:    "fcm0",
+		Subnet:    netip.MustParsePrefix("172.16.0.0/24"),
+		HostPorts: DefaultHostPorts,
 	}
 }
 
@@ -130,7 +134,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"default /24", func(c *Config) {}, ""},
 		{"/16", func(c *Config) { c.Subnet = netip.MustParsePrefix("10.1.0.0/16") }, ""},
 		{"/29", func(c *Config) { c.Subnet = netip.MustParsePrefix("10.1.0.8/29") }, ""},
-		{"no ports", func(c *Config) { c.ProtectPorts = nil }, ""},
+		{"no ports", func(c *Config) { c.HostPorts = nil }, ""},
+		{"allowed egress", func(c *Config) { c.AllowEgress = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")} }, ""},
+		{"allowed egress ipv6", func(c *Config) { c.AllowEgress = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "IPv4 prefix"},
+		{"allowed egress unset", func(c *Config) { c.AllowEgress = []netip.Prefix{{}} }, "IPv4 prefix"},
 		{"bridge with dot dash underscore", func(c *Config) { c.Bridge = "br-fcm_0.1" }, ""},
 		{"ipv6", func(c *Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") }, "IPv4"},
 		{"ipv4-mapped ipv6", func(c *Config) { c.Subnet = netip.MustParsePrefix("::ffff:172.16.0.0/120") }, "IPv4"},
@@ -143,7 +150,7 @@ func TestConfig_Validate(t *testing.T) {
 		{"bridge with space", func(c *Config) { c.Bridge = "fcm 0" }, "invalid character"},
 		{"bridge with colon", func(c *Config) { c.Bridge = "fcm:0" }, "invalid character"},
 		{"bridge dotdot", func(c *Config) { c.Bridge = ".." }, "not allowed"},
-		{"port 0", func(c *Config) { c.ProtectPorts = []uint16{22, 0} }, "port 0"},
+		{"port 0", func(c *Config) { c.HostPorts = []uint16{80, 0} }, "port 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -194,8 +201,15 @@ func TestSetup_Idempotent(t *testing.T) {
 	if br.Address != "02:fc:ac:10:00:01" {
 		t.Errorf("fcm0 MAC %s, want the fixed 02:fc:ac:10:00:01", br.Address)
 	}
-	if got := strings.TrimSpace(run(t, "cat", "/proc/sys/net/ipv4/ip_forward")); got != "1" {
-		t.Errorf("ip_forward = %s, want 1", got)
+	for path, want := range map[string]string{
+		"/proc/sys/net/ipv4/ip_forward":             "0", // never the global knob
+		"/proc/sys/net/ipv4/conf/fcm0/forwarding":   "1",
+		"/proc/sys/net/ipv6/conf/fcm0/disable_ipv6": "1",
+		"/proc/sys/net/ipv6/conf/fcm0/accept_ra":    "0",
+	} {
+		if got := strings.TrimSpace(run(t, "cat", path)); got != want {
+			t.Errorf("%s = %s, want %s", path, got, want)
+		}
 	}
 	first := listTable(t)
 	for _, want := range []string{
@@ -203,17 +217,32 @@ func TestSetup_Idempotent(t *testing.T) {
 		"type nat hook postrouting priority srcnat", `ip saddr 172.16.0.0/24 oifname != "fcm0" masquerade`,
 		"type filter hook forward priority filter", `iifname "fcm0" ip saddr != @vms drop`,
 		`oifname "fcm0" ct state established,related accept`,
-		"type filter hook input priority filter", `iifname "fcm0" tcp dport { 22, 2019, 7777 } drop`,
+		`iifname "fcm0" oifname "fcm0" drop`,
+		`iifname "fcm0" ip daddr @egress_allow accept`, `iifname "fcm0" ip daddr @egress_block drop`,
+		"type filter hook input priority filter", `iifname "fcm0" tcp dport { 80, 443 } accept`,
+		`iifname "fcm0" icmp type echo-request accept`,
 	} {
 		if !strings.Contains(first, want) {
 			t.Errorf("nft table lacks %q:\n%s", want, first)
+		}
+	}
+	l2 := run(t, "nft", "list", "table", "bridge", "fcm-l2")
+	for _, want := range []string{
+		"type ifname . ether_addr . ipv4_addr", "type filter hook prerouting priority filter",
+		`iifname != @guests accept`, `iifname . ether saddr != @macs drop`,
+		`iifname . ether saddr . ip saddr @ports accept`,
+		`iifname . arp saddr ether . arp saddr ip @ports accept`,
+		"\t\tdrop\n",
+	} {
+		if !strings.Contains(l2, want) {
+			t.Errorf("nft table bridge fcm-l2 lacks %q:\n%s", want, l2)
 		}
 	}
 
 	// Setup over the existing state (a restarted daemon), with somebody
 	// else's address on the bridge and forwarding turned off meanwhile.
 	run(t, "ip", "addr", "add", "10.5.0.1/24", "dev", "fcm0")
-	if err := os.WriteFile(ipForwardPath, []byte("0"), 0o644); err != nil {
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/fcm0/forwarding", []byte("0"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Setup(ctx, cfg); err != nil {
@@ -232,15 +261,15 @@ func TestSetup_Idempotent(t *testing.T) {
 	if got := br.ipv4Addrs(); !slices.Equal(got, []string{"172.16.0.1/24", "10.5.0.1/24"}) {
 		t.Errorf("fcm0 addresses after second Setup %v, want [172.16.0.1/24 10.5.0.1/24]", got)
 	}
-	if got := strings.TrimSpace(run(t, "cat", "/proc/sys/net/ipv4/ip_forward")); got != "1" {
-		t.Errorf("ip_forward after second Setup = %s, want 1", got)
+	if got := strings.TrimSpace(run(t, "cat", "/proc/sys/net/ipv4/conf/fcm0/forwarding")); got != "1" {
+		t.Errorf("fcm0 forwarding after second Setup = %s, want 1", got)
 	}
 
 	// VM addresses survive a re-Setup, and the table text stays the same.
 	for i, ip := range []string{"172.16.0.10", "172.16.0.11", "172.16.0.12"} {
 		tap := fmt.Sprintf("tap_idem%04d", i)
 		t.Cleanup(func() { h.RemoveVM(ctx, tap, netip.Addr{}) })
-		if err := h.AddVM(ctx, tap, netip.MustParseAddr(ip)); err != nil {
+		if err := h.AddVM(ctx, tap, netip.MustParseAddr(ip), net.HardwareAddr{2, 0, 0, 0, 0, byte(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -252,8 +281,15 @@ func TestSetup_Idempotent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("third Setup: %v", err)
 	}
+	withBindings := run(t, "nft", "list", "table", "bridge", "fcm-l2")
+	if !strings.Contains(withBindings, `"tap_idem0002" . 02:00:00:00:00:02 . 172.16.0.12`) {
+		t.Errorf("binding of tap_idem0002 missing:\n%s", withBindings)
+	}
 	if again := listTable(t); again != withVMs {
 		t.Errorf("nft table changed on Setup with VMs:\n--- before\n%s\n--- after\n%s", withVMs, again)
+	}
+	if again := run(t, "nft", "list", "table", "bridge", "fcm-l2"); again != withBindings {
+		t.Errorf("bridge table changed on Setup with VMs:\n--- before\n%s\n--- after\n%s", withBindings, again)
 	}
 	addrs, err := h2.VMAddrs()
 	if err != nil {
@@ -275,7 +311,10 @@ func TestSetup_OtherSubnetAndNoPorts(t *testing.T) {
 		t.Errorf("masquerade rule for 10.1.0.0/16 missing:\n%s", table)
 	}
 	if strings.Contains(table, "dport") {
-		t.Errorf("port rule present without ProtectPorts:\n%s", table)
+		t.Errorf("port rule present without HostPorts:\n%s", table)
+	}
+	if !strings.Contains(table, `iifname "fcmtest1" drop`) {
+		t.Errorf("input does not drop the rest from guests:\n%s", table)
 	}
 }
 
@@ -300,15 +339,17 @@ func TestTeardown_RemovesTableAndBridge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.AddVM(ctx, "tap_teardown", netip.MustParseAddr("172.16.0.20")); err != nil {
+	if err := h.AddVM(ctx, "tap_teardown", netip.MustParseAddr("172.16.0.20"), testMAC); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { exec.Command("ip", "link", "del", "tap_teardown").Run() })
 	if err := Teardown(ctx, cfg); err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
-	if out, err := exec.Command("nft", "list", "table", "inet", "fcm").CombinedOutput(); err == nil {
-		t.Errorf("table inet fcm still exists after Teardown:\n%s", out)
+	for _, tbl := range []string{"inet fcm", "bridge fcm-l2"} {
+		if out, err := exec.Command("nft", append([]string{"list", "table"}, strings.Fields(tbl)...)...).CombinedOutput(); err == nil {
+			t.Errorf("table %s still exists after Teardown:\n%s", tbl, out)
+		}
 	}
 	if showLink(t, "fcm0") != nil {
 		t.Errorf("bridge fcm0 still exists after Teardown")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -15,11 +16,13 @@ import (
 const (
 	tableName = "fcm"
 	setName   = "vms"
+	fwdSet    = "fwd"          // interfaces whose forwarding fcm turned on
+	allowSet  = "egress_allow" // AllowEgress
+	blockSet  = "egress_block" // blocked ranges and the host's networks
 )
 
-// table is fcm's nftables table. The family is inet so the input rule also
-// covers IPv6 (a guest can reach the host over the bridge's link-local
-// address).
+// table is fcm's nftables table for routed traffic. The family is inet so the
+// input rules also cover IPv6.
 var table = &nftables.Table{Name: tableName, Family: nftables.TableFamilyINet}
 
 // vmSet returns a reference to the set of VM addresses.
@@ -27,11 +30,30 @@ func vmSet() *nftables.Set {
 	return &nftables.Set{Table: table, Name: setName, KeyType: nftables.TypeIPAddr}
 }
 
-// writeTable replaces the table "fcm" in one transaction: it creates it if
-// missing, deletes it and builds it anew, re-adding the VM addresses that were
-// in its set. Nobody sees a moment without the rules.
-func writeTable(cfg Config) error {
-	elems, err := existingElements()
+// fwdIfSet returns a reference to the set of interfaces whose forwarding fcm
+// turned on.
+func fwdIfSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: fwdSet, KeyType: nftables.TypeIFName}
+}
+
+// writeTables replaces the tables "fcm" and "fcm-l2" in one transaction: it
+// creates them if missing, deletes them and builds them anew, re-adding the
+// VM addresses and bindings that were in their sets. Nobody sees a moment
+// without the rules.
+func writeTables(cfg Config, blocked, allowed []span, fwd []string) error {
+	elems, err := existingElements(table, vmSet(), nftables.TableFamilyINet)
+	if err != nil {
+		return err
+	}
+	guests, err := existingElements(l2Table, guestSet(), nftables.TableFamilyBridge)
+	if err != nil {
+		return err
+	}
+	ports, err := existingElements(l2Table, portSet(), nftables.TableFamilyBridge)
+	if err != nil {
+		return err
+	}
+	macs, err := existingElements(l2Table, macSet(), nftables.TableFamilyBridge)
 	if err != nil {
 		return err
 	}
@@ -39,14 +61,50 @@ func writeTable(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	c.AddTable(table)
-	c.DelTable(table)
-	c.AddTable(table)
+	for _, t := range []*nftables.Table{table, l2Table} {
+		c.AddTable(t)
+		c.DelTable(t)
+		c.AddTable(t)
+	}
+	if err := addL2(c, guests, ports, macs); err != nil {
+		return err
+	}
+	if err := addInet(c, cfg, elems, blocked, allowed, fwd); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("write nftables tables inet %s and bridge %s: %w", tableName, l2TableName, err)
+	}
+	return nil
+}
+
+// addInet adds the sets, chains and rules of the table inet fcm to c.
+func addInet(c *nftables.Conn, cfg Config, elems []nftables.SetElement, blocked, allowed []span, fwd []string) error {
 	vms := vmSet()
 	if err := c.AddSet(vms, elems); err != nil {
 		return fmt.Errorf("nftables set %s: %w", setName, err)
 	}
+	fs := fwdIfSet()
+	var fe []nftables.SetElement
+	for _, dev := range fwd {
+		fe = append(fe, nftables.SetElement{Key: ifname(dev)})
+	}
+	if err := c.AddSet(fs, fe); err != nil {
+		return fmt.Errorf("nftables set %s: %w", fwdSet, err)
+	}
+	allow := &nftables.Set{Table: table, Name: allowSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(allow, intervalElements(allowed)); err != nil {
+		return fmt.Errorf("nftables set %s: %w", allowSet, err)
+	}
+	block := &nftables.Set{Table: table, Name: blockSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(block, intervalElements(blocked)); err != nil {
+		return fmt.Errorf("nftables set %s: %w", blockSet, err)
+	}
 	br := ifname(cfg.Bridge)
+	fromGuests := metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br)
+	toGuests := metaName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br)
+	accept := []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
+	drop := []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
 
 	// postrouting: masquerade the subnet's traffic leaving by another interface.
 	post := c.AddChain(&nftables.Chain{
@@ -65,108 +123,147 @@ func writeTable(cfg Config) error {
 		[]expr.Any{&expr.Masq{}},
 	)})
 
-	// forward: anti-spoofing on traffic from the guests, and nothing routed to
-	// them but replies and guest-to-guest traffic.
-	accept := nftables.ChainPolicyAccept
-	fwd := c.AddChain(&nftables.Chain{
+	// forward: only packets from or to the bridge are decided here; traffic
+	// between the host's other interfaces is never touched (a drop in any
+	// base chain would be final).
+	policy := nftables.ChainPolicyAccept
+	fwdChain := c.AddChain(&nftables.Chain{
 		Name: "forward", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 	})
-	rules := [][]expr.Any{
+	g2g := drop
+	if cfg.GuestToGuest {
+		g2g = accept
+	}
+	for _, r := range [][]expr.Any{
+		// iifname "fcm0" oifname "fcm0" drop (a guest routing to another
+		// through the gateway), or accept with GuestToGuest
+		join(fromGuests, toGuests, g2g),
+		// oifname "fcm0" ct state established,related accept
+		join(toGuests, ctEstablished(), accept),
+		// oifname "fcm0" drop: nothing opens connections to guests through the host
+		join(toGuests, drop),
 		// iifname "fcm0" ip saddr != @vms drop
-		join(metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), isIPv4(), []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		join(fromGuests, ipField(12), []expr.Any{
 			&expr.Lookup{SourceRegister: 1, SetName: vms.Name, SetID: vms.ID, Invert: true},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}),
-		// iifname "fcm0" meta nfproto != ipv4 drop (guests get no IPv6 routing)
-		join(metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{
+		}, drop),
+		// iifname "fcm0" meta nfproto != ipv4 drop (guests get no IPv6)
+		join(fromGuests, []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}),
-		// oifname "fcm0" ct state established,related accept
-		join(metaName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), []expr.Any{
-			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		}),
-		// iifname "fcm0" oifname "fcm0" accept
-		join(metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), metaName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br),
-			[]expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}),
-		// oifname "fcm0" drop
-		join(metaName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}),
-	}
-	for _, r := range rules {
-		c.AddRule(&nftables.Rule{Table: table, Chain: fwd, Exprs: r})
+		}, drop),
+		// iifname "fcm0" ip daddr @egress_allow accept
+		join(fromGuests, ipField(16), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: allow.Name, SetID: allow.ID}}, accept),
+		// iifname "fcm0" ip daddr @egress_block drop
+		join(fromGuests, ipField(16), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: block.Name, SetID: block.ID}}, drop),
+		// iifname "fcm0" accept: the internet
+		join(fromGuests, accept),
+	} {
+		c.AddRule(&nftables.Rule{Table: table, Chain: fwdChain, Exprs: r})
 	}
 
-	// input: guests may not reach the protected TCP ports on any host address.
+	// input: from the guests, the host accepts only replies, ping and the
+	// allowed TCP ports, on any of its addresses.
 	in := c.AddChain(&nftables.Chain{
 		Name: "input", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 	})
-	if ports := sortedPorts(cfg.ProtectPorts); len(ports) > 0 {
+	rules := [][]expr.Any{
+		// iifname "fcm0" ct state established,related accept
+		join(fromGuests, ctEstablished(), accept),
+		// iifname "fcm0" icmp type echo-request accept
+		join(fromGuests, isIPv4(), []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}},
+		}, accept),
+	}
+	if ports := sortedPorts(cfg.HostPorts); len(ports) > 0 {
 		portSet := &nftables.Set{Table: table, Anonymous: true, Constant: true, KeyType: nftables.TypeInetService}
 		var pe []nftables.SetElement
 		for _, p := range ports {
 			pe = append(pe, nftables.SetElement{Key: []byte{byte(p >> 8), byte(p)}})
 		}
 		if err := c.AddSet(portSet, pe); err != nil {
-			return fmt.Errorf("nftables set of protected ports: %w", err)
+			return fmt.Errorf("nftables set of host ports: %w", err)
 		}
-		// iifname "fcm0" tcp dport { ... } drop
-		c.AddRule(&nftables.Rule{Table: table, Chain: in, Exprs: join(
-			metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br),
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Lookup{SourceRegister: 1, SetName: portSet.Name, SetID: portSet.ID},
-				&expr.Verdict{Kind: expr.VerdictDrop},
-			},
-		)})
+		// iifname "fcm0" tcp dport { ... } accept
+		rules = append(rules, join(fromGuests, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, SetName: portSet.Name, SetID: portSet.ID},
+		}, accept))
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("write nftables table inet %s: %w", tableName, err)
+	// iifname "fcm0" drop
+	rules = append(rules, join(fromGuests, drop))
+	for _, r := range rules {
+		c.AddRule(&nftables.Rule{Table: table, Chain: in, Exprs: r})
 	}
 	return nil
 }
 
-// existingElements returns the elements of the set of VM addresses if the
-// table and the set exist, nil otherwise.
-func existingElements() ([]nftables.SetElement, error) {
+// intervalElements turns ranges into the elements of an interval set: each
+// range's first address, and the address after its last as an interval end
+// (none for a range ending at 255.255.255.255).
+func intervalElements(spans []span) []nftables.SetElement {
+	var e []nftables.SetElement
+	for _, s := range spans {
+		e = append(e, nftables.SetElement{Key: addr(s.lo).AsSlice()})
+		if s.hi != ^uint32(0) {
+			e = append(e, nftables.SetElement{Key: addr(s.hi + 1).AsSlice(), IntervalEnd: true})
+		}
+	}
+	return e
+}
+
+// existingElements returns the elements of set in table t if both exist,
+// nil otherwise.
+func existingElements(t *nftables.Table, set *nftables.Set, family nftables.TableFamily) ([]nftables.SetElement, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := c.ListTablesOfFamily(family)
 	if err != nil {
 		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == tableName }) {
+	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == t.Name }) {
 		return nil, nil
 	}
-	sets, err := c.GetSets(table)
+	sets, err := c.GetSets(t)
 	if err != nil {
-		return nil, fmt.Errorf("list sets of nftables table inet %s: %w", tableName, err)
+		return nil, fmt.Errorf("list sets of nftables table %s: %w", t.Name, err)
 	}
-	if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == setName }) {
+	if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == set.Name }) {
 		return nil, nil
 	}
-	elems, err := c.GetSetElements(vmSet())
+	elems, err := c.GetSetElements(set)
 	if err != nil {
-		return nil, fmt.Errorf("read nftables set %s: %w", setName, err)
+		return nil, fmt.Errorf("read nftables set %s: %w", set.Name, err)
 	}
 	var keep []nftables.SetElement
 	for _, e := range elems {
-		if len(e.Key) == 4 {
+		if len(e.Key) == int(set.KeyType.Bytes) {
 			keep = append(keep, nftables.SetElement{Key: e.Key})
 		}
 	}
 	return keep, nil
+}
+
+// recordedForwarding lists the interfaces whose forwarding fcm turned on, as
+// recorded in the set "fwd" of the table inet fcm.
+func recordedForwarding() ([]string, error) {
+	elems, err := existingElements(table, fwdIfSet(), nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	var devs []string
+	for _, e := range elems {
+		devs = append(devs, strings.TrimRight(string(e.Key), "\x00"))
+	}
+	return devs, nil
 }
 
 // addElement adds ip to the set of VM addresses; an existing element is fine.
@@ -227,17 +324,19 @@ func vmAddrs() ([]netip.Addr, error) {
 	return addrs, nil
 }
 
-// deleteTable deletes the table if it exists: adding it first in the same
-// transaction makes the deletion succeed either way.
-func deleteTable() error {
+// deleteTables deletes fcm's tables if they exist: adding each first in the
+// same transaction makes the deletion succeed either way.
+func deleteTables() error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	c.AddTable(table)
-	c.DelTable(table)
+	for _, t := range []*nftables.Table{table, l2Table} {
+		c.AddTable(t)
+		c.DelTable(t)
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete nftables table inet %s: %w", tableName, err)
+		return fmt.Errorf("delete nftables tables inet %s and bridge %s: %w", tableName, l2TableName, err)
 	}
 	return nil
 }
@@ -263,6 +362,25 @@ func isIPv4() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+// ipField loads 4 bytes of the IPv4 header at offset (12 saddr, 16 daddr)
+// into register 1, for IPv4 packets only.
+func ipField(offset uint32) []expr.Any {
+	return join(isIPv4(), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+	})
+}
+
+// ctEstablished matches packets of known connections: ct state
+// established,related.
+func ctEstablished() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	}
 }
 

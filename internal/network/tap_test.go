@@ -22,13 +22,15 @@ import (
 //	       the test sees whether the tap outlives the process that made it.
 //	dial:  connect from FCM_TEST_SRC (may be empty) to FCM_TEST_DST, print
 //	       what the server sends; exit 1 if the connection fails.
-//	echo:  listen on FCM_TEST_LISTEN, print "ready", and send every client
-//	       the address it connected from.
+//	echo:  listen on FCM_TEST_LISTEN (addresses separated by commas), print
+//	       "ready", and send every client FCM_TEST_REPLY, or if it is empty
+//	       the address the client connected from.
+//	udp, ping, rawsend: see runPacketHelper.
 func runHelper(mode string) int {
 	switch mode {
 	case "addvm":
 		h := &Host{cfg: testConfig()}
-		err := h.AddVM(context.Background(), os.Getenv("FCM_TEST_TAP"), netip.MustParseAddr(os.Getenv("FCM_TEST_IP")))
+		err := h.AddVM(context.Background(), os.Getenv("FCM_TEST_TAP"), netip.MustParseAddr(os.Getenv("FCM_TEST_IP")), testMAC)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -50,17 +52,35 @@ func runHelper(mode string) int {
 		fmt.Print(string(b))
 		return 0
 	case "echo":
-		l, err := net.Listen("tcp", os.Getenv("FCM_TEST_LISTEN"))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+		var ls []net.Listener
+		for _, a := range strings.Split(os.Getenv("FCM_TEST_LISTEN"), ",") {
+			l, err := net.Listen("tcp", a)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			ls = append(ls, l)
 		}
 		fmt.Println("ready")
-		serve(l, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() })
+		reply := os.Getenv("FCM_TEST_REPLY")
+		for _, l := range ls[1:] {
+			go serve(l, func(c net.Conn) string { return echoReply(c, reply) })
+		}
+		serve(ls[0], func(c net.Conn) string { return echoReply(c, reply) })
 		return 0
+	case "udp", "ping", "rawsend":
+		return runPacketHelper(mode)
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", mode)
 	return 2
+}
+
+// echoReply is reply, or if it is empty the client's address.
+func echoReply(c net.Conn, reply string) string {
+	if reply != "" {
+		return reply
+	}
+	return c.RemoteAddr().(*net.TCPAddr).IP.String()
 }
 
 // serve answers every connection on l with reply(conn) until l is closed.
@@ -127,17 +147,26 @@ func TestAddVM_PersistentTapOnBridge(t *testing.T) {
 		if got := showLink(t, "fcm0").Address; got != mac {
 			t.Errorf("%s: bridge MAC changed from %s to %s (guests' ARP caches go stale)", when, mac, got)
 		}
+		if set := run(t, "nft", "list", "set", "bridge", "fcm-l2", "ports"); !strings.Contains(set, `"tap_ab12cd34" . 02:fc:00:00:00:99 . 172.16.0.30`) {
+			t.Errorf("%s: tap not bound to its MAC and address:\n%s", when, set)
+		}
+		if got, want := neighbour(t, ip), testMAC.String()+" PERMANENT"; got != want {
+			t.Errorf("%s: host's neighbour entry of %s = %q, want %q", when, ip, got, want)
+		}
+		if link := run(t, "bridge", "-d", "link", "show", "dev", tap); !strings.Contains(link, "isolated on") {
+			t.Errorf("%s: tap is not an isolated port:\n%s", when, link)
+		}
 	}
 	check("after AddVM in a child")
 
 	// Idempotent, and it repairs a tap that was detached and brought down.
-	if err := h.AddVM(ctx, tap, ip); err != nil {
+	if err := h.AddVM(ctx, tap, ip, testMAC); err != nil {
 		t.Fatalf("second AddVM: %v", err)
 	}
 	check("after second AddVM")
 	run(t, "ip", "link", "set", tap, "nomaster")
 	run(t, "ip", "link", "set", tap, "down")
-	if err := h.AddVM(ctx, tap, ip); err != nil {
+	if err := h.AddVM(ctx, tap, ip, testMAC); err != nil {
 		t.Fatalf("AddVM over a detached tap: %v", err)
 	}
 	check("after AddVM over a detached tap")
@@ -150,6 +179,12 @@ func TestAddVM_PersistentTapOnBridge(t *testing.T) {
 	}
 	if showLink(t, tap) != nil {
 		t.Errorf("tap %s still exists after RemoveVM", tap)
+	}
+	if set := run(t, "nft", "list", "table", "bridge", "fcm-l2"); strings.Contains(set, "tap_ab12cd34") {
+		t.Errorf("tap still bound after RemoveVM:\n%s", set)
+	}
+	if got := neighbour(t, ip); got != "" {
+		t.Errorf("host's neighbour entry of %s after RemoveVM = %q, want none", ip, got)
 	}
 	if set := run(t, "nft", "list", "set", "inet", "fcm", "vms"); strings.Contains(set, "172.16.0.30") {
 		t.Errorf("172.16.0.30 still in set after RemoveVM:\n%s", set)
@@ -174,7 +209,7 @@ func TestTapNames_ListsTapLinksAttachedOrNot(t *testing.T) {
 	t.Cleanup(func() { exec.Command("ip", "link", "del", "tap_leaked01").Run() })
 	run(t, "ip", "tuntap", "add", "notatap0", "mode", "tap")
 	t.Cleanup(func() { exec.Command("ip", "link", "del", "notatap0").Run() })
-	if err := h.AddVM(context.Background(), "tap_onbridge", netip.MustParseAddr("172.16.0.31")); err != nil {
+	if err := h.AddVM(context.Background(), "tap_onbridge", netip.MustParseAddr("172.16.0.31"), testMAC); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.RemoveVM(context.Background(), "tap_onbridge", netip.Addr{}) })
@@ -209,7 +244,7 @@ func TestAddVM_RejectsBadInput(t *testing.T) {
 		{"tap_v6", "fd00::1", "not IPv4"},
 		{"tap_veth0", "172.16.0.40", "not a tap"},
 	} {
-		err := h.AddVM(ctx, tt.tap, netip.MustParseAddr(tt.ip))
+		err := h.AddVM(ctx, tt.tap, netip.MustParseAddr(tt.ip), testMAC)
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("AddVM(%s, %s) = %v, want error containing %q", tt.tap, tt.ip, err, tt.wantErr)
 		}
@@ -226,7 +261,7 @@ func TestAddVM_RejectsBadInput(t *testing.T) {
 	if err := Teardown(ctx, testConfig()); err != nil {
 		t.Fatal(err)
 	}
-	err := h.AddVM(ctx, "tap_nobridge", netip.MustParseAddr("172.16.0.41"))
+	err := h.AddVM(ctx, "tap_nobridge", netip.MustParseAddr("172.16.0.41"), testMAC)
 	if err == nil || !strings.Contains(err.Error(), "fcm0") {
 		t.Errorf("AddVM without the bridge = %v, want an error naming fcm0", err)
 	}

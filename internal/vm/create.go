@@ -205,7 +205,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err != nil {
 		return vm, err
 	}
-	if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip); err != nil {
+	if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip, parseMAC(vm.MAC)); err != nil {
 		return vm, fmt.Errorf("network: %w", err)
 	}
 	progress(vm, "network", fmt.Sprintf("tap %s on the bridge in %s", vm.Tap, time.Since(t).Round(time.Millisecond)))

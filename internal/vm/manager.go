@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sync"
@@ -22,9 +23,16 @@ import (
 
 // Network is what the lifecycle needs of the host network (internal/network).
 type Network interface {
-	AddVM(ctx context.Context, tap string, ip netip.Addr) error
+	AddVM(ctx context.Context, tap string, ip netip.Addr, mac net.HardwareAddr) error
 	RemoveVM(ctx context.Context, tap string, ip netip.Addr) error
 	TapNames() ([]string, error)
+}
+
+// parseMAC is a VM's stored MAC for Network.AddVM, nil if it does not parse
+// (AddVM then refuses it).
+func parseMAC(s string) net.HardwareAddr {
+	mac, _ := net.ParseMAC(s)
+	return mac
 }
 
 // Image names the files every VM boots from.

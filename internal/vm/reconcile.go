@@ -63,7 +63,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		m.log.Info("re-adopted running vm", "name", vm.Name, "pid", inst.PID())
 		m.setInstance(vm.ID, inst)
 		ip, _ := netip.ParseAddr(vm.IP)
-		if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip); err != nil { // idempotent: restores a lost element
+		if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip, parseMAC(vm.MAC)); err != nil { // idempotent: restores a lost element
 			return err
 		}
 		live[vm.Tap], live[vm.IP] = true, true
