@@ -398,3 +398,47 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// Procs lists the processes in VM id's cgroup (none when it does not exist):
+// a hypervisor whose pid file was never written is still found here.
+func Procs(id string) ([]int, error) {
+	h, err := detect()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int]bool{}
+	var pids []int
+	for _, d := range h.dirs(id) {
+		data, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
+			}
+		}
+	}
+	sort.Ints(pids)
+	return pids, nil
+}
+
+// Kill sends SIGKILL to every process in VM id's cgroup, for a VM that must
+// be gone (teardown, reconcile of a VM fcm no longer has); Remove it after.
+func Kill(id string) error {
+	pids, err := Procs(id)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pid := range pids {
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("kill pid %d of vm %s: %w", pid, id, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -160,3 +160,42 @@ func TestForVM(t *testing.T) {
 		t.Errorf("ForVM(1024, 4).CPUWeight = %d, want 400", l.CPUWeight)
 	}
 }
+
+// Kill ends every process of a VM's cgroup, children too, and Remove then
+// leaves nothing: the cleanup for a hypervisor fcm lost track of.
+func TestCgroup_KillAndRemove(t *testing.T) {
+	id := testID(t, "kill")
+	g, err := Create(id, ForVM(128, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	cmd := exec.Command("sh", "-c", "sleep 300 & sleep 300 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	g.Prepare(cmd.SysProcAttr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Join(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	// The sleeps are forked after the join, so they are in the cgroup too.
+	var pids []int
+	for i := 0; i < 100 && len(pids) < 3; i++ {
+		time.Sleep(20 * time.Millisecond)
+		pids, _ = Procs(id)
+	}
+	if len(pids) != 3 {
+		t.Fatalf("Procs = %v; want the shell and its two sleeps", pids)
+	}
+	if err := Kill(id); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait() // the shell, ours; the sleeps are reaped by init
+	if err := Remove(id); err != nil {
+		t.Fatalf("Remove after Kill: %v", err)
+	}
+	if pids, err := Procs(id); err != nil || len(pids) != 0 {
+		t.Errorf("after Kill and Remove, Procs = %v, %v", pids, err)
+	}
+}
