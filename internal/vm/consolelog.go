@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -67,7 +68,9 @@ func (m *Manager) TrimConsoleLogs() {
 // at its new end; what they write between the copy and the truncation (a
 // moment) is lost. It reports whether it trimmed.
 func TrimLog(path string, limit int64) (bool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	// The VM's directory belongs to the hypervisor's user: never follow a
+	// symlink it may have put there, nor truncate a file linked elsewhere.
+	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return false, err
 	}
@@ -76,7 +79,10 @@ func TrimLog(path string, limit int64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if !st.Mode().IsRegular() || st.Size() <= limit {
+	if !st.Mode().IsRegular() || st.Sys().(*syscall.Stat_t).Nlink != 1 {
+		return false, fmt.Errorf("trim %s: not a regular file with one link", path)
+	}
+	if st.Size() <= limit {
 		return false, nil
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".trim-*")

@@ -93,3 +93,25 @@ func TestTrimLog_WhileWriting(t *testing.T) {
 		t.Errorf("a log under the cap got a .1")
 	}
 }
+
+// The VM's directory belongs to its hypervisor's user: a console.log it made
+// a symlink to a file of root's is never truncated.
+func TestTrimLog_Symlink(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "shadow")
+	data := bytes.Repeat([]byte("root:x\n"), 1<<16)
+	os.WriteFile(victim, data, 0o600)
+	link := filepath.Join(dir, "console.log")
+	os.Symlink(victim, link)
+	if trimmed, err := TrimLog(link, 1024); trimmed || err == nil {
+		t.Errorf("TrimLog of a symlink = %v, %v; want an error", trimmed, err)
+	}
+	hard := filepath.Join(dir, "qemu.log")
+	os.Link(victim, hard)
+	if trimmed, err := TrimLog(hard, 1024); trimmed || err == nil {
+		t.Errorf("TrimLog of a hard link = %v, %v; want an error", trimmed, err)
+	}
+	if got, _ := os.ReadFile(victim); !bytes.Equal(got, data) {
+		t.Errorf("the link's target changed: %d bytes, was %d", len(got), len(data))
+	}
+}

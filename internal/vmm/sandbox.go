@@ -77,17 +77,16 @@ func (s *Sandbox) prepareUser(kvm bool) error {
 	if err != nil {
 		return err
 	}
+	// The directory is the uid's: an earlier (compromised) hypervisor may have
+	// left symlinks in it, so nothing here follows one (Lchown, O_NOFOLLOW).
 	for _, e := range entries {
 		if e.Type().IsRegular() {
-			if err := os.Chown(filepath.Join(spec.Dir, e.Name()), uid, gid); err != nil {
+			if err := os.Lchown(filepath.Join(spec.Dir, e.Name()), uid, gid); err != nil {
 				return err
 			}
 		}
 	}
-	if err := os.Chmod(spec.RootDrive, 0o600); err != nil {
-		return err
-	}
-	if err := os.Chown(spec.RootDrive, uid, gid); err != nil {
+	if err := ownDisk(spec.RootDrive, uid, gid); err != nil {
 		return err
 	}
 	if err := reachable(spec.Dir, uid, gid, false); err != nil {
@@ -116,6 +115,28 @@ func (s *Sandbox) prepareUser(kvm bool) error {
 		}
 	}
 	return nil
+}
+
+// ownDisk gives the disk image to uid and gid, mode 0600, refusing anything
+// but a regular file (a symlink left in the VM's directory would otherwise
+// make root chown its target).
+func ownDisk(path string, uid, gid int) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+		return fmt.Errorf("disk %s is not a regular file with one link", path)
+	}
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
+	}
+	return unix.Fchmod(fd, 0o600)
 }
 
 // reachable checks that uid/gid can search every directory on the way to path

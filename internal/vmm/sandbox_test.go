@@ -149,3 +149,29 @@ func TestReachable(t *testing.T) {
 		t.Fatalf("reachable of a 0600 file: %v; want an error saying chmod o+r", err)
 	}
 }
+
+// A disk left as a symlink (by a compromised hypervisor, whose user owns the
+// VM's directory) does not make root chown the link's target.
+func TestOwnDisk_Symlink(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "shadow")
+	os.WriteFile(victim, []byte("root:x"), 0o640)
+	disk := filepath.Join(dir, "rootfs.img")
+	os.Symlink(victim, disk)
+	if err := ownDisk(disk, UIDBase+50, UIDBase+50); err == nil {
+		t.Fatal("ownDisk of a symlink succeeded")
+	}
+	st, _ := os.Stat(victim)
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != 0 || st.Mode().Perm() != 0o640 {
+		t.Errorf("the symlink's target is now uid %d mode %v", sys.Uid, st.Mode().Perm())
+	}
+	os.Remove(disk)
+	os.WriteFile(disk, []byte("disk"), 0o644)
+	if err := ownDisk(disk, UIDBase+50, UIDBase+50); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = os.Stat(disk)
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != UIDBase+50 || st.Mode().Perm() != 0o600 {
+		t.Errorf("disk: uid %d mode %v; want %d 0600", sys.Uid, st.Mode().Perm(), UIDBase+50)
+	}
+}

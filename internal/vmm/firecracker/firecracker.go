@@ -145,7 +145,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 
 	// The console log is opened here, as root, O_APPEND: the console-log trimmer
 	// may truncate it and firecracker goes on writing at its new end.
-	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// O_NOFOLLOW: the directory is the VM user's, and a symlink there must not
+	// send the guest's console into a file of root's.
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +192,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	if serr != nil {
 		return fail(serr)
 	}
-	if err := os.WriteFile(filepath.Join(spec.Dir, PIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	if err := writePIDFile(filepath.Join(spec.Dir, PIDFile), pid); err != nil {
 		return fail(err)
 	}
 	if err := waitSocket(ctx, sock, proc); err != nil {
@@ -201,6 +203,20 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	d.log.Info("vm started", "id", spec.ID, "pid", pid, "hypervisor", "firecracker", "uid", spec.UID)
 	return inst, nil
+}
+
+// writePIDFile writes a new pid file, never through a symlink (the directory is
+// the VM user's).
+func writePIDFile(path string, pid int) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // configure sends the microVM's configuration in the order Firecracker's

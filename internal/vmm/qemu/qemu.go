@@ -112,7 +112,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 		return nil, err
 	}
 	logPath := filepath.Join(spec.Dir, LogFile)
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		sb.Abort()
 		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
