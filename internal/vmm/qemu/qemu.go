@@ -210,20 +210,6 @@ func logSince(path string, offset int64) string {
 	return "no output"
 }
 
-// cleanupFailed kills a QEMU that daemonized although Start then failed.
-func (d *Driver) cleanupFailed(spec vmm.Spec) {
-	pidFile := filepath.Join(spec.Dir, PIDFile)
-	if pid, err := vmm.ReadPIDFile(pidFile); err == nil {
-		if p, err := vmm.OpenProcess(pid, filepath.Join(spec.Dir, QMPSocket)); err == nil {
-			p.Signal(syscall.SIGKILL)
-			p.Wait(context.Background())
-			p.Close()
-		}
-	}
-	os.Remove(pidFile)
-	os.Remove(filepath.Join(spec.Dir, QMPSocket))
-}
-
 // Adopt implements vmm.Driver: the pid file names the process, its command line
 // must name this VM's QMP socket, and QMP must answer.
 func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
