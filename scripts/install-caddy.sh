@@ -10,6 +10,17 @@ version() {
 	{ "$1" build-info 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/caddyserver/caddy/v2" { print $3 }'
 	  "$1" version 2>/dev/null | cut -d' ' -f1; } | grep -m1 -E '^v?[0-9]+[.][0-9]+' | sed 's/^v//'
 }
+# Protect Caddy from the OOM killer (as fcm.service is): under memory pressure
+# the kernel takes a VM's hypervisor (oom_score_adj 500), not the edge.
+if [ -f /lib/systemd/system/caddy.service ] || [ -f /usr/lib/systemd/system/caddy.service ]; then
+	mkdir -p /etc/systemd/system/caddy.service.d
+	cat >/etc/systemd/system/caddy.service.d/fcm-oom.conf <<'UNIT'
+# fcm: the OOM killer takes a VM before Caddy.
+[Service]
+OOMScoreAdjust=-900
+UNIT
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+fi
 if have=$(command -v caddy) && v=$(version "$have") && [ -n "$v" ]; then
 	IFS=. read -r major minor _ <<<"$v"
 	if [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 7 ]; }; then

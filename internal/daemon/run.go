@@ -105,8 +105,17 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("guest image: %s is missing: build it with 'sudo fcm image build --out %s' (or pass --kernel/--initrd/--rootfs)", f, o.DataDir)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(o.DataDir, "vms"), 0o700); err != nil {
+	// Hypervisors run as per-VM users that must reach their own vms/<id> (0700,
+	// theirs): the data dir and vms/ are searchable (o+x), not listable.
+	if err := os.MkdirAll(filepath.Join(o.DataDir, "vms"), 0o711); err != nil {
 		return err
+	}
+	for _, d := range []string{o.DataDir, filepath.Join(o.DataDir, "vms")} {
+		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+				return err
+			}
+		}
 	}
 	st, err := store.Open(filepath.Join(o.DataDir, "fcm.db"), 500*time.Millisecond)
 	if errors.Is(err, store.ErrLocked) {
@@ -151,6 +160,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := mgr.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
+	go mgr.KeepConsoleLogsTrimmed(ctx)
 
 	var rec *edge.Reconciler
 	if edgeCfg != nil {

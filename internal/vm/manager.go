@@ -144,8 +144,11 @@ func (m *Manager) setInstance(id string, inst vmm.Instance) {
 // dir is a VM's directory; ids are validated before they get here.
 func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.DataDir, "vms", id) }
 
-// spec is the hypervisor's view of a VM.
+// spec is the hypervisor's view of a VM. Its hypervisor runs as a uid of its
+// own, derived from its address (vmm.UIDFor), in its own cgroup.
 func (m *Manager) spec(vm *store.VM) vmm.Spec {
+	ip, _ := netip.ParseAddr(vm.IP)
+	uid := vmm.UIDFor(ip, m.cfg.Subnet)
 	return vmm.Spec{
 		ID: vm.ID, Dir: m.dir(vm.ID),
 		Kernel: m.cfg.Image.Kernel, Initrd: m.cfg.Image.Initrd,
@@ -153,6 +156,7 @@ func (m *Manager) spec(vm *store.VM) vmm.Spec {
 		RootDrive: filepath.Join(m.dir(vm.ID), "rootfs.img"),
 		TapDevice: vm.Tap, MAC: vm.MAC,
 		VCPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+		UID: uid, GID: uid, Cgroup: true,
 	}
 }
 

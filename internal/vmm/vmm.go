@@ -28,6 +28,12 @@ type Spec struct {
 	MAC       string // eth0's MAC address
 	VCPUs     int
 	MemoryMiB int
+	// UID and GID, when UID is not 0, are the unprivileged user and group the
+	// hypervisor runs as, one per VM (see PrepareSandbox); 0 keeps the daemon's.
+	UID, GID int
+	// Cgroup puts the hypervisor in its own cgroup fcm/vm-<ID>, its memory
+	// limited to MemoryMiB plus overhead and its CPU weight set by VCPUs.
+	Cgroup bool
 }
 
 // MaxDirLen is the longest VM directory a driver accepts: control sockets live

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
 
@@ -75,15 +77,28 @@ func New(opts Options) (*Driver, error) {
 	return d, nil
 }
 
-// lastLine returns the last line a process wrote to its log, for errors.
+// lastLine returns the last line a process wrote to its log, for errors. It
+// reads only the log's last 64 KiB: a guest may have written a lot to it.
 func lastLine(path string) string {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return "no output (" + err.Error() + ")"
+	}
+	defer f.Close()
+	var off int64
+	if st, err := f.Stat(); err == nil && st.Size() > tailBytes {
+		off = st.Size() - tailBytes
+	}
+	data, err := io.ReadAll(io.NewSectionReader(f, off, tailBytes))
 	if err != nil {
 		return "no output (" + err.Error() + ")"
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return lines[len(lines)-1]
 }
+
+// tailBytes is how much of a console log lastLine reads.
+const tailBytes = 64 << 10
 
 func trimLine(s string) string {
 	for i, c := range s {
@@ -128,38 +143,56 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	os.Remove(sock)
 	os.Remove(filepath.Join(spec.Dir, PIDFile))
 
-	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// The console log is opened here, as root, O_APPEND: the console-log trimmer
+	// may truncate it and firecracker goes on writing at its new end.
+	// O_NOFOLLOW: the directory is the VM user's, and a symlink there must not
+	// send the guest's console into a file of root's.
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
+	// Firecracker runs as the VM's own unprivileged user (as the jailer would
+	// make it) in the VM's cgroup; it needs /dev/kvm, so it gets kvm's group.
+	sb, err := vmm.PrepareSandbox(spec, true)
+	if err != nil {
+		return nil, err
+	}
 	bin, args := d.Command(spec)
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: a Ctrl-C on the daemon's terminal never reaches a VM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	sb.Apply(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
+		sb.Abort()
 		return nil, fmt.Errorf("vm %s: start firecracker: %w", spec.ID, err)
 	}
 	pid := cmd.Process.Pid
+	serr := sb.Started(pid)
 	proc, err := vmm.OpenProcess(pid, sock)
 	if err != nil {
 		cmd.Process.Kill()
 		werr := cmd.Wait() // reap it, and say how it ended
+		sb.Abort()
 		return nil, fmt.Errorf("vm %s: firecracker exited at once (%v): %s", spec.ID, werr, lastLine(filepath.Join(spec.Dir, ConsoleLog)))
 	}
 	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
 	inst := &Instance{Process: proc, api: newAPIClient(sock)}
 	fail := func(err error) (vmm.Instance, error) {
 		inst.Kill()
-		inst.Wait(context.Background())
+		inst.Process.Wait(context.Background())
 		inst.Close()
+		sb.Abort()
 		os.Remove(sock)
 		os.Remove(filepath.Join(spec.Dir, PIDFile))
 		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
 	}
-	if err := os.WriteFile(filepath.Join(spec.Dir, PIDFile), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	if serr != nil {
+		return fail(serr)
+	}
+	if err := writePIDFile(filepath.Join(spec.Dir, PIDFile), pid); err != nil {
 		return fail(err)
 	}
 	if err := waitSocket(ctx, sock, proc); err != nil {
@@ -168,8 +201,22 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	if err := configure(ctx, inst.api, spec); err != nil {
 		return fail(err)
 	}
-	d.log.Info("vm started", "id", spec.ID, "pid", pid, "hypervisor", "firecracker")
+	d.log.Info("vm started", "id", spec.ID, "pid", pid, "hypervisor", "firecracker", "uid", spec.UID)
 	return inst, nil
+}
+
+// writePIDFile writes a new pid file, never through a symlink (the directory is
+// the VM user's).
+func writePIDFile(path string, pid int) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // configure sends the microVM's configuration in the order Firecracker's
@@ -260,6 +307,15 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 func (i *Instance) Info(ctx context.Context) (*InstanceInfo, error) {
 	var info InstanceInfo
 	return &info, i.api.do(ctx, "GET", "/", nil, &info)
+}
+
+// Wait implements vmm.Instance; once firecracker has exited its cgroup is removed.
+func (i *Instance) Wait(ctx context.Context) error {
+	group := cgroup.Of(i.PID())
+	if err := i.Process.Wait(ctx); err != nil {
+		return err
+	}
+	return vmm.RemoveCgroup(group)
 }
 
 // Kill implements vmm.Instance.

@@ -23,19 +23,26 @@ const (
 	PIDFile     = "qemu.pid"
 	QMPSocket   = "qmp.sock"
 	ConsoleLog  = "console.log"
-	tbSizeMiB   = 64 // TCG translation cache; QEMU's default costs ~110 MiB more
+	LogFile     = "qemu.log" // QEMU's own stdout and stderr
+	tbSizeMiB   = 64         // TCG translation cache; QEMU's default costs ~110 MiB more
 	machineType = "microvm,acpi=on,pit=on,pic=on,rtc=on"
 )
 
-// args builds the driver's QEMU command line for spec: the machine, plus a
-// serial log, QMP socket and pid file in the VM's directory, daemonized.
+// Sandbox is QEMU's seccomp filter: no obsolete system calls, no setuid or
+// setsid, no fork or exec, no scheduler or cpu-affinity changes. It needs QEMU
+// in the foreground (-daemonize forks and calls setsid).
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// args builds the driver's QEMU command line for spec: the machine in QEMU's
+// seccomp sandbox, plus a serial log, QMP socket and pid file in the VM's
+// directory.
 func args(spec vmm.Spec, accel Accel, tscKHz int) []string {
 	return append(MachineArgs(spec, accel, tscKHz),
 		"-chardev", "file,id=console,path="+escapeOpt(filepath.Join(spec.Dir, ConsoleLog))+",append=on",
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+escapeOpt(filepath.Join(spec.Dir, QMPSocket))+",server=on,wait=off",
 		"-pidfile", filepath.Join(spec.Dir, PIDFile),
-		"-daemonize",
+		"-sandbox", Sandbox,
 	)
 }
 

@@ -74,16 +74,21 @@ func TestArgs(t *testing.T) {
 				"-pidfile": "/var/lib/firecracker/abc123/qemu.pid",
 				"-qmp":     "unix:/var/lib/firecracker/abc123/qmp.sock,server=on,wait=off",
 				"-name":    "fcm-abc123",
+				"-sandbox": "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 			}
 			for flag, v := range want {
 				if got := value(a, flag); got != v {
 					t.Errorf("%s = %q, want %q", flag, got, v)
 				}
 			}
-			for _, flag := range []string{"-no-reboot", "-daemonize", "-nodefaults"} {
+			for _, flag := range []string{"-no-reboot", "-nodefaults"} {
 				if !slices.Contains(a, flag) {
 					t.Errorf("missing %s", flag)
 				}
+			}
+			// -daemonize forks and calls setsid, which the sandbox forbids.
+			if slices.Contains(a, "-daemonize") {
+				t.Errorf("-daemonize with -sandbox spawn=deny: QEMU would be killed by SIGSYS")
 			}
 		}},
 		{"disk, tap with the VM's MAC, rng, i8042", testSpec, TCG, func(t *testing.T, a []string) {

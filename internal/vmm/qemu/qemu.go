@@ -5,10 +5,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,7 +16,9 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
 
@@ -76,8 +78,12 @@ func (d *Driver) Accel() Accel { return d.accel }
 // Args returns the command line Start runs for spec (for logs and tests).
 func (d *Driver) Args(spec vmm.Spec) []string { return args(spec, d.accel, d.tscKHz) }
 
-// Start implements vmm.Driver. QEMU daemonizes once the machine is set up, so an
-// error in the configuration (a missing tap, a bad kernel) is reported here.
+// Start implements vmm.Driver. QEMU runs in the foreground of its own session
+// (not -daemonize: the seccomp sandbox's spawn=deny and elevateprivileges=deny
+// forbid the fork and setsid that daemonizing needs), as the VM's unprivileged
+// user and in its cgroup (vmm.PrepareSandbox), its stderr in qemu.log. Start
+// returns once QMP answers; an error in the configuration (a missing tap, a bad
+// kernel) makes QEMU exit first, and its message is returned.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
@@ -101,37 +107,107 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	os.Remove(pidFile)
 	os.Remove(sock)
 
+	sb, err := vmm.PrepareSandbox(spec, d.accel == KVM)
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(spec.Dir, LogFile)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		sb.Abort()
+		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+	}
+	defer logf.Close()
+	start, _ := logf.Seek(0, io.SeekEnd)
 	cmd := exec.Command(d.binary, d.Args(spec)...)
 	cmd.Dir = spec.Dir
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: a Ctrl-C on the daemon's terminal never reaches a VM.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Run(); err != nil {
-		d.cleanupFailed(spec)
-		return nil, fmt.Errorf("vm %s: qemu failed to start: %w: %s", spec.ID, err, strings.TrimSpace(stderr.String()))
+	sb.Apply(cmd.SysProcAttr)
+	if err := cmd.Start(); err != nil {
+		sb.Abort()
+		return nil, fmt.Errorf("vm %s: start qemu: %w", spec.ID, err)
 	}
-	inst, err := d.Adopt(ctx, spec)
+	pid := cmd.Process.Pid
+	serr := sb.Started(pid)
+	proc, err := vmm.OpenProcess(pid, sock)
 	if err != nil {
-		d.cleanupFailed(spec)
-		return nil, fmt.Errorf("vm %s: qemu started but %w", spec.ID, err)
+		cmd.Process.Kill()
+		werr := cmd.Wait()
+		sb.Abort()
+		return nil, fmt.Errorf("vm %s: qemu exited at once (%v): %s", spec.ID, werr, logSince(logPath, start))
 	}
-	d.log.Info("vm started", "id", spec.ID, "pid", inst.PID(), "accel", d.accel)
+	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
+	inst := &Instance{Process: proc, qmpSocket: sock}
+	fail := func(err error) (vmm.Instance, error) {
+		inst.Kill()
+		inst.Process.Wait(context.Background())
+		inst.Close()
+		sb.Abort()
+		os.Remove(pidFile)
+		os.Remove(sock)
+		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+	}
+	if serr != nil {
+		return fail(serr)
+	}
+	if err := waitQMP(ctx, inst, pidFile); err != nil {
+		if !proc.Running() {
+			return fail(fmt.Errorf("qemu failed to start: %s", logSince(logPath, start)))
+		}
+		return fail(err)
+	}
+	d.log.Info("vm started", "id", spec.ID, "pid", pid, "accel", d.accel, "uid", spec.UID)
 	return inst, nil
 }
 
-// cleanupFailed kills a QEMU that daemonized although Start then failed.
-func (d *Driver) cleanupFailed(spec vmm.Spec) {
-	pidFile := filepath.Join(spec.Dir, PIDFile)
-	if pid, err := vmm.ReadPIDFile(pidFile); err == nil {
-		if p, err := vmm.OpenProcess(pid, filepath.Join(spec.Dir, QMPSocket)); err == nil {
-			p.Signal(syscall.SIGKILL)
-			p.Wait(context.Background())
-			p.Close()
+// qmpWait bounds how long QEMU may take from exec to answering on QMP.
+const qmpWait = 30 * time.Second
+
+// waitQMP waits until QEMU has written its pid file and answers on QMP, or
+// has exited.
+func waitQMP(ctx context.Context, inst *Instance, pidFile string) error {
+	deadline := time.Now().Add(qmpWait)
+	for {
+		if _, err := os.Stat(pidFile); err == nil {
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err := inst.Status(qctx)
+			cancel()
+			if err == nil {
+				return nil
+			}
+		}
+		if !inst.Running() {
+			return errors.New("qemu exited during start")
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qemu did not answer on %s within %s", inst.qmpSocket, qmpWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	os.Remove(pidFile)
-	os.Remove(filepath.Join(spec.Dir, QMPSocket))
+}
+
+// logSince returns what QEMU wrote to its log after offset (at most its last
+// 4 KiB), for errors.
+func logSince(path string, offset int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "no output (" + err.Error() + ")"
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size()-offset > 4<<10 {
+		offset = st.Size() - 4<<10
+	}
+	data, _ := io.ReadAll(io.NewSectionReader(f, offset, 4<<10))
+	if s := strings.TrimSpace(string(data)); s != "" {
+		return s
+	}
+	return "no output"
 }
 
 // Adopt implements vmm.Driver: the pid file names the process, its command line
@@ -185,6 +261,15 @@ func (i *Instance) Status(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return st.Status, nil
+}
+
+// Wait implements vmm.Instance; once QEMU has exited its cgroup is removed.
+func (i *Instance) Wait(ctx context.Context) error {
+	group := cgroup.Of(i.PID())
+	if err := i.Process.Wait(ctx); err != nil {
+		return err
+	}
+	return vmm.RemoveCgroup(group)
 }
 
 // Kill implements vmm.Instance.
