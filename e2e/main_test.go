@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/ext4"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/netns"
@@ -69,7 +70,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}
-	if err := mountCgroups(); err != nil {
+	if err := cgroup.EnsureMounted(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		os.Exit(1)
 	}

@@ -17,40 +17,7 @@ import (
 	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/sys/unix"
 )
-
-// mountCgroups mounts the host's cgroup hierarchies in the tests' namespace:
-// `ip netns exec` mounts a fresh /sys, which hides /sys/fs/cgroup, and the
-// daemon puts every VM's hypervisor in a cgroup there. The hierarchies are
-// mounted again as the host (pid 1) has them: the same controllers give the
-// same hierarchies.
-func mountCgroups() error {
-	if entries, _ := os.ReadDir("/sys/fs/cgroup"); len(entries) > 0 {
-		return nil
-	}
-	mounts, err := os.ReadFile("/proc/1/mounts")
-	if err != nil {
-		return err
-	}
-	for _, l := range strings.Split(string(mounts), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 4 || (f[1] != "/sys/fs/cgroup" && !strings.HasPrefix(f[1], "/sys/fs/cgroup/")) {
-			continue
-		}
-		var data []string
-		for _, o := range strings.Split(f[3], ",") {
-			if !slices.Contains([]string{"rw", "ro", "relatime", "nosuid", "nodev", "noexec"}, o) {
-				data = append(data, o)
-			}
-		}
-		os.MkdirAll(f[1], 0o755)
-		if err := unix.Mount(f[0], f[1], f[2], 0, strings.Join(data, ",")); err != nil {
-			return fmt.Errorf("mount %s on %s in the test namespace: %w", f[2], f[1], err)
-		}
-	}
-	return nil
-}
 
 // TestSandbox: the daemon's hypervisor runs as the VM's own unprivileged user,
 // in the VM's cgroup with its memory limit and oom_score_adj 500 (QEMU also

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
@@ -93,6 +94,11 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("--data-dir %s is too long: VM directories under it (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
 	}
 	if err := checkDataDir(o.DataDir); err != nil {
+		return err
+	}
+	// Every VM's hypervisor gets a cgroup; under `ip netns exec` /sys/fs/cgroup
+	// starts empty.
+	if err := cgroup.EnsureMounted(); err != nil {
 		return err
 	}
 	img := vm.Image{
