@@ -45,6 +45,12 @@ type Options struct {
 	Edge       EdgeOptions
 	Out        io.Writer // what a person starting the daemon should read
 	Log        *slog.Logger
+
+	// Per-VM maxima create enforces (--max-cpus, --max-memory in MiB, --max-disk
+	// in bytes); zero: vm's defaults.
+	MaxCPUs      int
+	MaxMemoryMiB int
+	MaxDiskBytes int64
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -126,7 +132,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	mgr, err := vm.New(vm.Config{
 		DataDir: o.DataDir, Image: img, Driver: driver, Network: hostNet,
-		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log,
+		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
+		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes,
 	})
 	if err != nil {
 		return err

@@ -72,9 +72,9 @@ type Manager struct {
 	busy      map[string]string       // vm name -> operation in progress
 	instances map[string]vmm.Instance // vm id -> running hypervisor
 
-	crashAt   string                           // test-only: see CrashEnv
-	freeSpace func(dir string) (int64, error)  // bytes free for us on dir's filesystem
-	memTotal  func() (int, error)              // the host's MemTotal in MiB
+	crashAt   string                          // test-only: see CrashEnv
+	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
+	memTotal  func() (int, error)             // the host's MemTotal in MiB
 }
 
 // Errors the API maps to status codes.
