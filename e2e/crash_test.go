@@ -99,7 +99,12 @@ func TestDaemon_RemovesLeaks(t *testing.T) {
 	d := startDaemon(t, dataDir) // makes the bridge, table and store
 	d.stop(syscall.SIGTERM)
 
+	// fcm's leaked tap is on its bridge; two taps of other tools are not, one
+	// of them of fcm's form: those stay (review L9).
 	sh(t, "ip", "tuntap", "add", "dev", "tap_leak0001", "mode", "tap")
+	sh(t, "ip", "link", "set", "tap_leak0001", "master", daemonBridge)
+	sh(t, "ip", "tuntap", "add", "dev", "tap_foreign1", "mode", "tap")
+	sh(t, "ip", "tuntap", "add", "dev", "tap_theirs", "mode", "tap")
 	sh(t, "nft", "add", "element", "inet", "fcm", "vms", "{ 172.20.0.200 }")
 	leakedDir := filepath.Join(dataDir, "vms", "abcd1234")
 	if err := os.MkdirAll(leakedDir, 0o700); err != nil {
@@ -116,6 +121,11 @@ func TestDaemon_RemovesLeaks(t *testing.T) {
 	d = startDaemon(t, dataDir)
 	if tapExists("tap_leak0001") {
 		t.Error("leaked tap not removed")
+	}
+	for _, foreign := range []string{"tap_foreign1", "tap_theirs"} {
+		if !tapExists(foreign) {
+			t.Errorf("another tool's tap %s was removed", foreign)
+		}
 	}
 	if strings.Contains(nftElements(t), "172.20.0.200") {
 		t.Error("leaked nft element not removed")
