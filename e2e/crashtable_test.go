@@ -172,7 +172,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 	if !equal(dirs, wantDirs) {
 		t.Errorf("vm dirs: %v, want %v", dirs, wantDirs)
 	}
-	pids := strings.Fields(hypervisorsOf(dataDir))
+	pids := procsMentioning(filepath.Join(dataDir, "vms") + "/")
 	if state == "running" && len(pids) != 1 || state != "running" && len(pids) != 0 {
 		t.Errorf("hypervisors of the data dir: %v with %s %s", pids, name, state)
 	}
