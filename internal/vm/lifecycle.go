@@ -303,6 +303,13 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *sto
 				return fmt.Errorf("destroy vm %s: %w", vm.Name, err)
 			}
 		}
+	} else if p, err := vmm.FindByMarker(m.dir(id) + "/"); err == nil {
+		// No record says how to reach it, but a process still uses its directory.
+		err := killAndWait(ctx, &vmm.Stray{Process: p})
+		p.Close()
+		if err != nil {
+			return fmt.Errorf("destroy vm %s: %w", id, err)
+		}
 	}
 	m.setInstance(id, nil)
 	if err := record(stepUnplug); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -295,5 +296,39 @@ func TestRecord_OnlyListedSteps(t *testing.T) {
 		if !isStep(op, map[string]string{"create": stepLease, "start": stepStarting, "stop": stepStopping, "destroy": stepDestroying}[op]) {
 			t.Errorf("%s's first step is not listed", op)
 		}
+	}
+}
+
+// TestReconcile_KillsHypervisorWithoutRecord (L6, M4): a hypervisor still
+// using the directory of a VM whose record is gone (an interrupted destroy, or
+// one a daemon never wrote a pid file for) is killed before its directory is
+// removed, both when an op names the VM and when only the directory is left.
+func TestReconcile_KillsHypervisorWithoutRecord(t *testing.T) {
+	m, _, _ := testManager(t)
+	for _, id := range []string{"dddd4444", "eeee5555"} {
+		if err := os.MkdirAll(m.dir(id), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withOp, _ := hungHypervisor(t, m, "dddd4444")
+	dirOnly, _ := hungHypervisor(t, m, "eeee5555")
+	m.cfg.Store.Update(func(tx *store.Tx) error {
+		return tx.PutOp(&store.Op{ID: "destroy-dddd4444", Kind: "destroy", VMName: "x", VMID: "dddd4444", Steps: []string{stepDestroying}})
+	})
+	if err := m.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []*exec.Cmd{withOp, dirOnly} {
+		if alive(cmd.Process.Pid) {
+			t.Errorf("the hypervisor of %s still runs", cmd.Args[0])
+		}
+	}
+	for _, id := range []string{"dddd4444", "eeee5555"} {
+		if _, err := os.Stat(m.dir(id)); !os.IsNotExist(err) {
+			t.Errorf("dir %s left: %v", id, err)
+		}
+	}
+	if len(ops(t, m)) != 0 {
+		t.Errorf("ops left: %v", ops(t, m))
 	}
 }
