@@ -28,9 +28,10 @@ func TestDaemon_CrashTable(t *testing.T) {
 	cleanupVMs(t, dataDir)
 	work := t.TempDir()
 	const name = "crashy"
-	began := time.Now()
+	began, rows := time.Now(), 0
 	for _, step := range vm.Steps {
 		t.Run(step.String(), func(t *testing.T) {
+			rows++
 			rowStart := time.Now()
 			// The VM in the state the operation starts from, with a daemon of its own.
 			d := startDaemon(t, dataDir)
@@ -79,7 +80,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 			t.Logf("crash at %s: %s after the restart, %s after the retry (%s)", step, state, after, time.Since(rowStart).Round(time.Second))
 		})
 	}
-	t.Logf("crash table: %d rows in %s", len(vm.Steps), time.Since(began).Round(time.Second))
+	t.Logf("crash table: %d rows of %d steps in %s", rows, len(vm.Steps), time.Since(began).Round(time.Second))
 	d := startDaemon(t, dataDir)
 	ensureVM(d, work, name, "gone")
 }
