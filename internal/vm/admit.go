@@ -112,10 +112,11 @@ func (m *Manager) checkDisk(req api.CreateVMRequest) error {
 		fmt.Sprintf("the new vm's %s disk plus a %s reserve", humanBytes(req.DiskBytes), humanBytes(m.cfg.DiskReserve)))
 }
 
-// checkMemory refuses a VM of memMiB when, with every VM that is not stopped,
-// the host's memory less the reserve would be overcommitted. It runs inside
-// the transaction that records the VM, so two creates cannot both pass.
-func (m *Manager) checkMemory(tx *store.Tx, memMiB int) error {
+// checkMemory refuses a VM of memMiB when, with every other VM that is not
+// stopped, the host's memory less the reserve would be overcommitted. It runs
+// inside the transaction that records the create or start, so two cannot both
+// pass. self is the VM's own id on start ("" on create).
+func (m *Manager) checkMemory(tx *store.Tx, self string, memMiB int) error {
 	total, err := m.memTotal()
 	if err != nil {
 		return err
@@ -126,7 +127,7 @@ func (m *Manager) checkMemory(tx *store.Tx, memMiB int) error {
 	}
 	used := 0
 	for _, v := range vms {
-		if v.State != api.StateStopped {
+		if v.State != api.StateStopped && v.ID != self {
 			used += v.MemoryMiB
 		}
 	}

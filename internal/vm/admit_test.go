@@ -63,6 +63,29 @@ func TestCreate_Admission(t *testing.T) {
 	}
 }
 
+// TestStart_Memory: start, too, refuses a VM the host has not the memory
+// for, counting the others that are not stopped but not the VM itself.
+func TestStart_Memory(t *testing.T) {
+	m, d, _ := testManager(t)
+	m.memTotal = func() (int, error) { return 3072, nil } // 2048 MiB for vms
+	addVM(t, m, "a", "aaaa1111", api.StateRunning)
+	addVM(t, m, "b", "bbbb2222", api.StateStopped)
+	// 1024 + 1024 fits exactly: the start goes on (and fails in the fake driver).
+	_, err := m.Start(context.Background(), "b", nil)
+	if errors.Is(err, ErrInsufficientCapacity) || d.starts != 1 {
+		t.Fatalf("a start within the memory did not reach the driver (%d starts): %v", d.starts, err)
+	}
+	m.memTotal = func() (int, error) { return 2048, nil }
+	addVM(t, m, "c", "cccc3333", api.StateStopped)
+	_, err = m.Start(context.Background(), "c", nil)
+	if !errors.Is(err, ErrInsufficientCapacity) || !strings.Contains(err.Error(), "not enough memory") {
+		t.Fatalf("Start beyond the memory = %v, want ErrInsufficientCapacity", err)
+	}
+	if vm := getVM(t, m, "c"); vm.State != api.StateStopped || len(ops(t, m)) != 0 {
+		t.Errorf("a refused start left %s and ops %v", vm.State, ops(t, m))
+	}
+}
+
 // TestCheckFree_Message: the message names the dir, what is free and what is
 // needed.
 func TestCheckFree_Message(t *testing.T) {

@@ -126,7 +126,7 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *st
 			return err
 		}
 		busy = name
-		if err := m.checkMemory(tx, req.MemoryMiB); err != nil {
+		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
 			return err
 		}
 		id := names.NewID()

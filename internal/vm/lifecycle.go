@@ -33,6 +33,11 @@ func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (vm *store
 			return fmt.Errorf("%w: vm %q is %s", ErrBadState, name, vm.State)
 		}
 		prev = vm.State
+		if kind == "start" {
+			if err := m.checkMemory(tx, vm.ID, vm.MemoryMiB); err != nil {
+				return err
+			}
+		}
 		op.ID, op.VMName, op.VMID = kind+"-"+vm.ID, vm.Name, vm.ID
 		switch kind {
 		case "start":
