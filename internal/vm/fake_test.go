@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
@@ -177,5 +176,3 @@ func ops(t *testing.T, m *Manager) []*store.Op {
 	m.cfg.Store.View(func(tx *store.Tx) (err error) { ops, err = tx.Ops(); return })
 	return ops
 }
-
-var _ = api.StateRunning
