@@ -14,6 +14,7 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/guest"
+	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"golang.org/x/crypto/ssh"
@@ -69,6 +70,7 @@ func testSandbox(t *testing.T, hv string) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d := startDaemonHV(t, hv, dataDir)
+	cgroup.SetParent(cgroup.ParentFor(dataDir, image.DefaultOutDir)) // the daemon's, for the checks below
 	work := t.TempDir()
 	d.mustCLI(work, "create", "--name", "box1")
 	v := d.vms(work)["box1"]

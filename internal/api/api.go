@@ -92,6 +92,9 @@ const (
 	CodeExhausted    = "pool_exhausted"
 	CodeInternal     = "internal"
 	CodeUnavailable  = "unavailable"
+	// The host has not the disk space (HTTP 507) or the memory (409) for it.
+	CodeInsufficientStorage  = "insufficient_storage"
+	CodeInsufficientCapacity = "insufficient_capacity"
 )
 
 // Health is the body of GET /health. Version and hypervisor are told only to

@@ -14,10 +14,13 @@ package cgroup
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,8 +31,41 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Parent is the cgroup, under each hierarchy's root, that holds every VM's.
-const Parent = "fcm"
+// parent is the cgroup, under each hierarchy's root, that holds every VM's:
+// "fcm" for the daemon of the default data dir, fcm-<hash> for others (see
+// ParentFor), so two daemons on one host never touch each other's cgroups.
+var (
+	parentMu sync.RWMutex
+	parent   = "fcm"
+)
+
+// SetParent makes name (from ParentFor) the cgroup holding every VM's cgroup.
+// The daemon sets it once at start, before any VM is created or adopted.
+func SetParent(name string) {
+	parentMu.Lock()
+	defer parentMu.Unlock()
+	parent = name
+}
+
+// Parent returns the cgroup holding every VM's cgroup.
+func Parent() string {
+	parentMu.RLock()
+	defer parentMu.RUnlock()
+	return parent
+}
+
+// ParentFor returns the parent cgroup for a daemon on dataDir: "fcm" for
+// defaultDir, fcm-<8 hex digits of the path's SHA-256> for any other.
+func ParentFor(dataDir, defaultDir string) string {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	if dataDir == defaultDir {
+		return "fcm"
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	return "fcm-" + hex.EncodeToString(sum[:4])
+}
 
 // prefix starts the name of a VM's cgroup: fcm/vm-<id>.
 const prefix = "vm-"
@@ -115,7 +151,7 @@ func Version() (int, error) {
 
 // dirs are the directories of VM id's cgroup (one on v2, memory and cpu on v1).
 func (h hierarchy) dirs(id string) []string {
-	name := filepath.Join(Parent, prefix+id)
+	name := filepath.Join(Parent(), prefix+id)
 	if h.v2 {
 		return []string{filepath.Join(h.root, name)}
 	}
@@ -153,7 +189,7 @@ func Create(id string, l Limits) (*Group, error) {
 }
 
 func (g *Group) createV2(l Limits) error {
-	parent := filepath.Join(g.h.root, Parent)
+	parent := filepath.Join(g.h.root, Parent())
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return err
 	}
@@ -299,7 +335,7 @@ func List() ([]string, error) {
 		roots = []string{h.memory, h.cpu}
 	}
 	for _, r := range roots {
-		entries, err := os.ReadDir(filepath.Join(r, Parent))
+		entries, err := os.ReadDir(filepath.Join(r, Parent()))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
@@ -317,6 +353,9 @@ func List() ([]string, error) {
 	return ids, nil
 }
 
+// ofPath matches a VM cgroup's path under any daemon's parent.
+var ofPath = regexp.MustCompile(`/fcm(?:-[0-9a-f]{8})?/vm-([a-z0-9]+)$`)
+
 // Of returns the id of the VM cgroup pid is in ("" when none), read from
 // /proc/<pid>/cgroup; drivers use it to remove an adopted VM's cgroup after it exits.
 func Of(pid int) string {
@@ -333,11 +372,8 @@ func Of(pid int) string {
 			continue
 		}
 		p := parts[2]
-		if i := strings.Index(p, "/"+Parent+"/"+prefix); i >= 0 {
-			id := p[i+len(Parent)+len(prefix)+2:]
-			if !strings.Contains(id, "/") && id != "" {
-				return id
-			}
+		if m := ofPath.FindStringSubmatch(p); m != nil {
+			return m[1]
 		}
 	}
 	return ""

@@ -1,17 +1,20 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 
 	"github.com/fcmhost/fcm/internal/daemon"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/spf13/cobra"
 )
 
 func newDaemonCmd() *cobra.Command {
 	o := daemon.Options{}
+	var maxDisk string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
@@ -44,9 +47,19 @@ with --rotate-admin-token (or, against a running daemon, fcm token rotate).
 Every request is logged with its remote address, the client Caddy forwarded
 for, and the token's id and fingerprint (never the token).
 
+Create admits a VM only when the host has room for it: its disk plus a 2 GiB
+reserve free on the data dir's filesystem, and its memory, with that of every
+VM that is not stopped, within the host's memory less a 1 GiB reserve. Each VM
+is also held to --max-cpus, --max-memory and --max-disk.
+
 The guest image must exist first: sudo fcm image build.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := parseSize(maxDisk)
+			if err != nil || n < 1<<30 {
+				return fmt.Errorf("--max-disk %q: want a size of at least 1G, like 64G", maxDisk)
+			}
+			o.MaxDiskBytes = n
 			o.Version = Version
 			if !cmd.Flags().Changed("caddy-admin") {
 				o.Edge.CaddyAdmin = edge.DefaultAdmin()
@@ -75,5 +88,8 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.Edge.ACMEEmail, "acme-email", "", "ACME account email")
 	f.StringVar(&o.Edge.ACMECARoot, "acme-ca-root", "", "PEM file of an extra root to trust for the ACME CA's HTTPS (a private CA)")
 	f.BoolVar(&o.RotateAdminToken, "rotate-admin-token", false, "make a new admin token in <data-dir>/.token at start; the old one stops working (a running daemon: fcm token rotate)")
+	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
+	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
+	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
 	return cmd
 }

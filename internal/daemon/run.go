@@ -52,6 +52,11 @@ type Options struct {
 	AllowEgress []string
 	// GuestToGuest lets guests talk to each other directly on the bridge.
 	GuestToGuest bool
+	// Per-VM maxima create enforces (--max-cpus, --max-memory in MiB, --max-disk
+	// in bytes); zero: vm's defaults.
+	MaxCPUs      int
+	MaxMemoryMiB int
+	MaxDiskBytes int64
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -101,6 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := cgroup.EnsureMounted(); err != nil {
 		return err
 	}
+	cgroup.SetParent(cgroup.ParentFor(o.DataDir, image.DefaultOutDir))
 	img := vm.Image{
 		Kernel: pick(o.Kernel, filepath.Join(o.DataDir, image.KernelFile)),
 		Initrd: pick(o.Initrd, filepath.Join(o.DataDir, image.InitrdFile)),
@@ -158,7 +164,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	mgr, err := vm.New(vm.Config{
 		DataDir: o.DataDir, Image: img, Driver: driver, Network: hostNet,
-		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log,
+		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
+		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes,
 	})
 	if err != nil {
 		return err

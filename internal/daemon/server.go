@@ -380,6 +380,10 @@ func classify(err error) (int, string) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, vm.ErrInsufficientStorage):
+		return http.StatusInsufficientStorage, api.CodeInsufficientStorage
+	case errors.Is(err, vm.ErrInsufficientCapacity):
+		return http.StatusConflict, api.CodeInsufficientCapacity
 	case errors.Is(err, store.ErrExhausted):
 		return http.StatusConflict, api.CodeExhausted
 	case errors.Is(err, store.ErrExists), errors.Is(err, vm.ErrBusy), errors.Is(err, vm.ErrBadState):

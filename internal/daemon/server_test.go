@@ -135,6 +135,8 @@ func TestServer_ErrorsMapToStatus(t *testing.T) {
 		{fmt.Errorf("%w: creating", vm.ErrBusy), 409, api.CodeConflict},
 		{fmt.Errorf("%w: running", vm.ErrBadState), 409, api.CodeConflict},
 		{vm.ErrInvalid, 400, api.CodeBadRequest},
+		{fmt.Errorf("space: %w", vm.ErrInsufficientStorage), 507, api.CodeInsufficientStorage},
+		{fmt.Errorf("memory: %w", vm.ErrInsufficientCapacity), 409, api.CodeInsufficientCapacity},
 		{fmt.Errorf("x: %w", store.ErrNotFound), 404, api.CodeNotFound},
 		{errors.New("disk full"), 500, api.CodeInternal},
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/release"
 	"github.com/fcmhost/fcm/internal/store"
+	fcmvm "github.com/fcmhost/fcm/internal/vm"
 )
 
 // Guests opens SSH connections to VMs.
@@ -286,6 +287,10 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 	if vm.State != api.StateRunning {
 		fmt.Fprintf(out, " !     %s is %s: start it with 'fcm start %s', then push again\n", vm.Name, vm.State, vm.Name)
 		return fmt.Errorf("vm not running")
+	}
+	if err := fcmvm.CheckFreeSpace(s.DataDir, fcmvm.DefaultDiskReserve, "the host's reserve"); err != nil {
+		fmt.Fprintf(out, " !     %v: free some space on the host, then push again\n", err)
+		return err
 	}
 	rel, prev, err := s.newRelease(vm.Name, func(r *store.Release, cfg map[string]string) {
 		r.Description, r.Commit, r.Build, r.User, r.Env = "Deploy "+short(commit), commit, r.Version, p.user, cfg

@@ -18,14 +18,6 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Steps of operations, recorded before they act.
-const (
-	stepLease   = "lease"   // address leased and VM record made (one transaction)
-	stepDir     = "dir"     // the VM's directory, disk and keys
-	stepNetwork = "network" // tap and nft element
-	stepBoot    = "boot"    // hypervisor started
-)
-
 // validate fills defaults into req and checks its ranges.
 func validate(req *api.CreateVMRequest) error {
 	if req.Name != "" {
@@ -82,12 +74,19 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	if err := validate(&req); err != nil {
 		return nil, err
 	}
+	if err := m.checkMaxima(req); err != nil {
+		return nil, err
+	}
+	if err := m.checkDisk(req); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	vm, op, err := m.reserve(owner, req)
 	if err != nil {
 		return nil, err
 	}
 	defer m.end(vm.Name)
+	m.crashPoint(op.Kind, stepLease)
 	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
 	progress(vm, "reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
 
@@ -98,7 +97,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 			err = fmt.Errorf("%w (guest console: %s)", err, saved)
 		}
 		if uerr := m.undoCreate(context.WithoutCancel(ctx), op); uerr != nil {
-			m.log.Error("undo create", "name", vm.Name, "err", uerr)
+			m.markError(vm.ID, op.ID, fmt.Errorf("create failed (%v) and its undo too: %w", err, uerr))
 		}
 		return nil, err
 	}
@@ -106,17 +105,29 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	return vm, nil
 }
 
-// reserve picks the name and id, leases the address, and records the VM and the
-// operation, all in one transaction.
+// reserve picks the name and id, marks the name busy, checks the host's
+// memory, leases the address, and records the VM and the operation, all in one
+// transaction; the caller must end() the name. The name is marked busy inside
+// the transaction (and unmarked if it fails), so a create racing a destroy of
+// the same name either waits for nothing (ErrBusy) or finds it free: it never
+// leaves a record nothing works on.
 func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *store.Op, error) {
 	var vm *store.VM
 	var op *store.Op
+	busy := ""
 	err := m.cfg.Store.Update(func(tx *store.Tx) error {
 		name := req.Name
 		if name == "" {
 			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) })
 		} else if tx.NameTaken(name) {
 			return fmt.Errorf("vm %q: %w", name, store.ErrExists)
+		}
+		if err := m.begin(name, "creating"); err != nil {
+			return err
+		}
+		busy = name
+		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
+			return err
 		}
 		id := names.NewID()
 		if _, err := tx.VMByID(id); err == nil {
@@ -142,10 +153,10 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *st
 		return tx.PutOp(op)
 	})
 	if err != nil {
+		if busy != "" {
+			m.end(busy)
+		}
 		return nil, nil, err
-	}
-	if err := m.begin(vm.Name, "creating"); err != nil {
-		return nil, nil, err // cannot happen: the name was free in the same transaction
 	}
 	return vm, op, nil
 }
@@ -155,12 +166,6 @@ func (m *Manager) isBusy(name string) bool {
 	defer m.mu.Unlock()
 	_, ok := m.busy[name]
 	return ok
-}
-
-// record appends a step to op in the store before the step acts.
-func (m *Manager) record(op *store.Op, step string) error {
-	op.Steps = append(op.Steps, step)
-	return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.PutOp(op) })
 }
 
 func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progress Progress) (*store.VM, error) {
@@ -304,6 +309,9 @@ func (m *Manager) keepConsole(vm *store.VM) string {
 	if err := os.Rename(src, dst); err != nil {
 		return ""
 	}
+	now := time.Now()
+	os.Chtimes(dst, now, now) // pruning keeps the newest by the time they were kept
+	pruneLogs(logs, now)
 	return dst
 }
 

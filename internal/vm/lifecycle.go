@@ -9,18 +9,23 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
 
+// killWait bounds the wait for a killed hypervisor to exit (one stuck in D
+// state never does).
+const killWait = 10 * time.Second
+
 // opFor records a new operation on vm and marks it busy; the caller must end().
-func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (*store.VM, *store.Op, error) {
+// prev is the state the VM was in before.
+func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (vm *store.VM, op *store.Op, prev string, err error) {
 	if err := m.begin(name, busyAs); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	var vm *store.VM
-	op := &store.Op{Kind: kind, StartedAt: time.Now().UTC()}
-	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+	op = &store.Op{Kind: kind, StartedAt: time.Now().UTC()}
+	err = m.cfg.Store.Update(func(tx *store.Tx) error {
 		var err error
 		if vm, err = tx.VM(name); err != nil {
 			return err
@@ -28,12 +33,20 @@ func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (*store.VM
 		if len(allowed) > 0 && !contains(allowed, vm.State) {
 			return fmt.Errorf("%w: vm %q is %s", ErrBadState, name, vm.State)
 		}
+		prev = vm.State
+		if kind == "start" {
+			if err := m.checkMemory(tx, vm.ID, vm.MemoryMiB); err != nil {
+				return err
+			}
+		}
 		op.ID, op.VMName, op.VMID = kind+"-"+vm.ID, vm.Name, vm.ID
 		switch kind {
 		case "start":
-			vm.State = api.StateStarting
+			vm.State, op.Steps = api.StateStarting, []string{stepStarting}
 		case "stop":
-			vm.State = api.StateStopping
+			vm.State, op.Steps = api.StateStopping, []string{stepStopping}
+		case "destroy":
+			op.Steps = []string{stepDestroying}
 		}
 		if err := tx.PutVM(vm); err != nil {
 			return err
@@ -42,9 +55,10 @@ func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (*store.VM
 	})
 	if err != nil {
 		m.end(name)
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	return vm, op, nil
+	m.crashPoint(kind, op.Steps[0])
+	return vm, op, prev, nil
 }
 
 func contains(list []string, s string) bool {
@@ -56,48 +70,102 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Start boots a stopped VM and waits for SSH.
+// Start boots a stopped VM (or one in error) and waits for SSH. It refuses
+// while a hypervisor of the VM still runs, answering or not.
 func (m *Manager) Start(ctx context.Context, name string, progress Progress) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
-	vm, op, err := m.opFor(name, "start", "starting", api.StateStopped, api.StateError)
+	vm, op, prev, err := m.opFor(name, "start", "starting", api.StateStopped, api.StateError)
 	if err != nil {
 		return nil, err
 	}
 	defer m.end(name)
+	if inst, stray := m.liveInstance(ctx, vm); inst != nil {
+		err := fmt.Errorf("%w: vm %q: its hypervisor (pid %d) is still running; stop or destroy it first", ErrBadState, name, inst.PID())
+		if stray != nil {
+			err = fmt.Errorf("%w: vm %q: its hypervisor (pid %d) is still running but does not answer (%v); not starting a second one on its disk: stop or destroy it to kill it",
+				ErrBadState, name, inst.PID(), stray)
+			vmm.Close(inst)
+		}
+		m.abandon(vm, op, prev)
+		return nil, err
+	}
 	vm, err = m.boot(ctx, vm, op, progress)
 	if err != nil {
-		m.halt(context.WithoutCancel(ctx), vm, op, api.StateError, err.Error())
+		if _, herr := m.halt(context.WithoutCancel(ctx), vm, op, api.StateError, err.Error()); herr != nil {
+			m.markError(vm.ID, op.ID, fmt.Errorf("%v; then stopping it failed: %w", err, herr))
+		}
 		return nil, err
 	}
 	return vm, nil
 }
 
-// Stop powers a running VM off gracefully (Ctrl-Alt-Del), killing it after the
-// stop timeout, and releases its tap. Its disk and address stay.
+// abandon puts a VM back in the state it was in before an operation that did
+// nothing, and forgets the operation.
+func (m *Manager) abandon(vm *store.VM, op *store.Op, prev string) {
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+		if cur, err := tx.VMByID(vm.ID); err == nil {
+			cur.State = prev
+			if err := tx.PutVM(cur); err != nil {
+				return err
+			}
+		}
+		return tx.DeleteOp(op.ID)
+	})
+	if err != nil {
+		m.log.Error("abandon operation", "op", op.ID, "err", err)
+	}
+}
+
+// Stop powers a VM off gracefully (Ctrl-Alt-Del), killing it after the stop
+// timeout, and releases its tap. Its disk and address stay. It works from every
+// state, so that a VM left starting, stopping or in error can always be
+// stopped; a VM whose create never finished ends in error (destroy it).
 func (m *Manager) Stop(ctx context.Context, name string) (*store.VM, error) {
-	vm, op, err := m.opFor(name, "stop", "stopping", api.StateRunning, api.StateError)
+	vm, op, prev, err := m.opFor(name, "stop", "stopping")
 	if err != nil {
 		return nil, err
 	}
 	defer m.end(name)
-	return m.halt(ctx, vm, op, api.StateStopped, "")
+	state, reason := api.StateStopped, ""
+	if prev == api.StateCreating {
+		state, reason = api.StateError, "its create did not finish: destroy it"
+	}
+	out, err := m.halt(ctx, vm, op, state, reason)
+	if err != nil {
+		m.markError(vm.ID, op.ID, err)
+		return nil, err
+	}
+	return out, nil
 }
 
-// halt stops the hypervisor (if running), removes the tap, and leaves the VM in
-// state with reason; it finishes stop and rolls back start.
+// halt stops the hypervisor (if running; killing one that does not answer),
+// removes the tap, and leaves the VM in state with reason; it finishes stop,
+// rolls back start and follows a VM that exited on its own. It gives up after
+// the stop timeout plus the time a kill may take; on error the caller marks
+// the VM error.
 func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, state, reason string) (*store.VM, error) {
-	if inst := m.liveInstance(ctx, vm); inst != nil {
-		graceful, err := vmm.Stop(ctx, inst, m.cfg.StopTimeout)
-		if err != nil {
-			return vm, fmt.Errorf("stop vm %s: %w", vm.Name, err)
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout+killWait)
+	defer cancel()
+	recordStop := func(step string) error {
+		if op.Kind != "stop" {
+			return nil // start's rollback and the watcher follow no op log of their own
 		}
-		if !graceful {
-			m.log.Warn("vm did not power off in time; killed", "name", vm.Name, "timeout", m.cfg.StopTimeout)
-		}
+		return m.record(op, step)
 	}
-	m.setInstance(vm.ID, nil)
+	if err := recordStop(stepHalt); err != nil {
+		return vm, err
+	}
+	if err := m.stopHypervisor(ctx, vm); err != nil {
+		return vm, fmt.Errorf("stop vm %s: %w", vm.Name, err)
+	}
+	if err := cgroup.Remove(vm.ID); err != nil {
+		m.log.Warn("remove the vm's cgroup", "name", vm.Name, "err", err) // reconcile retries it
+	}
+	if err := recordStop(stepUnplug); err != nil {
+		return vm, err
+	}
 	if ip, err := netip.ParseAddr(vm.IP); err == nil {
 		if err := m.cfg.Network.RemoveVM(ctx, vm.Tap, ip); err != nil {
 			return vm, fmt.Errorf("stop vm %s: %w", vm.Name, err)
@@ -119,48 +187,152 @@ func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, state, r
 	return out, err
 }
 
-// liveInstance returns the VM's running hypervisor, adopting it from its pid
-// file when this daemon did not start it; nil when none runs.
-func (m *Manager) liveInstance(ctx context.Context, vm *store.VM) vmm.Instance {
-	if inst := m.instance(vm.ID); inst != nil && inst.Running() {
-		return inst
-	}
-	inst, err := m.cfg.Driver.Adopt(ctx, m.spec(vm))
-	if err != nil {
-		if !errors.Is(err, vmm.ErrNotRunning) && !errors.Is(err, os.ErrNotExist) {
-			m.log.Warn("adopt", "name", vm.Name, "err", err)
-		}
+// stopHypervisor ends the VM's hypervisor, if one runs: gracefully within the
+// stop timeout when it answers, killed through its pidfd when it does not.
+func (m *Manager) stopHypervisor(ctx context.Context, vm *store.VM) error {
+	inst, stray := m.liveInstance(ctx, vm)
+	if inst == nil {
+		m.setInstance(vm.ID, nil)
 		return nil
 	}
-	return inst
+	if stray != nil {
+		defer vmm.Close(inst)
+		m.log.Warn("killing a hypervisor that does not answer", "name", vm.Name, "pid", inst.PID(), "err", stray)
+		return killAndWait(ctx, inst)
+	}
+	graceful, err := vmm.Stop(ctx, inst, m.cfg.StopTimeout)
+	if err != nil {
+		return err
+	}
+	if !graceful {
+		m.log.Warn("vm did not power off in time; killed", "name", vm.Name, "timeout", m.cfg.StopTimeout)
+	}
+	m.setInstance(vm.ID, nil)
+	return nil
+}
+
+func killAndWait(ctx context.Context, inst vmm.Instance) error {
+	if err := inst.Kill(); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	if err := inst.Wait(wctx); err != nil {
+		return fmt.Errorf("hypervisor pid %d did not exit: %w", inst.PID(), err)
+	}
+	return nil
+}
+
+// liveInstance returns the VM's running hypervisor, adopting it (and keeping
+// it) when this daemon did not start it; nil when none runs. A hypervisor that
+// is alive but does not answer on its control socket is returned too, with
+// stray saying why: it runs, holds the VM's disk and tap, and can only be
+// killed; the caller must vmm.Close it.
+func (m *Manager) liveInstance(ctx context.Context, vm *store.VM) (inst vmm.Instance, stray error) {
+	if inst := m.instance(vm.ID); inst != nil && inst.Running() {
+		return inst, nil
+	}
+	inst, err := m.cfg.Driver.Adopt(ctx, m.spec(vm))
+	var ue *vmm.UnresponsiveError
+	switch {
+	case err == nil:
+		m.setInstance(vm.ID, inst)
+		return inst, nil
+	case errors.As(err, &ue):
+		return ue.Instance, ue
+	case !errors.Is(err, vmm.ErrNotRunning) && !errors.Is(err, os.ErrNotExist):
+		m.log.Warn("adopt", "name", vm.Name, "err", err)
+	}
+	return nil, nil
+}
+
+// markError leaves VM id in state error with cause as its reason and forgets
+// op (best effort: the store itself may be what failed), logging why.
+func (m *Manager) markError(id, opID string, cause error) {
+	m.log.Error("vm failed; marked error", "id", id, "err", cause)
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+		if cur, err := tx.VMByID(id); err == nil {
+			cur.State, cur.Reason = api.StateError, cause.Error()
+			if err := tx.PutVM(cur); err != nil {
+				return err
+			}
+		}
+		if opID == "" {
+			return nil
+		}
+		return tx.DeleteOp(opID)
+	})
+	if err != nil {
+		m.log.Error("could not mark the vm error", "id", id, "err", err)
+	}
 }
 
 // Destroy kills the VM and removes everything it had: hypervisor, tap, nft
-// element, directory and disk, address lease and record.
+// element, directory and disk, address lease and record. It works from every
+// state; when a part cannot be removed the VM is left in error with the reason,
+// and destroy can be retried.
 func (m *Manager) Destroy(ctx context.Context, name string) error {
-	vm, op, err := m.opFor(name, "destroy", "being destroyed")
+	vm, op, _, err := m.opFor(name, "destroy", "being destroyed")
 	if err != nil {
 		return err
 	}
 	defer m.end(name)
 	m.log.Info("destroying vm", "name", vm.Name, "id", vm.ID)
-	return m.teardown(ctx, vm.ID, vm, op.ID)
+	if err := m.teardown(ctx, vm.ID, vm, op); err != nil {
+		m.markError(vm.ID, op.ID, err)
+		return err
+	}
+	return nil
 }
 
 // teardown removes everything of VM id (vm may be nil when its record is gone).
 // Each part tolerates being already gone, so it finishes any interrupted
-// destroy or create.
-func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, opID string) error {
+// destroy or create. The hypervisor is killed (and waited for) first, answering
+// or not: nothing it uses is removed while it runs.
+func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *store.Op) error {
+	record := func(step string) error {
+		if op.Kind != "destroy" {
+			return nil // an undone create follows no op log of its own
+		}
+		return m.record(op, step)
+	}
+	if err := record(stepKill); err != nil {
+		return err
+	}
 	if vm != nil {
-		if inst := m.liveInstance(ctx, vm); inst != nil {
-			inst.Kill()
-			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := inst.Wait(wctx)
-			cancel()
+		if inst, stray := m.liveInstance(ctx, vm); inst != nil {
+			if stray != nil {
+				m.log.Warn("killing a hypervisor that does not answer", "name", vm.Name, "pid", inst.PID(), "err", stray)
+			}
+			err := killAndWait(ctx, inst)
+			if stray != nil {
+				vmm.Close(inst)
+			}
 			if err != nil {
-				return fmt.Errorf("destroy vm %s: hypervisor did not exit: %w", vm.Name, err)
+				return fmt.Errorf("destroy vm %s: %w", vm.Name, err)
 			}
 		}
+	} else if p, err := vmm.FindByMarker(m.dir(id) + "/"); err == nil {
+		// No record says how to reach it, but a process still uses its directory.
+		err := killAndWait(ctx, &vmm.Stray{Process: p})
+		p.Close()
+		if err != nil {
+			return fmt.Errorf("destroy vm %s: %w", id, err)
+		}
+	}
+	m.setInstance(id, nil)
+	// Anything left in the VM's cgroup (a hypervisor no pid file names) goes
+	// with it, and then the cgroup.
+	if err := cgroup.Kill(id); err != nil {
+		return fmt.Errorf("destroy vm %s: %w", id, err)
+	}
+	if err := cgroup.Remove(id); err != nil {
+		return fmt.Errorf("destroy vm %s: %w", id, err)
+	}
+	if err := record(stepUnplug); err != nil {
+		return err
+	}
+	if vm != nil {
 		ip, _ := netip.ParseAddr(vm.IP)
 		if err := m.cfg.Network.RemoveVM(ctx, vm.Tap, ip); err != nil {
 			return fmt.Errorf("destroy vm %s: %w", vm.Name, err)
@@ -168,9 +340,14 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, opID st
 	} else if err := m.cfg.Network.RemoveVM(ctx, "tap_"+id, netip.Addr{}); err != nil {
 		return fmt.Errorf("destroy vm %s: %w", id, err)
 	}
-	m.setInstance(id, nil)
+	if err := record(stepRemoveDir); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(m.dir(id)); err != nil {
 		return fmt.Errorf("destroy vm %s: %w", id, err)
+	}
+	if err := record(stepRelease); err != nil {
+		return err
 	}
 	return m.cfg.Store.Update(func(tx *store.Tx) error {
 		if err := tx.Release(id); err != nil {
@@ -181,7 +358,7 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, opID st
 				return err
 			}
 		}
-		return tx.DeleteOp(opID)
+		return tx.DeleteOp(op.ID)
 	})
 }
 
@@ -192,13 +369,13 @@ func (m *Manager) undoCreate(ctx context.Context, op *store.Op) error {
 		vm, _ = tx.VMByID(op.VMID)
 		return nil
 	})
-	return m.teardown(ctx, op.VMID, vm, op.ID)
+	return m.teardown(ctx, op.VMID, vm, op)
 }
 
 // watch notices a VM whose hypervisor exits on its own (a guest poweroff or a
 // crash) and marks it stopped.
 func (m *Manager) watch(name, id string, inst vmm.Instance) {
-	inst.Wait(context.Background())
+	inst.Wait(context.Background()) // also ends when the instance is closed (replaced)
 	m.mu.Lock()
 	_, busy := m.busy[name]
 	current := m.instances[id] == inst
@@ -213,7 +390,10 @@ func (m *Manager) watch(name, id string, inst vmm.Instance) {
 	m.log.Warn("vm exited on its own", "name", name)
 	vm, err := m.cfg.Store.GetVM(name)
 	if err != nil || vm.ID != id {
+		m.setInstance(id, nil)
 		return
 	}
-	m.halt(context.Background(), vm, &store.Op{ID: "watch-" + id}, api.StateStopped, "the vm powered off or crashed")
+	if _, err := m.halt(context.Background(), vm, &store.Op{ID: "watch-" + id}, api.StateStopped, "the vm powered off or crashed"); err != nil {
+		m.markError(id, "", err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -52,6 +53,18 @@ type Config struct {
 	BootTimeout time.Duration // create/start: from hypervisor start to SSH ready
 	StopTimeout time.Duration // graceful stop before the hypervisor is killed
 	Log         *slog.Logger
+	// Bridge is the bridge fcm's taps join: a tap_<id> enslaved to it is fcm's
+	// even when no VM record names it (reconcile removes only fcm's taps).
+	Bridge string
+	// Maxima per VM, enforced on create (the daemon's --max-cpus, --max-memory,
+	// --max-disk); zero means the default.
+	MaxCPUs      int
+	MaxMemoryMiB int
+	MaxDiskBytes int64
+	// Headroom create leaves on the host: free space on the data dir's
+	// filesystem, and memory beyond what VMs that are not stopped are given.
+	DiskReserve      int64
+	MemoryReserveMiB int
 	// Ready waits until a booted VM is usable; default: its SSH answers with the
 	// pinned host key. Benchmarks of the daemon's own overhead replace it.
 	Ready func(ctx context.Context, vm *store.VM) error
@@ -66,6 +79,10 @@ type Manager struct {
 	mu        sync.Mutex
 	busy      map[string]string       // vm name -> operation in progress
 	instances map[string]vmm.Instance // vm id -> running hypervisor
+
+	crashAt   string                          // test-only: see CrashEnv
+	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
+	memTotal  func() (int, error)             // the host's MemTotal in MiB
 }
 
 // Errors the API maps to status codes.
@@ -101,8 +118,24 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.MaxCPUs == 0 {
+		cfg.MaxCPUs = DefaultMaxCPUs
+	}
+	if cfg.MaxMemoryMiB == 0 {
+		cfg.MaxMemoryMiB = DefaultMaxMemoryMiB
+	}
+	if cfg.MaxDiskBytes == 0 {
+		cfg.MaxDiskBytes = DefaultMaxDiskBytes
+	}
+	if cfg.DiskReserve == 0 {
+		cfg.DiskReserve = DefaultDiskReserve
+	}
+	if cfg.MemoryReserveMiB == 0 {
+		cfg.MemoryReserveMiB = DefaultMemoryReserveMiB
+	}
 	return &Manager{cfg: cfg, pool: pool, log: cfg.Log,
-		busy: map[string]string{}, instances: map[string]vmm.Instance{}}, nil
+		busy: map[string]string{}, instances: map[string]vmm.Instance{},
+		crashAt: os.Getenv(CrashEnv), freeSpace: FreeSpace, memTotal: memTotalMiB}, nil
 }
 
 // Pool is the address range VMs are leased from.
@@ -131,9 +164,14 @@ func (m *Manager) instance(id string) vmm.Instance {
 	return m.instances[id]
 }
 
+// setInstance records id's hypervisor (nil: none), closing the pidfd of the
+// one it replaces.
 func (m *Manager) setInstance(id string, inst vmm.Instance) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if old := m.instances[id]; old != nil && old != inst {
+		vmm.Close(old)
+	}
 	if inst == nil {
 		delete(m.instances, id)
 	} else {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,9 +18,14 @@ import (
 // by an earlier daemon): it is watched through a pidfd, so waiting works for any
 // process and a recycled pid is never mistaken for the VM.
 type Process struct {
-	pid   int
-	pidfd int
+	pid int
+
+	mu    sync.RWMutex // Close waits for a Wait or Running in progress
+	pidfd int          // -1 once closed
 }
+
+// errClosed is what Wait returns once the Process has been closed.
+var errClosed = errors.New("process handle closed")
 
 // OpenProcess opens pid after checking that its command line contains marker
 // (a path unique to the VM), so a pid file left by a dead VM whose pid was
@@ -58,6 +65,44 @@ func isZombie(stat string) bool {
 	return i >= 0 && len(stat) > i+2 && stat[i+2] == 'Z'
 }
 
+// Find opens the hypervisor of a VM: the pid in pidFile if it names a live
+// process whose command line contains marker, else any process whose command
+// line contains marker (a hypervisor started by a daemon killed before it
+// wrote the pid file, or whose pid file was lost). ErrNotRunning when none.
+func Find(pidFile, marker string) (*Process, error) {
+	if pid, err := ReadPIDFile(pidFile); err == nil {
+		p, err := OpenProcess(pid, marker)
+		if err == nil || !errors.Is(err, ErrNotRunning) {
+			return p, err
+		}
+	}
+	return FindByMarker(marker)
+}
+
+// FindByMarker scans /proc for a live process (other than this one) whose
+// command line contains marker. ErrNotRunning when there is none.
+func FindByMarker(marker string) (*Process, error) {
+	paths, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	self := os.Getpid()
+	for _, path := range paths {
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(path)))
+		if err != nil || pid == self {
+			continue
+		}
+		cmdline, err := os.ReadFile(path)
+		if err != nil || !strings.Contains(string(cmdline), marker) {
+			continue
+		}
+		if p, err := OpenProcess(pid, marker); err == nil {
+			return p, nil
+		}
+	}
+	return nil, ErrNotRunning
+}
+
 // ReadPIDFile reads a pid written by a hypervisor.
 func ReadPIDFile(path string) (int, error) {
 	data, err := os.ReadFile(path)
@@ -77,8 +122,13 @@ func ReadPIDFile(path string) (int, error) {
 // PID returns the process id.
 func (p *Process) PID() int { return p.pid }
 
-// Running reports whether the process has not exited.
+// Running reports whether the process has not exited (false once closed).
 func (p *Process) Running() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.pidfd < 0 {
+		return false
+	}
 	for {
 		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 0)
@@ -91,6 +141,11 @@ func (p *Process) Running() bool {
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig unix.Signal) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.pidfd < 0 {
+		return fmt.Errorf("signal %v to pid %d: %w", sig, p.pid, errClosed)
+	}
 	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal %v to pid %d: %w", sig, p.pid, err)
 	}
@@ -98,17 +153,14 @@ func (p *Process) Signal(sig unix.Signal) error {
 }
 
 // Wait blocks until the process exits or ctx ends. If the process is our child
-// it is reaped too.
+// it is reaped too. Closing the Process ends a Wait with an error.
 func (p *Process) Wait(ctx context.Context) error {
 	for {
-		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 100)
-		if err != nil && !errors.Is(err, unix.EINTR) {
+		exited, err := p.poll(100)
+		if err != nil {
 			return fmt.Errorf("wait for pid %d: %w", p.pid, err)
 		}
-		if n > 0 {
-			var info unix.Siginfo
-			unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOHANG, nil)
+		if exited {
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
@@ -117,5 +169,36 @@ func (p *Process) Wait(ctx context.Context) error {
 	}
 }
 
-// Close releases the pidfd.
-func (p *Process) Close() error { return unix.Close(p.pidfd) }
+// poll waits up to ms milliseconds for the process to exit, reaping it if it
+// is our child, under the read lock so that Close never frees the pidfd (whose
+// number could be reused) while it is polled.
+func (p *Process) poll(ms int) (bool, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.pidfd < 0 {
+		return false, errClosed
+	}
+	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, ms)
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		return false, err
+	}
+	if n > 0 {
+		var info unix.Siginfo
+		unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOHANG, nil)
+		return true, nil
+	}
+	return false, nil
+}
+
+// Close releases the pidfd; a second Close does nothing.
+func (p *Process) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd < 0 {
+		return nil
+	}
+	err := unix.Close(p.pidfd)
+	p.pidfd = -1
+	return err
+}

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -69,5 +70,74 @@ func TestOpenProcess_RightAfterStart(t *testing.T) {
 			t.Fatalf("start %d: %v", i, err)
 		}
 		p.Close()
+	}
+}
+
+// TestFind_WithoutPIDFile (L6): a hypervisor whose pid file is missing or
+// stale is still found by the marker on its command line.
+func TestFind_WithoutPIDFile(t *testing.T) {
+	dir := t.TempDir()
+	marker := dir + "/firecracker.socket"
+	cmd := exec.Command("sleep", "30")
+	cmd.Args[0] = marker
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	for _, pidFile := range map[string]string{"missing": dir + "/none.pid", "stale": writeTemp(t, dir, "1\n")} {
+		p, err := Find(pidFile, marker)
+		if err != nil {
+			t.Fatalf("Find(%s) = %v", pidFile, err)
+		}
+		if p.PID() != cmd.Process.Pid {
+			t.Errorf("Find found pid %d, want %d", p.PID(), cmd.Process.Pid)
+		}
+		p.Close()
+	}
+	if _, err := Find(dir+"/none.pid", dir+"/other.socket"); err != ErrNotRunning {
+		t.Errorf("Find of an absent marker = %v, want ErrNotRunning", err)
+	}
+}
+
+func writeTemp(t *testing.T, dir, content string) string {
+	path := dir + "/stale.pid"
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestProcess_Close (L5): Close ends a Wait in progress, is idempotent, and a
+// closed process reports not running.
+func TestProcess_Close(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	cmd.Args[0] = "marker-" + t.Name()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	p, err := OpenProcess(cmd.Process.Pid, "marker-"+t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- p.Wait(context.Background()) }()
+	time.Sleep(50 * time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Wait on a closed process returned nil, as if it had exited")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not end Wait")
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if p.Running() {
+		t.Error("a closed process reports running")
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Spec is everything a driver needs to boot one VM.
@@ -108,6 +110,68 @@ type Instance interface {
 
 // ErrNotRunning says a VM's hypervisor process is not (or no longer) running.
 var ErrNotRunning = errors.New("vm is not running")
+
+// ErrUnresponsive says a VM's hypervisor process is alive (found by pidfd and
+// the VM's marker on its command line) but its control socket does not answer
+// or is missing: it is running and holds the VM's disk and tap, it is not gone.
+var ErrUnresponsive = errors.New("the hypervisor is alive but its control socket does not answer")
+
+// UnresponsiveError is Adopt's error for such a process. Instance can still be
+// killed and waited for through its pidfd; whoever gets it must Close it.
+type UnresponsiveError struct {
+	Instance *Stray
+	Err      error // why talking to it failed
+}
+
+func (e *UnresponsiveError) Error() string {
+	return fmt.Sprintf("hypervisor pid %d is alive but does not answer: %v", e.Instance.PID(), e.Err)
+}
+
+// Is makes errors.Is(err, ErrUnresponsive) true.
+func (e *UnresponsiveError) Is(target error) bool { return target == ErrUnresponsive }
+
+func (e *UnresponsiveError) Unwrap() error { return e.Err }
+
+// Stray is a hypervisor process fcm cannot talk to: it can only be killed.
+type Stray struct{ *Process }
+
+var _ Instance = (*Stray)(nil)
+
+// Shutdown cannot ask a stray anything: it returns ErrUnresponsive, and Stop
+// then kills it.
+func (s *Stray) Shutdown(context.Context) error { return ErrUnresponsive }
+
+// Kill implements Instance.
+func (s *Stray) Kill() error { return s.Signal(unix.SIGKILL) }
+
+// Close releases an instance's pidfd, if it holds one.
+func Close(inst Instance) {
+	if c, ok := inst.(interface{ Close() error }); ok {
+		c.Close()
+	}
+}
+
+// RefuseRunning is what a driver's Start checks first: an error when a
+// hypervisor of spec still runs (answering or not), so that a second one is
+// never booted on the same disk and a live one's pid file and socket are never
+// removed. nil when none runs.
+func RefuseRunning(ctx context.Context, d Driver, spec Spec) error {
+	inst, err := d.Adopt(ctx, spec)
+	var ue *UnresponsiveError
+	switch {
+	case err == nil:
+		pid := inst.PID()
+		Close(inst)
+		return fmt.Errorf("vm %s: already running as pid %d", spec.ID, pid)
+	case errors.As(err, &ue):
+		pid := ue.Instance.PID()
+		ue.Instance.Close()
+		return fmt.Errorf("vm %s: its hypervisor (pid %d) still runs on its disk but does not answer (%v); not starting a second one: stop or destroy the vm to kill it", spec.ID, pid, ue.Err)
+	case errors.Is(err, ErrNotRunning):
+		return nil
+	}
+	return fmt.Errorf("vm %s: cannot tell whether its hypervisor still runs: %w", spec.ID, err)
+}
 
 // Stop shuts an instance down gracefully and kills it when it has not exited
 // within timeout. graceful reports whether the guest stopped by itself.

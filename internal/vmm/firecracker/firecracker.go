@@ -134,10 +134,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
 	}
-	if inst, err := d.Adopt(ctx, spec); err == nil {
-		pid := inst.PID()
-		inst.(*Instance).Close()
-		return nil, fmt.Errorf("vm %s: already running as pid %d", spec.ID, pid)
+	if err := vmm.RefuseRunning(ctx, d, spec); err != nil {
+		return nil, err
 	}
 	sock := filepath.Join(spec.Dir, SocketFile)
 	os.Remove(sock)
@@ -170,9 +168,13 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 		return nil, fmt.Errorf("vm %s: start firecracker: %w", spec.ID, err)
 	}
 	pid := cmd.Process.Pid
+	// The pid file at once (L6): a daemon killed from here on leaves a process
+	// Adopt finds; before this line, Adopt's /proc scan for the socket finds it.
+	pidErr := writePIDFile(filepath.Join(spec.Dir, PIDFile), pid)
 	serr := sb.Started(pid)
 	proc, err := vmm.OpenProcess(pid, sock)
 	if err != nil {
+		os.Remove(filepath.Join(spec.Dir, PIDFile))
 		cmd.Process.Kill()
 		werr := cmd.Wait() // reap it, and say how it ended
 		sb.Abort()
@@ -192,8 +194,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	if serr != nil {
 		return fail(serr)
 	}
-	if err := writePIDFile(filepath.Join(spec.Dir, PIDFile), pid); err != nil {
-		return fail(err)
+	if pidErr != nil {
+		return fail(pidErr)
 	}
 	if err := waitSocket(ctx, sock, proc); err != nil {
 		return fail(err)
@@ -269,22 +271,19 @@ func waitSocket(ctx context.Context, sock string, proc *vmm.Process) error {
 	}
 }
 
-// Adopt implements vmm.Driver: the pid file names the process, its command line
-// must name this VM's socket, and GET / must answer.
+// Adopt implements vmm.Driver: the pid file (or, without one, a scan of /proc)
+// names the process, and its command line must name this VM's socket. A
+// process found that way whose API does not answer, or whose socket is gone, is
+// alive: Adopt returns a *vmm.UnresponsiveError holding it, never ErrNotRunning.
 func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	sock := filepath.Join(spec.Dir, SocketFile)
-	pid, err := vmm.ReadPIDFile(filepath.Join(spec.Dir, PIDFile))
-	if err != nil {
-		return nil, err
-	}
-	proc, err := vmm.OpenProcess(pid, sock)
+	proc, err := vmm.Find(filepath.Join(spec.Dir, PIDFile), sock)
 	if err != nil {
 		return nil, err
 	}
 	inst := &Instance{Process: proc, api: newAPIClient(sock)}
 	if _, err := inst.Info(ctx); err != nil {
-		proc.Close()
-		return nil, fmt.Errorf("pid %d does not answer on %s: %w", pid, sock, err)
+		return nil, &vmm.UnresponsiveError{Instance: &vmm.Stray{Process: proc}, Err: fmt.Errorf("api %s: %w", sock, err)}
 	}
 	return inst, nil
 }

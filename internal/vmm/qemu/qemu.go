@@ -100,9 +100,8 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	pidFile := filepath.Join(spec.Dir, PIDFile)
 	sock := filepath.Join(spec.Dir, QMPSocket)
-	if inst, err := d.Adopt(ctx, spec); err == nil {
-		inst.(*Instance).Close()
-		return nil, fmt.Errorf("vm %s: already running as pid %d", spec.ID, inst.PID())
+	if err := vmm.RefuseRunning(ctx, d, spec); err != nil {
+		return nil, err
 	}
 	os.Remove(pidFile)
 	os.Remove(sock)
@@ -210,22 +209,19 @@ func logSince(path string, offset int64) string {
 	return "no output"
 }
 
-// Adopt implements vmm.Driver: the pid file names the process, its command line
-// must name this VM's QMP socket, and QMP must answer.
+// Adopt implements vmm.Driver: the pid file (or, without one, a scan of /proc)
+// names the process, and its command line must name this VM's QMP socket. A
+// process found that way whose QMP does not answer, or whose socket is gone, is
+// alive: Adopt returns a *vmm.UnresponsiveError holding it, never ErrNotRunning.
 func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	sock := filepath.Join(spec.Dir, QMPSocket)
-	pid, err := vmm.ReadPIDFile(filepath.Join(spec.Dir, PIDFile))
-	if err != nil {
-		return nil, err
-	}
-	proc, err := vmm.OpenProcess(pid, sock)
+	proc, err := vmm.Find(filepath.Join(spec.Dir, PIDFile), sock)
 	if err != nil {
 		return nil, err
 	}
 	inst := &Instance{Process: proc, qmpSocket: sock}
 	if _, err := inst.Status(ctx); err != nil {
-		proc.Close()
-		return nil, fmt.Errorf("pid %d does not answer on %s: %w", pid, sock, err)
+		return nil, &vmm.UnresponsiveError{Instance: &vmm.Stray{Process: proc}, Err: fmt.Errorf("qmp %s: %w", sock, err)}
 	}
 	return inst, nil
 }

@@ -1,0 +1,248 @@
+package e2e
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/cgroup"
+	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
+)
+
+// TestDaemon_CrashTable kills the daemon with SIGKILL right after each step
+// every operation records (create, start, stop, destroy: the list is vm.Steps,
+// so a new step is a new row), through the test-only hook FCM_TEST_CRASH_AT,
+// then restarts it and checks what a user would: the VM is running, stopped
+// (start and stop) or gone (create and destroy), nothing leaked (tap, nft
+// element, lease, directory, hypervisor, route), and the operation retried
+// succeeds. The rows share one data dir and one VM, one after the other.
+func TestDaemon_CrashTable(t *testing.T) {
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	work := t.TempDir()
+	const name = "crashy"
+	began, rows := time.Now(), 0
+	for _, step := range vm.Steps {
+		t.Run(step.String(), func(t *testing.T) {
+			rows++
+			rowStart := time.Now()
+			// The VM in the state the operation starts from, with a daemon of its own.
+			d := startDaemon(t, dataDir)
+			switch step.Op {
+			case "create":
+				ensureVM(d, work, name, "gone")
+			case "start":
+				ensureVM(d, work, name, "stopped")
+			default:
+				ensureVM(d, work, name, "running")
+			}
+			d.stop(syscall.SIGTERM)
+
+			os.Setenv(vm.CrashEnv, step.String())
+			d = startDaemon(t, dataDir)
+			os.Unsetenv(vm.CrashEnv)
+			args := []string{step.Op, name}
+			if step.Op == "create" {
+				args = []string{"create", "--name", name}
+			}
+			if out, code := d.cli(work, args...); code == 0 {
+				t.Fatalf("fcm %v succeeded although the daemon was to die at %s:\n%s\n%s", args, step, out, d.log())
+			}
+			assertKilledAt(t, d, step.String())
+
+			d = startDaemon(t, dataDir)
+			state := assertNoLeaks(t, d, dataDir, work, name)
+			want := map[string]bool{"running": true, "gone": true}
+			if step.Op == "start" || step.Op == "stop" {
+				want = map[string]bool{"running": true, "stopped": true}
+			}
+			if !want[state] {
+				t.Fatalf("after a crash at %s and a restart %s is %s", step, name, state)
+			}
+
+			// The operation retried succeeds (a destroy that the restart finished
+			// has nothing left to retry: its name is free, which the next create proves).
+			if !(step.Op == "destroy" && state == "gone") {
+				d.mustCLI(work, args...)
+			}
+			after := assertNoLeaks(t, d, dataDir, work, name)
+			wantAfter := map[string]string{"create": "running", "start": "running", "stop": "stopped", "destroy": "gone"}[step.Op]
+			if after != wantAfter {
+				t.Errorf("after the retried %s %s is %s, want %s", step.Op, name, after, wantAfter)
+			}
+			t.Logf("crash at %s: %s after the restart, %s after the retry (%s)", step, state, after, time.Since(rowStart).Round(time.Second))
+		})
+	}
+	t.Logf("crash table: %d rows of %d steps in %s", rows, len(vm.Steps), time.Since(began).Round(time.Second))
+	d := startDaemon(t, dataDir)
+	ensureVM(d, work, name, "gone")
+}
+
+// ensureVM brings VM name to state (running, stopped or gone) with ordinary
+// commands.
+func ensureVM(d *daemonProc, work, name, state string) {
+	d.t.Helper()
+	v, ok := d.vms(work)[name]
+	cur := "gone"
+	if ok {
+		cur = v.State
+	}
+	if cur == state {
+		return
+	}
+	switch state {
+	case "gone":
+		d.mustCLI(work, "destroy", name)
+	case "stopped":
+		if !ok {
+			d.mustCLI(work, "create", "--name", name)
+		}
+		d.mustCLI(work, "stop", name)
+	case "running":
+		if !ok {
+			d.mustCLI(work, "create", "--name", name)
+		} else {
+			d.mustCLI(work, "start", name)
+		}
+	}
+}
+
+// assertKilledAt checks that the daemon died of SIGKILL from the test hook at step.
+func assertKilledAt(t *testing.T, d *daemonProc, step string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.cmd.ProcessState == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon still runs after the crash hook at %s:\n%s", step, d.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ws, _ := d.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the daemon ended with %v, not SIGKILL:\n%s", d.cmd.ProcessState, d.log())
+	}
+	if !strings.Contains(d.log(), "at="+step) {
+		t.Fatalf("the daemon did not die at the hook's step %s:\n%s", step, d.log())
+	}
+}
+
+// assertNoLeaks checks that the host holds exactly what VM name's state needs
+// and returns that state ("gone" when there is no VM): its tap, nft element,
+// directory, hypervisor and lease when running; its directory and lease when
+// stopped; nothing when gone; and never an interrupted operation. To read the
+// store it stops the daemon and starts another, which it returns through d.
+func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) string {
+	t.Helper()
+	vms := d.vms(work)
+	v, exists := vms[name]
+	state := "gone"
+	if exists {
+		state = v.State
+	}
+	if len(vms) > 1 || (exists && state != "running" && state != "stopped") {
+		t.Fatalf("vms after the restart: %+v", vms)
+	}
+
+	var wantTaps, wantDirs, wantElems []string
+	wantLeases := map[string]string{}
+	if exists {
+		wantDirs = []string{v.ID}
+		wantLeases[v.IP] = v.ID
+	}
+	if state == "running" {
+		wantTaps, wantElems = []string{"tap_" + v.ID}, []string{v.IP}
+	}
+	if got := linksNamed("tap_"); !equal(got, wantTaps) {
+		t.Errorf("taps: %v, want %v", got, wantTaps)
+	}
+	if got := subnetElements(t); !equal(got, wantElems) {
+		t.Errorf("nft elements in the vm set: %v, want %v", got, wantElems)
+	}
+	var dirs []string
+	entries, _ := os.ReadDir(filepath.Join(dataDir, "vms"))
+	for _, e := range entries {
+		dirs = append(dirs, e.Name())
+	}
+	if !equal(dirs, wantDirs) {
+		t.Errorf("vm dirs: %v, want %v", dirs, wantDirs)
+	}
+	pids := procsMentioning(filepath.Join(dataDir, "vms") + "/")
+	if state == "running" && len(pids) != 1 || state != "running" && len(pids) != 0 {
+		t.Errorf("hypervisors of the data dir: %v with %s %s", pids, name, state)
+	}
+	if out, _ := exec.Command("ip", "-o", "route").Output(); strings.Contains(string(out), "tap_") {
+		t.Errorf("routes through a tap:\n%s", out)
+	}
+	// A cgroup only for a running VM's hypervisor (this daemon's parent cgroup).
+	cgroup.SetParent(cgroup.ParentFor(dataDir, image.DefaultOutDir))
+	var wantGroups []string
+	if state == "running" {
+		wantGroups = []string{v.ID}
+	}
+	if got, err := cgroup.List(); err != nil || !equal(got, wantGroups) {
+		t.Errorf("vm cgroups: %v (%v), want %v", got, err, wantGroups)
+	}
+
+	// Leases and interrupted operations, from the store itself.
+	d.stop(syscall.SIGTERM)
+	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.View(func(tx *store.Tx) error {
+		leases, _ := tx.Leases()
+		got := map[string]string{}
+		for ip, id := range leases {
+			got[ip.String()] = id
+		}
+		if len(got) != len(wantLeases) || (exists && got[v.IP] != v.ID) {
+			t.Errorf("leases: %v, want %v", got, wantLeases)
+		}
+		if ops, _ := tx.Ops(); len(ops) != 0 {
+			t.Errorf("operations left in the store: %+v", ops)
+		}
+		return nil
+	})
+	st.Close()
+	*d = *startDaemon(t, dataDir)
+	return state
+}
+
+func linksNamed(prefix string) []string {
+	var names []string
+	links, _ := net.Interfaces()
+	for _, l := range links {
+		if strings.HasPrefix(l.Name, prefix) {
+			names = append(names, l.Name)
+		}
+	}
+	return names
+}
+
+// subnetElements lists the daemon subnet's addresses in fcm's nft set of VMs.
+func subnetElements(t *testing.T) []string {
+	var got []string
+	prefix := netip.MustParsePrefix(daemonSubnet)
+	for _, f := range strings.FieldsFunc(nftElements(t), func(r rune) bool { return strings.ContainsRune(" ,{}\n\t", r) }) {
+		if a, err := netip.ParseAddr(f); err == nil && prefix.Contains(a) {
+			got = append(got, a.String())
+		}
+	}
+	return got
+}
+
+func equal(a, b []string) bool {
+	a, b = append([]string(nil), a...), append([]string(nil), b...)
+	sort.Strings(a)
+	sort.Strings(b)
+	return strings.Join(a, ",") == strings.Join(b, ",")
+}

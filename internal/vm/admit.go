@@ -1,0 +1,173 @@
+package vm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of the per-VM maxima and the host headroom create keeps.
+const (
+	DefaultMaxCPUs          = 8
+	DefaultMaxMemoryMiB     = 16 << 10
+	DefaultMaxDiskBytes     = 64 << 30
+	DefaultDiskReserve      = 2 << 30
+	DefaultMemoryReserveMiB = 1 << 10
+)
+
+// Errors of admission: the host has not the room for what was asked.
+var (
+	ErrInsufficientStorage  = errors.New("insufficient storage")
+	ErrInsufficientCapacity = errors.New("insufficient capacity")
+)
+
+// roomError is a refusal for want of room whose message stands alone;
+// errors.Is matches it to its kind.
+type roomError struct {
+	msg  string
+	kind error
+}
+
+func (e *roomError) Error() string        { return e.msg }
+func (e *roomError) Is(target error) bool { return target == e.kind }
+
+// FreeSpace returns the bytes an unprivileged write may still use on the
+// filesystem holding dir.
+func FreeSpace(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space on %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// CheckFreeSpace refuses (ErrInsufficientStorage) when dir's filesystem has
+// less than need bytes free; what tells the person why need is what it is.
+func CheckFreeSpace(dir string, need int64, what string) error {
+	return checkFree(FreeSpace, dir, need, what)
+}
+
+func checkFree(free func(string) (int64, error), dir string, need int64, what string) error {
+	n, err := free(dir)
+	if err != nil {
+		return err
+	}
+	if n < need {
+		return &roomError{kind: ErrInsufficientStorage,
+			msg: fmt.Sprintf("not enough disk space on %s: %s free, need %s (%s)", dir, gib(n), gib(need), what)}
+	}
+	return nil
+}
+
+func gib(n int64) string { return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30)) }
+
+// memTotalMiB reads MemTotal from /proc/meminfo.
+func memTotalMiB() (int, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kib, err := strconv.Atoi(fields[1])
+			if err != nil {
+				return 0, fmt.Errorf("/proc/meminfo: %q", sc.Text())
+			}
+			return kib >> 10, nil
+		}
+	}
+	return 0, errors.New("/proc/meminfo has no MemTotal")
+}
+
+// checkMaxima enforces the host's per-VM maxima on a validated request.
+func (m *Manager) checkMaxima(req api.CreateVMRequest) error {
+	switch {
+	case req.CPUs > m.cfg.MaxCPUs:
+		return invalidf("cpus %d is above this host's maximum of %d per vm (fcm daemon --max-cpus)", req.CPUs, m.cfg.MaxCPUs)
+	case req.MemoryMiB > m.cfg.MaxMemoryMiB:
+		return invalidf("memory %d MiB is above this host's maximum of %d MiB per vm (fcm daemon --max-memory)", req.MemoryMiB, m.cfg.MaxMemoryMiB)
+	case req.DiskBytes > m.cfg.MaxDiskBytes:
+		return invalidf("disk size %s is above this host's maximum of %s per vm (fcm daemon --max-disk)", humanBytes(req.DiskBytes), humanBytes(m.cfg.MaxDiskBytes))
+	}
+	return nil
+}
+
+// checkDisk refuses a create whose disk would eat into the reserve of free
+// space on the data dir's filesystem (which also holds the store).
+func (m *Manager) checkDisk(req api.CreateVMRequest) error {
+	return checkFree(m.freeSpace, m.cfg.DataDir, req.DiskBytes+m.cfg.DiskReserve,
+		fmt.Sprintf("the new vm's %s disk plus a %s reserve", humanBytes(req.DiskBytes), humanBytes(m.cfg.DiskReserve)))
+}
+
+// checkMemory refuses a VM of memMiB when, with every other VM that is not
+// stopped, the host's memory less the reserve would be overcommitted. It runs
+// inside the transaction that records the create or start, so two cannot both
+// pass. self is the VM's own id on start ("" on create).
+func (m *Manager) checkMemory(tx *store.Tx, self string, memMiB int) error {
+	total, err := m.memTotal()
+	if err != nil {
+		return err
+	}
+	vms, err := tx.VMs()
+	if err != nil {
+		return err
+	}
+	used := 0
+	for _, v := range vms {
+		if v.State != api.StateStopped && v.ID != self {
+			used += v.MemoryMiB
+		}
+	}
+	if avail := total - m.cfg.MemoryReserveMiB; used+memMiB > avail {
+		return &roomError{kind: ErrInsufficientCapacity,
+			msg: fmt.Sprintf("not enough memory: vms that are not stopped have %d MiB, this one needs %d MiB, and the host has %d MiB for vms (MemTotal %d MiB less a %d MiB reserve)",
+				used, memMiB, max(avail, 0), total, m.cfg.MemoryReserveMiB)}
+	}
+	return nil
+}
+
+// Failed creates' console logs kept in <data>/logs.
+const (
+	keepLogs   = 20
+	keepLogAge = 7 * 24 * time.Hour
+)
+
+// pruneLogs keeps the newest keepLogs failed-create console logs, none older
+// than keepLogAge.
+func pruneLogs(dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	type logFile struct {
+		path string
+		mod  time.Time
+	}
+	var logs []logFile
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() || !strings.HasSuffix(e.Name(), "-console.log") {
+			continue
+		}
+		logs = append(logs, logFile{filepath.Join(dir, e.Name()), info.ModTime()})
+	}
+	sort.Slice(logs, func(i, j int) bool { return logs[i].mod.After(logs[j].mod) })
+	for i, l := range logs {
+		if i >= keepLogs || now.Sub(l.mod) > keepLogAge {
+			os.Remove(l.path)
+		}
+	}
+}

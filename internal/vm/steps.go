@@ -1,0 +1,94 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// Step is one step of an operation as the op log records it: each is written
+// to the store before its side effect, so a daemon killed after it can finish
+// or undo the operation on restart.
+type Step struct {
+	Op   string // create, start, stop, destroy
+	Name string
+}
+
+func (s Step) String() string { return s.Op + ":" + s.Name }
+
+// Steps lists every step every operation records, in order. record refuses a
+// step missing here, so a new step cannot escape the crash-table test, which
+// kills the daemon at each of them.
+var Steps = []Step{
+	{"create", stepLease}, // the op, the VM record and its lease, in one transaction
+	{"create", stepDir},
+	{"create", stepNetwork},
+	{"create", stepBoot},
+	{"start", stepStarting}, // the op, and the VM marked starting
+	{"start", stepNetwork},
+	{"start", stepBoot},
+	{"stop", stepStopping}, // the op, and the VM marked stopping
+	{"stop", stepHalt},
+	{"stop", stepUnplug},
+	{"destroy", stepDestroying}, // the op
+	{"destroy", stepKill},
+	{"destroy", stepUnplug},
+	{"destroy", stepRemoveDir},
+	{"destroy", stepRelease},
+}
+
+// Steps of operations, recorded before they act.
+const (
+	stepLease      = "lease"      // address leased and VM record made (one transaction)
+	stepDir        = "dir"        // the VM's directory, disk and keys
+	stepNetwork    = "network"    // tap and nft element
+	stepBoot       = "boot"       // hypervisor started
+	stepStarting   = "starting"   // start recorded
+	stepStopping   = "stopping"   // stop recorded
+	stepDestroying = "destroying" // destroy recorded
+	stepHalt       = "halt"       // hypervisor powered off (killed after the stop timeout)
+	stepUnplug     = "unplug"     // tap and nft element removed
+	stepKill       = "kill"       // hypervisor killed
+	stepRemoveDir  = "remove-dir" // the VM's directory and disk removed
+	stepRelease    = "release"    // lease, record and op removed
+)
+
+func isStep(op, name string) bool {
+	for _, s := range Steps {
+		if s.Op == op && s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// CrashEnv names a TEST-ONLY hook: with FCM_TEST_CRASH_AT=<op>:<step> (a Step)
+// in its environment the daemon SIGKILLs itself right after the op log records
+// that step, before the step's side effect. The crash-table end-to-end test
+// uses it to prove a restart cleans up after a crash at every step; nothing
+// sets it in production.
+const CrashEnv = "FCM_TEST_CRASH_AT"
+
+// crashPoint is where the test-only hook fires.
+func (m *Manager) crashPoint(op, step string) {
+	if m.crashAt != "" && m.crashAt == op+":"+step {
+		m.log.Warn("test hook: killing the daemon", "env", CrashEnv, "at", m.crashAt)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the kill is asynchronous; never run the side effect
+	}
+}
+
+// record appends a step to op in the store before the step acts.
+func (m *Manager) record(op *store.Op, step string) error {
+	if !isStep(op.Kind, step) {
+		return fmt.Errorf("internal error: step %s:%s is missing from vm.Steps", op.Kind, step)
+	}
+	op.Steps = append(op.Steps, step)
+	if err := m.cfg.Store.Update(func(tx *store.Tx) error { return tx.PutOp(op) }); err != nil {
+		return err
+	}
+	m.crashPoint(op.Kind, step)
+	return nil
+}
