@@ -68,10 +68,17 @@ func startDaemonImage(t *testing.T, hv, dataDir, img string, extra ...string) *d
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The stand-in runs as the VM's own user, as Firecracker would: its record
+	// of requests must be writable by it.
+	record := filepath.Join(dataDir, "firecracker-requests.jsonl")
+	if f, err := os.OpenFile(record, os.O_CREATE|os.O_WRONLY, 0o666); err == nil {
+		f.Chmod(0o666)
+		f.Close()
+	}
 	d.cmd = exec.Command(os.Getenv("FCM_BIN"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.Env = append(os.Environ(), "PATH="+standinDir+":"+os.Getenv("PATH"),
-		"FCM_STANDIN_RECORD="+filepath.Join(dataDir, "firecracker-requests.jsonl"))
+		"FCM_STANDIN_RECORD="+record)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +179,11 @@ func (d *daemonProc) vms(dir string) map[string]api.VM {
 // with VMs destroyed; this only matters when one failed half-way).
 func cleanupVMs(t *testing.T, dataDir string) {
 	t.Cleanup(func() {
-		exec.Command("pkill", "-9", "-f", filepath.Join(dataDir, "vms")).Run()
+		// Not pkill -f: it misses a QEMU whose long command line names the
+		// directory late.
+		for _, pid := range procsMentioning(filepath.Join(dataDir, "vms") + "/") {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		links, _ := net.Interfaces()
 		for _, l := range links {
 			if strings.HasPrefix(l.Name, "tap_") {
@@ -184,8 +195,7 @@ func cleanupVMs(t *testing.T, dataDir string) {
 
 // hypervisorsOf lists the pids of processes whose command line names dataDir's VMs.
 func hypervisorsOf(dataDir string) string {
-	out, _ := exec.Command("pgrep", "-f", filepath.Join(dataDir, "vms")).Output()
-	return strings.TrimSpace(string(out))
+	return strings.Trim(fmt.Sprint(procsMentioning(filepath.Join(dataDir, "vms")+"/")), "[]")
 }
 
 func tapExists(name string) bool {

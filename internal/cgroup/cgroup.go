@@ -446,8 +446,8 @@ func Procs(id string) ([]int, error) {
 	var pids []int
 	for _, d := range h.dirs(id) {
 		data, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV) {
+			continue // gone, or being removed as its last process exited
 		}
 		if err != nil {
 			return nil, err

@@ -49,6 +49,14 @@ type Client struct {
 }
 
 func (c *Client) dial(ctx context.Context) (*ssh.Client, error) {
+	return c.dialWithin(ctx, HandshakeTimeout)
+}
+
+// dialWithin connects and shakes hands within limit, or, when limit is 0,
+// within ctx's deadline alone (WaitReady: an emulated guest booting beside many
+// others may take longer than HandshakeTimeout for its key exchange, and a
+// handshake cut short and begun again would never finish).
+func (c *Client) dialWithin(ctx context.Context, limit time.Duration) (*ssh.Client, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.conn != nil {
@@ -58,17 +66,23 @@ func (c *Client) dial(ctx context.Context) (*ssh.Client, error) {
 		User:            "root",
 		Auth:            []ssh.AuthMethod{ssh.PublicKeys(c.Signer)},
 		HostKeyCallback: ssh.FixedHostKey(c.HostKey),
-		Timeout:         HandshakeTimeout,
 	}
-	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
-	defer cancel()
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
 	var d net.Dialer
 	tcp, err := d.DialContext(ctx, "tcp", c.Addr)
 	if err != nil {
 		return nil, err
 	}
 	// The handshake has no context of its own: bound it by ctx and a deadline.
-	tcp.SetDeadline(time.Now().Add(HandshakeTimeout))
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(HandshakeTimeout)
+	}
+	tcp.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { tcp.SetDeadline(time.Now()) })
 	sc, chans, reqs, err := ssh.NewClientConn(tcp, c.Addr, cfg)
 	if !stop() || err != nil {
@@ -139,9 +153,12 @@ func (c *Client) drop(conn *ssh.Client) {
 func (c *Client) WaitReady(ctx context.Context) error {
 	var last error
 	for {
-		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		_, err := c.Run(actx, "true")
-		cancel()
+		_, err := c.dialWithin(ctx, 0) // the handshake may take all of ctx
+		if err == nil {
+			actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			_, err = c.Run(actx, "true")
+			cancel()
+		}
 		if err == nil {
 			return nil
 		}
