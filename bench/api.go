@@ -176,7 +176,7 @@ func runCreateBench(w io.Writer, runs int) error {
 		if err != nil {
 			return err
 		}
-		if err := m.Destroy(ctx, v.Name); err != nil {
+		if err := m.Destroy(ctx, v.Name, ""); err != nil {
 			return err
 		}
 	}
@@ -230,7 +230,7 @@ func runCreateBench(w io.Writer, runs int) error {
 		return errs[0]
 	}
 	for n := range names {
-		m2.Destroy(ctx, n)
+		m2.Destroy(ctx, n, "")
 	}
 	fmt.Fprintf(w, "\n20 parallel creates, no-boot driver: %s total, %d distinct names, %d distinct addresses\n",
 		total.Round(time.Millisecond), len(names), len(ips))

@@ -50,7 +50,7 @@ func runConsoleBench(w io.Writer, keystrokes int) error {
 	if err != nil {
 		return err
 	}
-	defer m.Destroy(ctx, v.Name)
+	defer m.Destroy(ctx, v.Name, "")
 	c, stop, err := benchAPI(m, st, nil)
 	if err != nil {
 		return err

@@ -49,7 +49,7 @@ func runDeployBench(w io.Writer, runs int) error {
 	if err != nil {
 		return err
 	}
-	defer m.Destroy(ctx, v.Name)
+	defer m.Destroy(ctx, v.Name, "")
 	secret := store.NewSecret()
 	if err := st.Update(func(tx *store.Tx) error {
 		return tx.PutToken(secret, &store.Token{ID: "bench", Name: "bench", Admin: true})

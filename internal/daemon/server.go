@@ -28,9 +28,11 @@ import (
 // the handlers can be tested without VMs).
 type Lifecycle interface {
 	Create(ctx context.Context, owner string, req api.CreateVMRequest, progress vm.Progress) (*store.VM, error)
-	Start(ctx context.Context, name string, progress vm.Progress) (*store.VM, error)
-	Stop(ctx context.Context, name string) (*store.VM, error)
-	Destroy(ctx context.Context, name string) error
+	// Start, Stop and Destroy act on the VM named name only while it has the id
+	// the handler looked up (and checked the owner of); "" is any.
+	Start(ctx context.Context, name, id string, progress vm.Progress) (*store.VM, error)
+	Stop(ctx context.Context, name, id string) (*store.VM, error)
+	Destroy(ctx context.Context, name, id string) error
 }
 
 var _ Lifecycle = (*vm.Manager)(nil)
@@ -273,19 +275,21 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Tok
 }
 
 func (s *Server) startVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	if _, ok := s.lookup(w, r, tok); !ok {
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
 		return
 	}
 	st := newStream(w, r)
-	v, err := s.VMs.Start(context.WithoutCancel(r.Context()), r.PathValue("name"), st.progress)
+	v, err := s.VMs.Start(context.WithoutCancel(r.Context()), found.Name, found.ID, st.progress)
 	st.finish(s, v, err, http.StatusOK)
 }
 
 func (s *Server) stopVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	if _, ok := s.lookup(w, r, tok); !ok {
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
 		return
 	}
-	v, err := s.VMs.Stop(context.WithoutCancel(r.Context()), r.PathValue("name"))
+	v, err := s.VMs.Stop(context.WithoutCancel(r.Context()), found.Name, found.ID)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -300,7 +304,7 @@ func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.To
 	if !ok {
 		return
 	}
-	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), r.PathValue("name")); err != nil {
+	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), v.Name, v.ID); err != nil {
 		s.fail(w, err)
 		return
 	}

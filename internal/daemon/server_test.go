@@ -32,11 +32,13 @@ var _ Lifecycle = (*fakeVMs)(nil)
 func (f *fakeVMs) Create(ctx context.Context, owner string, req api.CreateVMRequest, p vm.Progress) (*store.VM, error) {
 	return f.create(ctx, owner, req, p)
 }
-func (f *fakeVMs) Start(ctx context.Context, name string, p vm.Progress) (*store.VM, error) {
+func (f *fakeVMs) Start(ctx context.Context, name, _ string, p vm.Progress) (*store.VM, error) {
 	return f.start(ctx, name, p)
 }
-func (f *fakeVMs) Stop(ctx context.Context, name string) (*store.VM, error) { return f.stop(ctx, name) }
-func (f *fakeVMs) Destroy(ctx context.Context, name string) error           { return f.destroy(ctx, name) }
+func (f *fakeVMs) Stop(ctx context.Context, name, _ string) (*store.VM, error) {
+	return f.stop(ctx, name)
+}
+func (f *fakeVMs) Destroy(ctx context.Context, name, _ string) error { return f.destroy(ctx, name) }
 
 type fixture struct {
 	srv    *httptest.Server

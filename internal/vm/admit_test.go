@@ -71,13 +71,13 @@ func TestStart_Memory(t *testing.T) {
 	addVM(t, m, "a", "aaaa1111", api.StateRunning)
 	addVM(t, m, "b", "bbbb2222", api.StateStopped)
 	// 1024 + 1024 fits exactly: the start goes on (and fails in the fake driver).
-	_, err := m.Start(context.Background(), "b", nil)
+	_, err := m.Start(context.Background(), "b", "", nil)
 	if errors.Is(err, ErrInsufficientCapacity) || d.starts != 1 {
 		t.Fatalf("a start within the memory did not reach the driver (%d starts): %v", d.starts, err)
 	}
 	m.memTotal = func() (int, error) { return 2048, nil }
 	addVM(t, m, "c", "cccc3333", api.StateStopped)
-	_, err = m.Start(context.Background(), "c", nil)
+	_, err = m.Start(context.Background(), "c", "", nil)
 	if !errors.Is(err, ErrInsufficientCapacity) || !strings.Contains(err.Error(), "not enough memory") {
 		t.Fatalf("Start beyond the memory = %v, want ErrInsufficientCapacity", err)
 	}

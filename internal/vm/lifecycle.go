@@ -20,7 +20,7 @@ const killWait = 10 * time.Second
 
 // opFor records a new operation on vm and marks it busy; the caller must end().
 // prev is the state the VM was in before.
-func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (vm *store.VM, op *store.Op, prev string, err error) {
+func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *store.VM, op *store.Op, prev string, err error) {
 	if err := m.begin(name, busyAs); err != nil {
 		return nil, nil, "", err
 	}
@@ -29,6 +29,11 @@ func (m *Manager) opFor(name, kind, busyAs string, allowed ...string) (vm *store
 		var err error
 		if vm, err = tx.VM(name); err != nil {
 			return err
+		}
+		if id != "" && vm.ID != id {
+			// The VM the caller looked up (and checked the owner of) is gone,
+			// and another has its name since: not the one meant.
+			return fmt.Errorf("%w: vm %q", store.ErrNotFound, name)
 		}
 		if len(allowed) > 0 && !contains(allowed, vm.State) {
 			return fmt.Errorf("%w: vm %q is %s", ErrBadState, name, vm.State)
@@ -71,12 +76,13 @@ func contains(list []string, s string) bool {
 }
 
 // Start boots a stopped VM (or one in error) and waits for SSH. It refuses
-// while a hypervisor of the VM still runs, answering or not.
-func (m *Manager) Start(ctx context.Context, name string, progress Progress) (*store.VM, error) {
+// while a hypervisor of the VM still runs, answering or not. A non-empty id
+// makes the start apply only to the VM with that id (see Stop).
+func (m *Manager) Start(ctx context.Context, name, id string, progress Progress) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
-	vm, op, prev, err := m.opFor(name, "start", "starting", api.StateStopped, api.StateError)
+	vm, op, prev, err := m.opFor(name, id, "start", "starting", api.StateStopped, api.StateError)
 	if err != nil {
 		return nil, err
 	}
@@ -122,8 +128,11 @@ func (m *Manager) abandon(vm *store.VM, op *store.Op, prev string) {
 // timeout, and releases its tap. Its disk and address stay. It works from every
 // state, so that a VM left starting, stopping or in error can always be
 // stopped; a VM whose create never finished ends in error (destroy it).
-func (m *Manager) Stop(ctx context.Context, name string) (*store.VM, error) {
-	vm, op, prev, err := m.opFor(name, "stop", "stopping")
+// A non-empty id makes the stop apply only to the VM with that id: a caller that
+// looked the VM up (and checked its owner) never acts on another VM that took
+// the name meanwhile; it gets store.ErrNotFound.
+func (m *Manager) Stop(ctx context.Context, name, id string) (*store.VM, error) {
+	vm, op, prev, err := m.opFor(name, id, "stop", "stopping")
 	if err != nil {
 		return nil, err
 	}
@@ -270,9 +279,9 @@ func (m *Manager) markError(id, opID string, cause error) {
 // Destroy kills the VM and removes everything it had: hypervisor, tap, nft
 // element, directory and disk, address lease and record. It works from every
 // state; when a part cannot be removed the VM is left in error with the reason,
-// and destroy can be retried.
-func (m *Manager) Destroy(ctx context.Context, name string) error {
-	vm, op, _, err := m.opFor(name, "destroy", "being destroyed")
+// and destroy can be retried. A non-empty id: as for Stop.
+func (m *Manager) Destroy(ctx context.Context, name, id string) error {
+	vm, op, _, err := m.opFor(name, id, "destroy", "being destroyed")
 	if err != nil {
 		return err
 	}

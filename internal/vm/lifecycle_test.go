@@ -23,7 +23,7 @@ func TestDestroy_KillsHypervisorThatDoesNotAnswer(t *testing.T) {
 	d.adopt = adopt
 	aliveAtUnplug := true
 	n.onRemove = func(string) { aliveAtUnplug = alive(cmd.Process.Pid) }
-	if err := m.Destroy(context.Background(), "web"); err != nil {
+	if err := m.Destroy(context.Background(), "web", ""); err != nil {
 		t.Fatal(err)
 	}
 	if aliveAtUnplug {
@@ -47,7 +47,7 @@ func TestStart_RefusesWhileHypervisorDoesNotAnswer(t *testing.T) {
 	addVM(t, m, "web", "aaaa1111", api.StateError)
 	cmd, adopt := hungHypervisor(t, m, "aaaa1111")
 	d.adopt = adopt
-	_, err := m.Start(context.Background(), "web", nil)
+	_, err := m.Start(context.Background(), "web", "", nil)
 	if err == nil || !errors.Is(err, ErrBadState) || !strings.Contains(err.Error(), "does not answer") {
 		t.Fatalf("Start = %v, want a refusal saying the hypervisor does not answer", err)
 	}
@@ -64,7 +64,7 @@ func TestStart_RefusesWhileHypervisorDoesNotAnswer(t *testing.T) {
 		t.Errorf("ops left: %v", ops(t, m))
 	}
 	// Stop kills it; then start works.
-	if _, err := m.Stop(context.Background(), "web"); err != nil {
+	if _, err := m.Stop(context.Background(), "web", ""); err != nil {
 		t.Fatal(err)
 	}
 	if alive(cmd.Process.Pid) {
@@ -133,7 +133,7 @@ func TestStop_FromEveryState(t *testing.T) {
 		t.Run(state, func(t *testing.T) {
 			m, _, _ := testManager(t)
 			addVM(t, m, "web", "aaaa1111", state)
-			vm, err := m.Stop(context.Background(), "web")
+			vm, err := m.Stop(context.Background(), "web", "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +147,7 @@ func TestStop_FromEveryState(t *testing.T) {
 			if len(ops(t, m)) != 0 {
 				t.Errorf("ops left: %v", ops(t, m))
 			}
-			if err := m.Destroy(context.Background(), "web"); err != nil {
+			if err := m.Destroy(context.Background(), "web", ""); err != nil {
 				t.Errorf("destroy after stop: %v", err)
 			}
 		})
@@ -156,7 +156,7 @@ func TestStop_FromEveryState(t *testing.T) {
 		m, _, n := testManager(t)
 		addVM(t, m, "web", "aaaa1111", api.StateStopping)
 		n.fail["tap_aaaa1111"] = errors.New("netlink: no buffer space")
-		if _, err := m.Stop(context.Background(), "web"); err == nil {
+		if _, err := m.Stop(context.Background(), "web", ""); err == nil {
 			t.Fatal("Stop succeeded although the tap could not be removed")
 		}
 		if vm := getVM(t, m, "web"); vm.State != api.StateError || !strings.Contains(vm.Reason, "no buffer space") {
@@ -166,19 +166,19 @@ func TestStop_FromEveryState(t *testing.T) {
 			t.Errorf("ops left: %v", ops(t, m))
 		}
 		delete(n.fail, "tap_aaaa1111")
-		if vm, err := m.Stop(context.Background(), "web"); err != nil || vm.State != api.StateStopped {
+		if vm, err := m.Stop(context.Background(), "web", ""); err != nil || vm.State != api.StateStopped {
 			t.Fatalf("retried stop: %v", err)
 		}
 		// A destroy that fails leaves error with the reason, and can be retried.
 		n.fail["tap_aaaa1111"] = errors.New("netlink: no buffer space")
-		if err := m.Destroy(context.Background(), "web"); err == nil {
+		if err := m.Destroy(context.Background(), "web", ""); err == nil {
 			t.Fatal("Destroy succeeded although the tap could not be removed")
 		}
 		if vm := getVM(t, m, "web"); vm.State != api.StateError || !strings.Contains(vm.Reason, "no buffer space") {
 			t.Errorf("after a failed destroy: %s (%s)", vm.State, vm.Reason)
 		}
 		delete(n.fail, "tap_aaaa1111")
-		if err := m.Destroy(context.Background(), "web"); err != nil {
+		if err := m.Destroy(context.Background(), "web", ""); err != nil {
 			t.Fatalf("retried destroy: %v", err)
 		}
 	})
@@ -190,7 +190,7 @@ func TestStart_FailedBootEndsInError(t *testing.T) {
 	m, d, _ := testManager(t)
 	addVM(t, m, "web", "aaaa1111", api.StateStopped)
 	d.start = func(vmm.Spec) (vmm.Instance, error) { return nil, errors.New("kvm: permission denied") }
-	if _, err := m.Start(context.Background(), "web", nil); err == nil {
+	if _, err := m.Start(context.Background(), "web", "", nil); err == nil {
 		t.Fatal("Start succeeded")
 	}
 	if vm := getVM(t, m, "web"); vm.State != api.StateError || !strings.Contains(vm.Reason, "permission denied") {
@@ -330,5 +330,32 @@ func TestReconcile_KillsHypervisorWithoutRecord(t *testing.T) {
 	}
 	if len(ops(t, m)) != 0 {
 		t.Errorf("ops left: %v", ops(t, m))
+	}
+}
+
+// TestOps_ActOnlyOnTheVMLookedUp (L11): a stop, start or destroy that names a
+// VM by name and the id its caller looked up does nothing to another VM that
+// has taken the name since; it is not found, and no op or busy mark is left.
+func TestOps_ActOnlyOnTheVMLookedUp(t *testing.T) {
+	m, d, _ := testManager(t)
+	addVM(t, m, "web", "bbbb2222", api.StateStopped) // the name's VM now; the caller saw aaaa1111
+	if _, err := m.Start(context.Background(), "web", "aaaa1111", nil); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Start with a stale id = %v, want not found", err)
+	}
+	if _, err := m.Stop(context.Background(), "web", "aaaa1111"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Stop with a stale id = %v, want not found", err)
+	}
+	if err := m.Destroy(context.Background(), "web", "aaaa1111"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Destroy with a stale id = %v, want not found", err)
+	}
+	if vm := getVM(t, m, "web"); vm.ID != "bbbb2222" || vm.State != api.StateStopped {
+		t.Errorf("the other vm after the refused ops: %s %s", vm.ID, vm.State)
+	}
+	if d.starts != 0 || len(ops(t, m)) != 0 {
+		t.Errorf("starts %d, ops %v: want none", d.starts, ops(t, m))
+	}
+	// With its own id the op goes ahead.
+	if err := m.Destroy(context.Background(), "web", "bbbb2222"); err != nil {
+		t.Fatal(err)
 	}
 }
