@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/image"
 )
 
@@ -184,6 +185,14 @@ func cleanupVMs(t *testing.T, dataDir string) {
 		for _, pid := range procsMentioning(filepath.Join(dataDir, "vms") + "/") {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+		// The daemon's cgroups: what a failed test left, then their parent.
+		cgroup.SetParent(cgroup.ParentFor(dataDir, image.DefaultOutDir))
+		ids, _ := cgroup.List()
+		for _, id := range ids {
+			cgroup.Kill(id)
+			cgroup.Remove(id)
+		}
+		cgroup.RemoveParent()
 		links, _ := net.Interfaces()
 		for _, l := range links {
 			if strings.HasPrefix(l.Name, "tap_") {

@@ -478,3 +478,24 @@ func Kill(id string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// RemoveParent removes the parent cgroup (see SetParent) once no VM cgroup is
+// left in it; one still holding any is left alone. For tests, whose every data
+// dir has a parent of its own.
+func RemoveParent() error {
+	h, err := detect()
+	if err != nil {
+		return err
+	}
+	roots := []string{h.root}
+	if !h.v2 {
+		roots = []string{h.memory, h.cpu}
+	}
+	for _, r := range roots {
+		err := unix.Rmdir(filepath.Join(r, Parent()))
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+	}
+	return nil
+}
