@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/daemon"
 	"github.com/fcmhost/fcm/internal/edge"
@@ -104,6 +105,12 @@ func envOr(key, def string) string {
 
 // benchManagerImage is benchManager with VMs booting the image in imageDir.
 func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error, imageDir string) (*vm.Manager, *store.Store, error) {
+	// As the daemon does: each VM's unprivileged hypervisor user must reach its
+	// own directory, and its cgroup goes under a parent of this data dir's.
+	if err := os.Chmod(dataDir, 0o711); err != nil {
+		return nil, nil, err
+	}
+	cgroup.SetParent(cgroup.ParentFor(dataDir, image.DefaultOutDir))
 	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
 	if err != nil {
 		return nil, nil, err

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/netns"
 )
 
@@ -34,6 +35,10 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		}
 		os.Exit(code)
+	}
+	if err := cgroup.EnsureMounted(); err != nil { // ip netns exec hides them
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
 	}
 	ctx := context.Background()
 	if *only == "" || *only == "disk" {
