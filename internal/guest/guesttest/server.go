@@ -172,10 +172,11 @@ func (s *Server) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 		case "exec":
 			var p struct{ Cmd string }
 			ssh.Unmarshal(r.Payload, &p)
-			r.Reply(true, nil)
+			// Counted before the reply: a client whose exec has returned finds it counted.
 			s.mu.Lock()
 			s.execs[p.Cmd]++
 			s.mu.Unlock()
+			r.Reply(true, nil)
 			go func() {
 				// Requests after exec (window-change, signal) need no answer.
 				for r := range reqs {
