@@ -170,16 +170,22 @@ func TestCgroup_KillAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	cmd := exec.Command("sh", "-c", "sleep 300 & sleep 300 & wait")
+	// The shell forks its sleeps only once told to, after the join (on cgroup
+	// v1 the join follows the start), so they are in the cgroup too.
+	cmd := exec.Command("sh", "-c", "read go; sleep 300 & sleep 300 & wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	g.Prepare(cmd.SysProcAttr)
+	tell, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Join(cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	// The sleeps are forked after the join, so they are in the cgroup too.
+	tell.Write([]byte("go\n"))
 	var pids []int
 	for i := 0; i < 100 && len(pids) < 3; i++ {
 		time.Sleep(20 * time.Millisecond)
