@@ -74,7 +74,7 @@ func NewCaddy(admin string) *Caddy {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, "unix", path)
 		},
-		MaxIdleConns: 2, IdleConnTimeout: 30 * time.Second,
+		DisableKeepAlives: true, // see adminClient
 	}}
 	return c
 }

@@ -67,7 +67,7 @@ func (c *Caddy) do(ctx context.Context, method, path string, body, out any) erro
 	}
 	hc := c.HTTP
 	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
+		hc = adminClient
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -146,3 +146,11 @@ func same(have any, want any) bool {
 	}
 	return reflect.DeepEqual(have, w)
 }
+
+// adminClient talks to a Caddy admin API over TCP. A connection per request:
+// Caddy restarts its admin server when a config load touches it, closing idle
+// connections, and a POST sent on one that closed fails with EOF (net/http
+// retries only idempotent requests).
+var adminClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+	Proxy: http.ProxyFromEnvironment, DisableKeepAlives: true,
+}}
