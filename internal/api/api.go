@@ -29,6 +29,7 @@ type VM struct {
 	URL        string    `json:"url,omitempty"`
 	Route      string    `json:"route,omitempty"` // the URL's route in Caddy: applied or pending`
 	Hypervisor string    `json:"hypervisor"`
+	Owner      string    `json:"owner,omitempty"` // the owner's email ("admin" for the admin token); told to the admin only
 	PID        int       `json:"pid,omitempty"`
 	HostKey    string    `json:"host_key"` // the VM's SSH host key, authorized_keys format
 	CreatedAt  time.Time `json:"created_at"`
