@@ -52,6 +52,15 @@ reserve free on the data dir's filesystem, and its memory, with that of every
 VM that is not stopped, within the host's memory less a 1 GiB reserve. Each VM
 is also held to --max-cpus, --max-memory and --max-disk.
 
+People log in with OIDC (Google by default) once the daemon has a client:
+--oidc-client-id and --oidc-client-secret, or GOOGLE_CLIENT_ID and
+GOOGLE_CLIENT_SECRET in its environment (a secret in the environment stays out
+of ps). Register the redirect URL https://fcm.<domain>/oauth2/callback with
+the provider. --oidc-issuer picks another OpenID provider. Nobody may log in
+until allowed: --allow alice@example.com,@example.com (fixed while the daemon
+runs), or at run time fcm users allow. Each user sees only their own VMs,
+sessions, apps, logs and keys, and may have --max-vms-per-user VMs.
+
 The guest image must exist first: sudo fcm image build.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -61,6 +70,12 @@ The guest image must exist first: sudo fcm image build.`,
 			}
 			o.MaxDiskBytes = n
 			o.Version = Version
+			if o.Login.ClientID == "" {
+				o.Login.ClientID = os.Getenv("GOOGLE_CLIENT_ID")
+			}
+			if o.Login.ClientSecret == "" {
+				o.Login.ClientSecret = os.Getenv("GOOGLE_CLIENT_SECRET")
+			}
 			if !cmd.Flags().Changed("caddy-admin") {
 				o.Edge.CaddyAdmin = edge.DefaultAdmin()
 			}
@@ -91,5 +106,11 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
 	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
+	f.StringVar(&o.Login.Issuer, "oidc-issuer", "https://accounts.google.com", "OpenID provider people log in with (its issuer URL, exactly as its discovery document says)")
+	f.StringVar(&o.Login.ClientID, "oidc-client-id", "", "OAuth client id at the provider; enables fcm login (default $GOOGLE_CLIENT_ID)")
+	f.StringVar(&o.Login.ClientSecret, "oidc-client-secret", "", "OAuth client secret (default $GOOGLE_CLIENT_SECRET; the environment keeps it out of ps)")
+	f.StringArrayVar(&o.Login.Allow, "allow", nil, "who may log in: emails, @domains, or * for anyone with a verified email; comma-separated or repeated (fcm users allow adds more at run time)")
+	f.StringVar(&o.Login.PublicURL, "public-url", "", "the daemon's URL as browsers reach it, for the login redirect (default https://fcm.<domain>, or http://<listen> without an edge)")
+	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", 10, "most VMs one user may have (the admin token has no limit); 0: no limit")
 	return cmd
 }

@@ -12,14 +12,15 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/names"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // fuzzRoutes are the API's POST/PATCH routes that take a JSON body. The VM
-// "nope" does not exist: its routes decode and check the body, then answer
-// 404, so no guest or deploy service is needed.
+// "nope" does not exist: its routes answer 404 before reading the body (the
+// rule's lookup comes first), so no guest or deploy service is needed.
 var fuzzRoutes = []struct{ method, path string }{
 	{"POST", "/v1/vms"},
 	{"POST", "/v1/vms/nope/sessions"},
@@ -28,10 +29,13 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"PATCH", "/v1/vms/nope/config"},
 	{"POST", "/v1/vms/nope/run"},
 	{"POST", "/v1/tokens/admin/rotate"},
+	{"POST", "/v1/users/allow"},
+	{"POST", "/v1/users/deny"},
+	{"POST", "/v1/logins/x/token"},
 }
 
 var apiCodes = map[string]bool{api.CodeBadRequest: true, api.CodeUnauthorized: true, api.CodeForbidden: true,
-	api.CodeNotFound: true, api.CodeConflict: true, api.CodeExhausted: true, api.CodeUnavailable: true}
+	api.CodeNotFound: true, api.CodeConflict: true, api.CodeExhausted: true, api.CodeUnavailable: true, api.CodeExpired: true}
 
 // FuzzAPIBodies sends arbitrary bodies to every route that decodes one:
 // nothing panics, nothing answers 5xx, every refusal is a 4xx JSON error with
@@ -61,7 +65,11 @@ func FuzzAPIBodies(f *testing.F) {
 		}
 		return &store.VM{ID: "abcd1234", Name: req.Name, Owner: owner, State: "running", IP: "172.16.0.50", Port: 3000}, nil
 	}}
-	h := (&Server{Store: st, VMs: fake, Log: slogTo(&bytes.Buffer{})}).Handler()
+	logins, err := auth.New(auth.Config{Issuer: "https://op.invalid", ClientID: "fcm", ClientSecret: "s", PublicURL: "https://fcm.example.com"}, st, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := (&Server{Store: st, VMs: fake, Auth: logins, Log: slogTo(&bytes.Buffer{})}).Handler()
 
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		rt := fuzzRoutes[int(route)%len(fuzzRoutes)]
@@ -81,8 +89,11 @@ func FuzzAPIBodies(f *testing.F) {
 				t.Fatalf("%s %s %q: %d with %q, want a JSON error with a code", rt.method, rt.path, body, res.StatusCode, w.Body)
 			}
 		}
+		if strings.Contains(rt.path, "/nope/") && res.StatusCode != 404 {
+			t.Fatalf("%s %s: answered %d for a missing VM, want 404", rt.method, rt.path, res.StatusCode)
+		}
 		if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 && !json.Valid(trimmed) && res.StatusCode != 400 &&
-			rt.path != "/v1/tokens/admin/rotate" {
+			rt.path != "/v1/tokens/admin/rotate" && !strings.Contains(rt.path, "/nope/") {
 			t.Fatalf("%s %s: a body that is not JSON (%q) answered %d", rt.method, rt.path, body, res.StatusCode)
 		}
 		if rt.path == "/v1/vms" && res.StatusCode < 300 {

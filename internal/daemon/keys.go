@@ -17,7 +17,7 @@ import (
 
 func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	var keys []*store.Key
-	if err := s.Store.View(func(tx *store.Tx) (err error) { keys, err = tx.Keys(tok.ID); return }); err != nil {
+	if err := s.Store.View(func(tx *store.Tx) (err error) { keys, err = tx.Keys(tok.Owner()); return }); err != nil {
 		s.fail(w, err)
 		return
 	}
@@ -38,12 +38,12 @@ func (s *Server) addKey(w http.ResponseWriter, r *http.Request, tok *store.Token
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
-	k.Owner = tok.ID
+	k.Owner = tok.Owner()
 	if err := s.Store.Update(func(tx *store.Tx) error { return tx.InsertKey(k) }); err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.logger().Info("ssh key added", "fingerprint", k.Fingerprint, "owner", tok.ID)
+	s.logger().Info("ssh key added", "fingerprint", k.Fingerprint, "owner", tok.Owner())
 	writeJSON(w, http.StatusCreated, keyToAPI(k))
 }
 
@@ -51,7 +51,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, tok *store.To
 	fp := normalizeFingerprint(r.PathValue("fingerprint"))
 	err := s.Store.Update(func(tx *store.Tx) error {
 		k, err := tx.KeyByFingerprint(fp)
-		if err != nil || k.Owner != tok.ID {
+		if err != nil || k.Owner != tok.Owner() {
 			return fmt.Errorf("no key %s (see fcm keys ls): %w", fp, store.ErrNotFound)
 		}
 		return tx.DeleteKey(fp)
@@ -60,7 +60,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, tok *store.To
 		s.fail(w, err)
 		return
 	}
-	s.logger().Info("ssh key removed", "fingerprint", fp, "owner", tok.ID)
+	s.logger().Info("ssh key removed", "fingerprint", fp, "owner", tok.Owner())
 	w.WriteHeader(http.StatusNoContent)
 }
 

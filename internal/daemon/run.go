@@ -57,6 +57,8 @@ type Options struct {
 	MaxCPUs      int
 	MaxMemoryMiB int
 	MaxDiskBytes int64
+
+	Login LoginOptions
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -89,6 +91,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 	edgeCfg, err := o.Edge.config(o.Listen, subnet.Masked())
 	if err != nil {
+		return err
+	}
+	if _, err := o.Login.allowPatterns(); err != nil {
+		return err
+	}
+	if _, err := o.Login.enabled(); err != nil {
 		return err
 	}
 	gitPort, err := gitSSHPort(o.GitListen)
@@ -186,8 +194,13 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
+	logins, err := setupLogins(o.Login, st, edgeCfg, ln.Addr(), o.Log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
-		AdminToken: adminToken}
+		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -221,6 +234,9 @@ func Run(ctx context.Context, o Options) error {
 		}
 		if host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			fmt.Fprintf(o.Out, "warning: the API listens on %s, beyond loopback, over plain HTTP\n", host)
+		}
+		if logins != nil {
+			fmt.Fprintf(o.Out, "Logins with OIDC (%s): fcm login; register the redirect URL %s with the provider\n", logins.Issuer(), logins.RedirectURL())
 		}
 		if edgeCfg != nil {
 			fmt.Fprintf(o.Out, "VMs at https://<name>.%s through Caddy (admin API %s); the API also at %s\n",

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/console"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
@@ -46,80 +47,26 @@ type Server struct {
 	Edge       *edge.Reconciler // routes in Caddy; nil: no edge
 	Deploys    *deploy.Service  // git push deploys; nil: none
 	AdminToken *AdminToken      // the admin token's file, for rotation; nil: none
-	Version    string
-	Hypervisor string
-	Log        *slog.Logger
+	Auth       *auth.Service    // OIDC logins; nil: not configured
+	// MaxVMsPerUser is how many VMs a user (not the admin) may have; 0: no limit.
+	MaxVMsPerUser int
+	Version       string
+	Hypervisor    string
+	Log           *slog.Logger
 
 	consolesOnce sync.Once
 }
 
-// Handler returns the API's routes.
+// Handler returns the API's routes: the table in routes, each under its rule.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", s.health)
-	routes := map[string]func(*Server, http.ResponseWriter, *http.Request, *store.Token){
-		"POST /v1/vms":                                 (*Server).createVM,
-		"GET /v1/vms":                                  (*Server).listVMs,
-		"GET /v1/vms/{name}":                           (*Server).getVM,
-		"POST /v1/vms/{name}/start":                    (*Server).startVM,
-		"POST /v1/vms/{name}/stop":                     (*Server).stopVM,
-		"DELETE /v1/vms/{name}":                        (*Server).destroyVM,
-		"GET /v1/sessions":                             (*Server).listAllSessions,
-		"GET /v1/vms/{name}/sessions":                  (*Server).listVMSessions,
-		"POST /v1/vms/{name}/sessions":                 (*Server).createSession,
-		"DELETE /v1/vms/{name}/sessions/{id}":          (*Server).killSession,
-		"GET /v1/vms/{name}/sessions/{id}/attach":      (*Server).attachSession,
-		"GET /v1/keys":                                 (*Server).listKeys,
-		"POST /v1/keys":                                (*Server).addKey,
-		"DELETE /v1/keys/{fingerprint...}":             (*Server).deleteKey,
-		"GET /v1/vms/{name}/releases":                  (*Server).listReleases,
-		"GET /v1/vms/{name}/releases/{version}/output": (*Server).releaseOutput,
-		"POST /v1/vms/{name}/rollback":                 (*Server).rollback,
-		"GET /v1/vms/{name}/config":                    (*Server).getConfig,
-		"PATCH /v1/vms/{name}/config":                  (*Server).changeConfig,
-		"GET /v1/vms/{name}/ps":                        (*Server).listProcesses,
-		"POST /v1/vms/{name}/restart":                  (*Server).restartApp,
-		"GET /v1/vms/{name}/logs":                      (*Server).logs,
-		"POST /v1/vms/{name}/run":                      (*Server).run,
-		"POST /v1/tokens/admin/rotate":                 (*Server).rotateToken,
-	}
-	for pattern, h := range routes {
-		mux.HandleFunc(pattern, s.authed(h))
-	}
-	if s.Deploys != nil {
-		// Git authenticates with HTTP Basic (the token as password); the hook
-		// with the one-time token of its push.
-		mux.Handle("/git/", s.Deploys.GitHandler())
-		mux.Handle("POST /internal/push", s.Deploys.PushHandler())
+	for pattern, rt := range s.routes() {
+		mux.Handle(pattern, s.guard(rt))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
 	return s.logged(bodyDeadline(mux))
-}
-
-// authed checks the bearer token before the handler runs.
-func (s *Server) authed(h func(*Server, http.ResponseWriter, *http.Request, *store.Token)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || secret == "" {
-			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing token: send Authorization: Bearer <token> (fcm reads FCM_TOKEN or ~/.fcm-token)")
-			return
-		}
-		var tok *store.Token
-		err := s.Store.View(func(tx *store.Tx) (err error) { tok, err = tx.TokenFor(secret); return })
-		if sw, ok := w.(*statusWriter); ok {
-			sw.tokenFP = store.Fingerprint(secret)
-			if err == nil {
-				sw.tokenID = tok.ID
-			}
-		}
-		if err != nil {
-			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "invalid token")
-			return
-		}
-		h(s, w, r, tok)
-	}
 }
 
 // statusWriter records, for the request log, the status sent and who asked.
@@ -201,7 +148,7 @@ func (s *Server) logger() *slog.Logger {
 // health says the daemon is up. Version and hypervisor are for this host's
 // own clients (loopback, not through Caddy) and for valid tokens only: to the
 // internet, through the edge, the answer is no fingerprint.
-func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *store.Token) {
 	h := api.Health{Status: "ok"}
 	if s.trusted(r) {
 		h.Version, h.Hypervisor = s.Version, s.Hypervisor
@@ -219,17 +166,30 @@ func (s *Server) trusted(r *http.Request) bool {
 	if !ok || secret == "" {
 		return false
 	}
-	return s.Store.View(func(tx *store.Tx) error { _, err := tx.TokenFor(secret); return err }) == nil
+	return s.Store.View(func(tx *store.Tx) error { _, _, err := tx.Authenticate(secret); return err }) == nil
+}
+
+// ownerNames returns how VMs' owners are shown to tok: by email (or
+// "admin") to the admin, not at all to users (they see only their own).
+func (s *Server) ownerNames(tok *store.Token) func(*store.VM) string {
+	if !tok.Admin {
+		return func(*store.VM) string { return "" }
+	}
+	var emails map[string]string
+	if err := s.Store.View(func(tx *store.Tx) (err error) { emails, err = userEmails(tx); return }); err != nil {
+		s.logger().Warn("list users", "err", err)
+	}
+	return func(v *store.VM) string { return ownerName(emails, v.Owner) }
 }
 
 // visible reports whether tok may see vm: its owner, or an admin.
-func visible(tok *store.Token, v *store.VM) bool { return tok.Admin || v.Owner == tok.ID }
+func visible(tok *store.Token, v *store.VM) bool { return tok.Admin || v.Owner == tok.Owner() }
 
 func (s *Server) lookup(w http.ResponseWriter, r *http.Request, tok *store.Token) (*store.VM, bool) {
-	name := r.PathValue("name")
-	v, err := s.Store.GetVM(name)
-	if err != nil || !visible(tok, v) {
-		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no vm named %q", name))
+	v, ok := r.Context().Value(vmKey{}).(*store.VM)
+	if !ok {
+		// A handler of a route whose rule is not ruleVM: a mistake in the table.
+		writeError(w, http.StatusInternalServerError, api.CodeInternal, "route has no vm rule")
 		return nil, false
 	}
 	return v, true
@@ -241,10 +201,13 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request, tok *store.Toke
 		s.fail(w, err)
 		return
 	}
+	owners := s.ownerNames(tok)
 	out := api.ListVMsResponse{VMs: []api.VM{}}
 	for _, v := range vms {
 		if visible(tok, v) {
-			out.VMs = append(out.VMs, s.toAPI(v))
+			a := s.toAPI(v)
+			a.Owner = owners(v)
+			out.VMs = append(out.VMs, a)
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -252,20 +215,22 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request, tok *store.Toke
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	if v, ok := s.lookup(w, r, tok); ok {
-		writeJSON(w, http.StatusOK, s.toAPI(v))
+		a := s.toAPI(v)
+		a.Owner = s.ownerNames(tok)(v)
+		writeJSON(w, http.StatusOK, a)
 	}
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	var req api.CreateVMRequest
-	if !decode(w, r, &req) {
+	if !decode(w, r, &req) || !s.quotaLeft(w, tok) {
 		return
 	}
 	// The create goes on if the client goes away: nothing is left half-made
 	// either way, and a finished VM is not thrown away for a dropped connection.
 	ctx := context.WithoutCancel(r.Context())
 	st := newStream(w, r)
-	v, err := s.VMs.Create(ctx, tok.ID, req, st.progress)
+	v, err := s.VMs.Create(ctx, tok.Owner(), req, st.progress)
 	if err == nil && s.Deploys != nil {
 		if rerr := s.Deploys.EnsureRepo(ctx, v.Name); rerr != nil {
 			s.logger().Error("git repository", "vm", v.Name, "err", rerr)
@@ -304,17 +269,10 @@ func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.To
 	if !ok {
 		return
 	}
-	if err := s.VMs.Destroy(context.WithoutCancel(r.Context()), v.Name, v.ID); err != nil {
+	if err := s.destroy(r.Context(), v); err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.closeConsoles(v, "the VM was destroyed")
-	if s.Deploys != nil {
-		if err := s.Deploys.Forget(r.PathValue("name")); err != nil {
-			s.logger().Error("forget the app", "vm", r.PathValue("name"), "err", err)
-		}
-	}
-	s.routeChanged(nil, nil)
 	w.WriteHeader(http.StatusNoContent)
 }
 

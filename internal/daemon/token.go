@@ -152,10 +152,6 @@ func checkDataDir(dir string) error {
 // rotateToken is POST /v1/tokens/admin/rotate: the admin replaces its own
 // token; the answer carries the new secret, the old one is refused from now on.
 func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	if !tok.Admin {
-		writeError(w, http.StatusForbidden, api.CodeForbidden, "only the admin token may rotate the admin token")
-		return
-	}
 	if s.AdminToken == nil {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, "this daemon has no admin token file to rotate")
 		return

@@ -321,7 +321,7 @@ func TestServer_HealthFingerprint(t *testing.T) {
 	req := httptest.NewRequest("GET", "/health", nil)
 	req.RemoteAddr = "198.51.100.1:4000"
 	w := httptest.NewRecorder()
-	(&Server{Version: "v-test", Store: nil}).health(w, req)
+	(&Server{Version: "v-test", Store: nil}).health(w, req, nil)
 	if got := strings.TrimSpace(w.Body.String()); got != `{"status":"ok"}` {
 		t.Errorf("/health from a remote address: %s", got)
 	}

@@ -69,7 +69,7 @@ func (s *Service) basicAuth(r *http.Request) *store.Token {
 		return nil
 	}
 	var tok *store.Token
-	if err := s.Store.View(func(tx *store.Tx) (err error) { tok, err = tx.TokenFor(secret); return }); err != nil {
+	if err := s.Store.View(func(tx *store.Tx) (err error) { tok, _, err = tx.Authenticate(secret); return }); err != nil {
 		return nil
 	}
 	return tok

@@ -31,7 +31,7 @@ type gitRun struct {
 var errGitStart = errors.New("cannot run git")
 
 // mayUse reports whether tok may use vm's repository: its owner, or an admin.
-func mayUse(tok *store.Token, vm *store.VM) bool { return tok.Admin || vm.Owner == tok.ID }
+func mayUse(tok *store.Token, vm *store.VM) bool { return tok.Admin || vm.Owner == tok.Owner() }
 
 // runGit runs g to its end. ctx ending (the client went away) kills git's
 // process group, hook and build included. The error is git's exit (an

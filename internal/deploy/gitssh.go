@@ -22,8 +22,8 @@ const SSHUser = "git"
 // What a successful public-key authentication records in ssh.Permissions, the
 // only thing a connection is authorized from afterwards.
 const (
-	extKey     = "fcm-key"      // the key's fingerprint
-	extTokenID = "fcm-token-id" // the id of the token the key belongs to
+	extKey     = "fcm-key"   // the key's fingerprint
+	extTokenID = "fcm-owner" // who the key acts for: a user id, or "admin"
 )
 
 // ServeSSH serves git over SSH on ln until ctx ends: user git, public keys
@@ -183,7 +183,7 @@ func (s *Service) sshExec(ctx context.Context, ch ssh.Channel, command, protocol
 		if err != nil || k.Owner != tokenID {
 			return errors.New("key removed")
 		}
-		tok, err = tx.TokenByID(tokenID)
+		tok, err = tx.Acting(tokenID)
 		return err
 	})
 	if err != nil {

@@ -27,7 +27,7 @@ var (
 	bucketLeases = []byte("leases") // ip -> vm id
 	bucketTokens = []byte("tokens") // sha256(secret) hex -> Token
 	bucketOps    = []byte("ops")    // op id -> Op
-	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketKeys}
+	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketKeys, bucketUsers, bucketAccess}
 )
 
 // VM is the stored record of one VM.

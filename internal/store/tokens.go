@@ -13,20 +13,36 @@ import (
 
 // Token is an API credential. Only the SHA-256 of its secret is stored.
 type Token struct {
-	ID        string    `json:"id"`   // short public id, names the token (and owns VMs)
-	Name      string    `json:"name"` // e.g. "admin"
-	Admin     bool      `json:"admin"`
-	CreatedAt time.Time `json:"created_at"`
+	ID         string    `json:"id"`   // short public id ("admin", "t_0123abcd4567")
+	Name       string    `json:"name"` // e.g. "admin", "fcm login"
+	Admin      bool      `json:"admin"`
+	User       string    `json:"user,omitempty"` // the user it acts for; "" for the admin token
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at,omitempty"`
 }
 
-// NewSecret returns a random token secret: "fcm_" and 40 hex digits.
-func NewSecret() string {
-	b := make([]byte, 20)
+// Owner is who the token acts for, as VMs and keys name their owner: the
+// user's id, or (for a token of no user: the admin token) the token's own id.
+func (tok *Token) Owner() string {
+	if tok.User != "" {
+		return tok.User
+	}
+	return tok.ID
+}
+
+// NewTokenID returns a public id for a new token: "t_" and 12 hex digits.
+func NewTokenID() string { return "t_" + randomHex(6) }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)
 	}
-	return "fcm_" + hex.EncodeToString(b)
+	return hex.EncodeToString(b)
 }
+
+// NewSecret returns a random token secret: "fcm_" and 40 hex digits.
+func NewSecret() string { return "fcm_" + randomHex(20) }
 
 var secretRE = regexp.MustCompile(`^fcm_[0-9a-f]{40}$`)
 
@@ -128,4 +144,71 @@ func (t *Tx) SetAdminToken(secret string) (removed int, err error) {
 		err = t.PutToken(secret, &Token{ID: "admin", Name: "admin", Admin: true})
 	}
 	return len(drop), err
+}
+
+// Authenticate returns the token whose secret this is, and its user (nil for
+// the admin token). A token whose user was removed, or whose email the
+// allow-list no longer lets in, is refused like an unknown one: ErrNotFound.
+func (t *Tx) Authenticate(secret string) (*Token, *User, error) {
+	tok, err := t.TokenFor(secret)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tok.User == "" {
+		return tok, nil, nil
+	}
+	u, err := t.activeUser(tok.User)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tok, u, nil
+}
+
+// Acting returns a token standing for owner (a user's id or "admin"), for
+// credentials that name their owner rather than carry a token: SSH keys. An
+// owner that is gone or no longer allowed is ErrNotFound.
+func (t *Tx) Acting(owner string) (*Token, error) {
+	if _, err := t.activeUser(owner); err == nil {
+		return &Token{User: owner}, nil
+	}
+	return t.TokenByID(owner)
+}
+
+// TouchToken records that the token with this secret was used at.
+func (t *Tx) TouchToken(secret string, at time.Time) error {
+	b := t.tx.Bucket(bucketTokens)
+	key := hex.EncodeToString(hashSecret(secret))
+	var tok Token
+	if err := getJSON(b, key, &tok); err != nil {
+		return err
+	}
+	tok.LastUsedAt = at.UTC()
+	return putJSON(b, key, &tok)
+}
+
+// DeleteTokens removes every token for which match is true and returns them.
+func (t *Tx) DeleteTokens(match func(*Token) bool) ([]*Token, error) {
+	b := t.tx.Bucket(bucketTokens)
+	var keys [][]byte
+	var gone []*Token
+	err := b.ForEach(func(k, v []byte) error {
+		var tok Token
+		if err := json.Unmarshal(v, &tok); err != nil {
+			return err
+		}
+		if match(&tok) {
+			keys = append(keys, append([]byte(nil), k...))
+			gone = append(gone, &tok)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return nil, err
+		}
+	}
+	return gone, nil
 }

@@ -1,0 +1,273 @@
+// Package auth provides fcm's OIDC login for people: the relying party
+// (authorization code with PKCE, state and nonce; the ID token checked by
+// go-oidc), the logins a CLI starts and polls, and the browser pages between
+// them. It admits only emails the allow-list lets in, and makes users and their
+// tokens in the store.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"golang.org/x/oauth2"
+)
+
+// Google is the default issuer.
+const Google = "https://accounts.google.com"
+
+// CallbackPath is where the provider sends the browser back.
+const CallbackPath = "/oauth2/callback"
+
+// Config says which provider and client to use.
+type Config struct {
+	Issuer       string // exactly as the provider's discovery document says it
+	ClientID     string
+	ClientSecret string
+	PublicURL    string // the daemon as browsers reach it: https://fcm.<domain>
+	HTTPClient   *http.Client
+}
+
+// Limits of logins in progress.
+const (
+	LoginTTL     = 10 * time.Minute
+	PollInterval = 2 * time.Second
+	maxPending   = 1000
+)
+
+// Service runs logins.
+type Service struct {
+	cfg   Config
+	store *store.Store
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu       sync.Mutex
+	logins   map[string]*login // by id
+	states   map[string]string // OAuth state -> login id, until its callback
+	provider *oidc.Provider    // discovered on first use
+}
+
+// login is one `fcm login` in progress.
+type login struct {
+	id       string
+	code     string // shown by the CLI and by the page
+	pollHash [32]byte
+	expires  time.Time
+
+	state, nonce, verifier string // set when the browser begins
+
+	called  bool // the callback came: the state is spent
+	csrf    string
+	ident   *identity // who the provider vouched for
+	userID  string    // set when the person confirmed
+	failure *Failure
+}
+
+type identity struct {
+	issuer, subject, email, name string
+}
+
+// Failure is how a login ended badly, for the page and for the CLI's poll.
+type Failure struct {
+	Status  int    // HTTP status
+	Code    string // api.Code*
+	Message string
+}
+
+// New checks cfg; the provider is discovered on the first login, so a daemon
+// starts while the provider is unreachable.
+func New(cfg Config, st *store.Store, log *slog.Logger) (*Service, error) {
+	if cfg.ClientID == "" || cfg.ClientSecret == "" {
+		return nil, errors.New("OIDC needs both a client id and a client secret")
+	}
+	if cfg.Issuer == "" {
+		cfg.Issuer = Google
+	}
+	if u, err := url.Parse(cfg.Issuer); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+		return nil, fmt.Errorf("--oidc-issuer %q: want a URL such as %s", cfg.Issuer, Google)
+	}
+	u, err := url.Parse(cfg.PublicURL)
+	if err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" || u.Path != "" && u.Path != "/" {
+		return nil, fmt.Errorf("public URL %q: want https://fcm.<domain> (the provider redirects browsers to it)", cfg.PublicURL)
+	}
+	cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Service{cfg: cfg, store: st, log: log, now: time.Now,
+		logins: map[string]*login{}, states: map[string]string{}}, nil
+}
+
+// RedirectURL is the callback to register with the provider.
+func (s *Service) RedirectURL() string { return s.cfg.PublicURL + CallbackPath }
+
+// Issuer is the provider's issuer.
+func (s *Service) Issuer() string { return s.cfg.Issuer }
+
+// Start begins a login for a CLI.
+func (s *Service) Start() (*api.LoginStart, *Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for id, l := range s.logins {
+		if now.After(l.expires) {
+			s.drop(id)
+		}
+	}
+	if len(s.logins) >= maxPending {
+		return nil, &Failure{http.StatusServiceUnavailable, api.CodeUnavailable, "too many logins in progress: try again in a few minutes"}
+	}
+	l := &login{id: random(16), code: userCode(), expires: now.Add(LoginTTL)}
+	poll := random(32)
+	l.pollHash = sha256.Sum256([]byte(poll))
+	s.logins[l.id] = l
+	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, Code: l.code, PollToken: poll,
+		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
+}
+
+// Poll tells the CLI how its login goes: the new token once (the login ends),
+// nil and nil while the person has not confirmed, or why it failed.
+func (s *Service) Poll(id, pollToken string) (*api.LoginResult, *Failure) {
+	s.mu.Lock()
+	l, ok := s.logins[id]
+	if !ok || s.now().After(l.expires) {
+		if ok {
+			s.drop(id)
+		}
+		s.mu.Unlock()
+		return nil, &Failure{http.StatusGone, api.CodeExpired, "the login expired or is unknown: run fcm login again"}
+	}
+	sum := sha256.Sum256([]byte(pollToken))
+	if subtle.ConstantTimeCompare(sum[:], l.pollHash[:]) != 1 {
+		s.mu.Unlock()
+		return nil, &Failure{http.StatusForbidden, api.CodeForbidden, "wrong poll token for this login"}
+	}
+	if l.failure != nil {
+		f := l.failure
+		s.drop(id)
+		s.mu.Unlock()
+		return nil, f
+	}
+	if l.userID == "" {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	userID := l.userID
+	s.drop(id)
+	s.mu.Unlock()
+	return s.mint(userID)
+}
+
+// mint makes a token for the user who confirmed, checking again that they may
+// still log in.
+func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
+	secret := store.NewSecret()
+	var res *api.LoginResult
+	var refused *Failure
+	err := s.store.Update(func(tx *store.Tx) error {
+		u, err := tx.User(userID)
+		if err != nil {
+			refused = &Failure{http.StatusForbidden, api.CodeNotAllowed, "your user was removed while logging in"}
+			return nil
+		}
+		if ok, err := tx.Allowed(u.Email); err != nil {
+			return err
+		} else if !ok {
+			refused = notAllowed(u.Email)
+			return nil
+		}
+		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID}
+		if err := tx.PutToken(secret, tok); err != nil {
+			return err
+		}
+		res = &api.LoginResult{Token: secret, User: APIUser(u)}
+		return nil
+	})
+	if err != nil {
+		return nil, &Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()}
+	}
+	if refused != nil {
+		return nil, refused
+	}
+	s.log.Info("login", "user", res.User.Email, "user_id", res.User.ID)
+	return res, nil
+}
+
+func notAllowed(email string) *Failure {
+	return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
+		"%s may not log in to this fcm host: ask its admin to run 'fcm users allow %s'", email, email)}
+}
+
+// APIUser is u as the API shows it (without the counts only the admin sees).
+func APIUser(u *store.User) api.User {
+	return api.User{ID: u.ID, Email: u.Email, Name: u.Name, Issuer: u.Issuer, Subject: u.Subject,
+		Role: api.RoleUser, Allowed: true, CreatedAt: u.CreatedAt, LastLoginAt: u.LastLoginAt}
+}
+
+// drop forgets a login and its state; s.mu is held.
+func (s *Service) drop(id string) {
+	if l, ok := s.logins[id]; ok && l.state != "" {
+		delete(s.states, l.state)
+	}
+	delete(s.logins, id)
+}
+
+// oauth returns the provider and the client's OAuth2 configuration,
+// discovering the provider on first use.
+func (s *Service) oauth(ctx context.Context) (*oidc.Provider, *oauth2.Config, error) {
+	s.mu.Lock()
+	p := s.provider
+	s.mu.Unlock()
+	if p == nil {
+		var err error
+		p, err = oidc.NewProvider(oidc.ClientContext(ctx, s.cfg.HTTPClient), s.cfg.Issuer)
+		if err != nil {
+			return nil, nil, fmt.Errorf("the OpenID provider %s: %w", s.cfg.Issuer, err)
+		}
+		s.mu.Lock()
+		s.provider = p
+		s.mu.Unlock()
+	}
+	return p, &oauth2.Config{ClientID: s.cfg.ClientID, ClientSecret: s.cfg.ClientSecret, Endpoint: p.Endpoint(),
+		RedirectURL: s.RedirectURL(), Scopes: []string{oidc.ScopeOpenID, "email", "profile"}}, nil
+}
+
+// random returns n random bytes, base64url.
+func random(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// userCode returns a code people compare at a glance: 8 consonants, no
+// vowels (no words), in two groups.
+func userCode() string {
+	const letters = "BCDFGHJKLMNPQRSTVWXZ"
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	for i := range b {
+		b[i] = letters[int(b[i])%len(letters)]
+	}
+	return string(b[:4]) + "-" + string(b[4:])
+}

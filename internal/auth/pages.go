@@ -1,0 +1,281 @@
+package auth
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strings"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"golang.org/x/oauth2"
+)
+
+// Cookies are prefixed: on 127.0.0.1 browsers share them across ports.
+const (
+	stateCookie   = "fcm_login_state"
+	confirmCookie = "fcm_login_confirm"
+)
+
+// Begin is GET /login/{id}: the URL the CLI printed. It sends the browser to
+// the provider, bound to this browser by a cookie holding the state.
+func (s *Service) Begin(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	l, ok := s.logins[id]
+	if !ok || s.now().After(l.expires) {
+		s.mu.Unlock()
+		s.page(w, http.StatusGone, pageData{Error: "This sign-in link has expired or is unknown. Run fcm login again for a new one."})
+		return
+	}
+	if l.called {
+		s.mu.Unlock()
+		s.page(w, http.StatusGone, pageData{Error: "This sign-in link was already used. Run fcm login again for a new one."})
+		return
+	}
+	if l.state != "" {
+		delete(s.states, l.state)
+	}
+	l.state, l.nonce, l.verifier = random(24), random(24), oauth2.GenerateVerifier()
+	s.states[l.state] = id
+	state, nonce, verifier := l.state, l.nonce, l.verifier
+	s.mu.Unlock()
+
+	_, oc, err := s.oauth(r.Context())
+	if err != nil {
+		s.log.Error("login: provider discovery", "err", err)
+		s.page(w, http.StatusBadGateway, pageData{Error: "fcm cannot reach its OpenID provider (" + s.cfg.Issuer + "). Try again later, or tell the host's admin."})
+		return
+	}
+	s.setCookie(w, stateCookie, state)
+	http.Redirect(w, r, oc.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier)), http.StatusFound)
+}
+
+// Callback is GET /oauth2/callback: the provider's answer. The state is spent
+// at once; the code is exchanged (with the PKCE verifier), the ID token
+// checked, and the person asked to confirm the code their terminal shows.
+func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	s.mu.Lock()
+	id, ok := s.states[q.Get("state")]
+	l := s.logins[id]
+	if !ok || l == nil || s.now().After(l.expires) {
+		s.mu.Unlock()
+		s.page(w, http.StatusBadRequest, pageData{Error: "This sign-in was already completed or has expired (its state is unknown). Run fcm login again."})
+		return
+	}
+	delete(s.states, l.state)
+	l.called = true
+	nonce, verifier := l.nonce, l.verifier
+	s.mu.Unlock()
+
+	fail := func(f *Failure) {
+		s.mu.Lock()
+		l.failure = f
+		s.mu.Unlock()
+		s.log.Warn("login failed", "login", id, "code", f.Code, "err", f.Message)
+		s.page(w, f.Status, pageData{Error: f.Message})
+	}
+	if c, err := r.Cookie(stateCookie); err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(q.Get("state"))) != 1 {
+		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: this sign-in was started in another browser (the state does not match this browser's). Open the URL fcm login printed in this browser."})
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, fmt.Sprintf("login failed: the provider said %s: %s", e, q.Get("error_description"))})
+		return
+	}
+	ident, err := s.exchange(r, q.Get("code"), verifier, nonce)
+	if err != nil {
+		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: " + err.Error()})
+		return
+	}
+	var allowed bool
+	if err := s.store.View(func(tx *store.Tx) (err error) { allowed, err = tx.Allowed(ident.email); return }); err != nil {
+		fail(&Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()})
+		return
+	}
+	if !allowed {
+		fail(notAllowed(ident.email))
+		return
+	}
+	csrf := random(24)
+	s.mu.Lock()
+	l.ident, l.csrf = ident, csrf
+	code := l.code
+	s.mu.Unlock()
+	s.setCookie(w, confirmCookie, csrf)
+	s.clearCookie(w, stateCookie)
+	s.page(w, http.StatusOK, pageData{Confirm: true, Code: code, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf})
+}
+
+// exchange trades the code for tokens and checks the ID token: signature,
+// issuer, audience, expiry (go-oidc), nonce, and a verified email.
+func (s *Service) exchange(r *http.Request, code, verifier, nonce string) (*identity, error) {
+	p, oc, err := s.oauth(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	ctx := oidc.ClientContext(r.Context(), s.cfg.HTTPClient)
+	tok, err := oc.Exchange(ctx, code, oauth2.VerifierOption(verifier))
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("the provider refused the sign-in code (%s: %s); it may have been used already or expired", re.ErrorCode, re.ErrorDescription)
+		}
+		return nil, fmt.Errorf("exchange the sign-in code: %w", err)
+	}
+	raw, _ := tok.Extra("id_token").(string)
+	if raw == "" {
+		return nil, errors.New("the provider sent no ID token")
+	}
+	idt, err := p.Verifier(&oidc.Config{ClientID: s.cfg.ClientID}).Verify(ctx, raw)
+	if err != nil {
+		return nil, fmt.Errorf("the ID token was refused: %w", err)
+	}
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) != 1 {
+		return nil, errors.New("the ID token was refused: its nonce is not this login's")
+	}
+	var claims struct {
+		Email    string `json:"email"`
+		Verified *bool  `json:"email_verified"`
+		Name     string `json:"name"`
+	}
+	if err := idt.Claims(&claims); err != nil {
+		return nil, fmt.Errorf("the ID token's claims: %w", err)
+	}
+	if claims.Email == "" {
+		return nil, errors.New("the provider gave no email address (fcm asks for the email scope)")
+	}
+	if claims.Verified == nil || !*claims.Verified {
+		return nil, fmt.Errorf("the provider has not verified the email %s", claims.Email)
+	}
+	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name}, nil
+}
+
+// Confirm is POST /login/{id}/confirm: the person saw the code and confirms
+// (or cancels). The user is made or updated here; the CLI's next poll gets a
+// token.
+func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	if err := r.ParseForm(); err != nil {
+		s.page(w, http.StatusBadRequest, pageData{Error: "bad form"})
+		return
+	}
+	s.mu.Lock()
+	l, ok := s.logins[id]
+	if !ok || s.now().After(l.expires) || l.ident == nil || l.failure != nil || l.userID != "" {
+		s.mu.Unlock()
+		s.page(w, http.StatusGone, pageData{Error: "This login has ended or expired. Run fcm login again."})
+		return
+	}
+	c, err := r.Cookie(confirmCookie)
+	if err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(l.csrf)) != 1 ||
+		subtle.ConstantTimeCompare([]byte(r.PostForm.Get("csrf")), []byte(l.csrf)) != 1 {
+		s.mu.Unlock()
+		s.page(w, http.StatusForbidden, pageData{Error: "This confirmation did not come from the page fcm showed in this browser."})
+		return
+	}
+	ident := l.ident
+	if r.PostForm.Get("action") == "cancel" {
+		l.failure = &Failure{http.StatusBadRequest, api.CodeLoginFailed, "login cancelled in the browser"}
+		s.mu.Unlock()
+		s.clearCookie(w, confirmCookie)
+		s.page(w, http.StatusOK, pageData{Done: "Login cancelled: fcm login in your terminal stops. Nothing was given to it."})
+		return
+	}
+	s.mu.Unlock()
+
+	var u *store.User
+	var refused *Failure
+	err = s.store.Update(func(tx *store.Tx) error {
+		if ok, err := tx.Allowed(ident.email); err != nil {
+			return err
+		} else if !ok {
+			refused = notAllowed(ident.email)
+			return nil
+		}
+		var err error
+		u, err = tx.UserBySubject(ident.issuer, ident.subject)
+		if errors.Is(err, store.ErrNotFound) {
+			u, err = &store.User{ID: store.NewUserID(), Issuer: ident.issuer, Subject: ident.subject}, nil
+		}
+		if err != nil {
+			return err
+		}
+		u.Email, u.Name, u.LastLoginAt = ident.email, ident.name, s.now().UTC()
+		return tx.PutUser(u)
+	})
+	s.mu.Lock()
+	switch {
+	case err != nil:
+		l.failure = &Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()}
+	case refused != nil:
+		l.failure = refused
+	default:
+		l.userID = u.ID
+	}
+	f := l.failure
+	s.mu.Unlock()
+	s.clearCookie(w, confirmCookie)
+	if f != nil {
+		s.page(w, f.Status, pageData{Error: f.Message})
+		return
+	}
+	s.page(w, http.StatusOK, pageData{Done: fmt.Sprintf("Logged in as %s. Go back to your terminal: fcm login has its token.", u.Email)})
+}
+
+func (s *Service) setCookie(w http.ResponseWriter, name, value string) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(LoginTTL.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
+}
+
+func (s *Service) clearCookie(w http.ResponseWriter, name string) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+		SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
+}
+
+type pageData struct {
+	Error   string
+	Confirm bool
+	Code    string
+	Email   string
+	Name    string
+	ID      string
+	CSRF    string
+	Done    string
+}
+
+var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>fcm login</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em;color:#222}
+code{font-size:2em;letter-spacing:.1em;display:block;margin:.5em 0}#error{color:#a00}
+button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</style></head><body>
+<h1>fcm login</h1>
+{{if .Error}}<p id="error">{{.Error}}</p>
+{{else if .Confirm}}<p>Signed in as <b>{{.Email}}</b>{{if .Name}} ({{.Name}}){{end}}.</p>
+<p>Check that your terminal shows this code:</p><code id="login-code">{{.Code}}</code>
+<form method="post" action="/login/{{.ID}}/confirm"><input type="hidden" name="csrf" value="{{.CSRF}}">
+<button id="confirm" name="action" value="confirm">It matches: log in</button>
+<button id="cancel" name="action" value="cancel">Cancel</button></form>
+<p>If your terminal shows another code, or you did not run fcm login, cancel.</p>
+{{else}}<p id="done">{{.Done}}</p>{{end}}
+</body></html>
+`))
+
+func (s *Service) page(w http.ResponseWriter, status int, d pageData) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	h.Set("Referrer-Policy", "no-referrer")
+	w.WriteHeader(status)
+	if err := pageTmpl.Execute(w, d); err != nil {
+		s.log.Error("login page", "err", err)
+	}
+}

@@ -1,0 +1,320 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// whoami is GET /v1/whoami.
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	out := api.WhoAmI{Role: api.RoleUser, TokenID: tok.ID}
+	if tok.Admin {
+		out.Role = api.RoleAdmin
+	}
+	if tok.User != "" {
+		var u *store.User
+		if err := s.Store.View(func(tx *store.Tx) (err error) { u, err = tx.User(tok.User); return }); err != nil {
+			s.fail(w, err)
+			return
+		}
+		au := auth.APIUser(u)
+		out.User = &au
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// listTokens is GET /v1/tokens: the caller's own tokens (every token, to the
+// admin).
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var toks []*store.Token
+	emails := map[string]string{}
+	err := s.Store.View(func(tx *store.Tx) (err error) {
+		if toks, err = tx.Tokens(); err != nil {
+			return err
+		}
+		emails, err = userEmails(tx)
+		return err
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	out := api.ListTokensResponse{Tokens: []api.Token{}}
+	for _, t := range toks {
+		if !tok.Admin && t.Owner() != tok.Owner() {
+			continue
+		}
+		out.Tokens = append(out.Tokens, api.Token{ID: t.ID, Name: t.Name, Admin: t.Admin, User: emails[t.User],
+			Current: t.ID == tok.ID, CreatedAt: t.CreatedAt, LastUsedAt: t.LastUsedAt})
+	}
+	sort.Slice(out.Tokens, func(i, j int) bool { return out.Tokens[i].CreatedAt.Before(out.Tokens[j].CreatedAt) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+// revokeToken is DELETE /v1/tokens/{id}: a user revokes one of their tokens
+// ("current": the one they call with), the admin any user's. The admin token
+// is rotated, not revoked.
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	id := r.PathValue("id")
+	if id == "current" {
+		id = tok.ID
+	}
+	var gone []*store.Token
+	var refused string
+	err := s.Store.Update(func(tx *store.Tx) (err error) {
+		gone, err = tx.DeleteTokens(func(t *store.Token) bool {
+			if t.ID != id || !tok.Admin && t.Owner() != tok.Owner() {
+				return false
+			}
+			if t.Admin {
+				refused = "the admin token is not revoked but rotated: fcm token rotate"
+				return false
+			}
+			return true
+		})
+		return err
+	})
+	switch {
+	case err != nil:
+		s.fail(w, err)
+	case refused != "":
+		writeError(w, http.StatusConflict, api.CodeConflict, refused)
+	case len(gone) == 0:
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no token %q", id))
+	default:
+		s.logger().Info("token revoked", "token", id, "by", tok.ID)
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// userEmails maps user ids to emails.
+func userEmails(tx *store.Tx) (map[string]string, error) {
+	users, err := tx.Users()
+	out := map[string]string{}
+	for _, u := range users {
+		out[u.ID] = u.Email
+	}
+	return out, err
+}
+
+// ownerName is how the admin sees a VM's owner: the user's email, or "admin".
+func ownerName(emails map[string]string, owner string) string {
+	if e, ok := emails[owner]; ok {
+		return e
+	}
+	return owner
+}
+
+// listUsers is GET /v1/users.
+func (s *Server) listUsers(w http.ResponseWriter, r *http.Request, _ *store.Token) {
+	out, err := s.usersList()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) usersList() (*api.ListUsersResponse, error) {
+	out := &api.ListUsersResponse{Users: []api.User{}, Rules: []api.AccessRule{}, OIDC: s.Auth != nil}
+	err := s.Store.View(func(tx *store.Tx) error {
+		users, err := tx.Users()
+		if err != nil {
+			return err
+		}
+		rules, err := tx.AccessRules()
+		if err != nil {
+			return err
+		}
+		toks, err := tx.Tokens()
+		if err != nil {
+			return err
+		}
+		vms, err := tx.VMs()
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			au := auth.APIUser(u)
+			au.Allowed = store.Allowed(rules, u.Email)
+			for _, t := range toks {
+				if t.User == u.ID {
+					au.Tokens++
+				}
+			}
+			for _, v := range vms {
+				if v.Owner == u.ID {
+					au.VMs = append(au.VMs, v.Name)
+				}
+			}
+			out.Users = append(out.Users, au)
+		}
+		for _, rule := range rules {
+			src := "api"
+			if rule.Flag {
+				src = "flag"
+			}
+			out.Rules = append(out.Rules, api.AccessRule{Pattern: rule.Pattern, Allow: rule.Allow, Source: src})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (s *Server) allowUsers(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	s.setAccess(w, r, true)
+}
+
+func (s *Server) denyUsers(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	s.setAccess(w, r, false)
+}
+
+// setAccess adds an API rule. A user it keeps out is refused from the next
+// request on (tokens are checked against the list each time).
+func (s *Server) setAccess(w http.ResponseWriter, r *http.Request, allow bool) {
+	var req api.AccessRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	pattern, err := store.NormalizePattern(req.Pattern)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	if err := s.Store.Update(func(tx *store.Tx) error { return tx.SetAccess(pattern, allow) }); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger().Info("allow-list", "pattern", pattern, "allow", allow)
+	out, err := s.usersList()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// removeUser is DELETE /v1/users/{user} (an email or a user id): their tokens
+// and keys go at once; their VMs are destroyed or given to the admin, as
+// ?vms= says. Without it a user who owns VMs is not removed (409 has_vms).
+func (s *Server) removeUser(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	choice := r.URL.Query().Get("vms")
+	if choice != "" && choice != "destroy" && choice != "keep" {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("vms=%q: want destroy or keep", choice))
+		return
+	}
+	u, err := s.findUser(r.PathValue("user"))
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusNotFound, api.CodeNotFound, err.Error())
+		} else {
+			writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		}
+		return
+	}
+	owned := s.vmsOf(u.ID)
+	if len(owned) > 0 && choice == "" {
+		writeError(w, http.StatusConflict, api.CodeHasVMs, fmt.Sprintf("%s owns %d VMs (%s): say whether to destroy them or keep them (the admin will own them): vms=destroy or vms=keep",
+			u.Email, len(owned), strings.Join(owned, ", ")))
+		return
+	}
+	out := api.RemoveUserResponse{User: auth.APIUser(u)}
+	if err := s.Store.Update(func(tx *store.Tx) (err error) { out.TokensRevoked, err = tx.DeleteUser(u.ID); return }); err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger().Warn("user removed", "user", u.Email, "user_id", u.ID, "tokens_revoked", out.TokensRevoked, "vms", choice)
+	// Listed again: a VM made in between is dealt with too.
+	for _, name := range s.vmsOf(u.ID) {
+		if choice == "destroy" {
+			v, err := s.Store.GetVM(name)
+			if err == nil {
+				err = s.destroy(r.Context(), v)
+			}
+			if err != nil {
+				s.fail(w, fmt.Errorf("user %s removed, but destroying vm %s failed: %w", u.Email, name, err))
+				return
+			}
+			out.VMsDestroyed = append(out.VMsDestroyed, name)
+			continue
+		}
+		if _, err := s.Store.UpdateVM(name, func(v *store.VM) error { v.Owner = "admin"; return nil }); err != nil {
+			s.fail(w, err)
+			return
+		}
+		out.VMsKept = append(out.VMsKept, name)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// findUser finds a user by id or email.
+func (s *Server) findUser(key string) (*store.User, error) {
+	var users []*store.User
+	if err := s.Store.View(func(tx *store.Tx) (err error) { users, err = tx.Users(); return }); err != nil {
+		return nil, err
+	}
+	var found []*store.User
+	for _, u := range users {
+		if u.ID == key || strings.EqualFold(u.Email, key) {
+			found = append(found, u)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("no user %q: %w", key, store.ErrNotFound)
+	case 1:
+		return found[0], nil
+	}
+	var ids []string
+	for _, u := range found {
+		ids = append(ids, u.ID+" ("+u.Issuer+")")
+	}
+	return nil, fmt.Errorf("%d users have the email %s: name one by id: %s", len(found), key, strings.Join(ids, ", "))
+}
+
+// vmsOf lists the names of the VMs owner owns.
+func (s *Server) vmsOf(owner string) []string {
+	vms, _ := s.Store.ListVMs()
+	var out []string
+	for _, v := range vms {
+		if v.Owner == owner {
+			out = append(out, v.Name)
+		}
+	}
+	return out
+}
+
+// quotaLeft refuses a create when the caller, a user, has MaxVMsPerUser VMs.
+func (s *Server) quotaLeft(w http.ResponseWriter, tok *store.Token) bool {
+	if tok.Admin || s.MaxVMsPerUser <= 0 {
+		return true
+	}
+	if n := len(s.vmsOf(tok.Owner())); n >= s.MaxVMsPerUser {
+		writeError(w, http.StatusForbidden, api.CodeQuota, fmt.Sprintf("you have %d VMs, the most this host allows per user: destroy one first (fcm destroy <vm>), or ask its admin", n))
+		return false
+	}
+	return true
+}
+
+// destroy destroys v and forgets what hangs on it: consoles, its app, its route.
+func (s *Server) destroy(ctx context.Context, v *store.VM) error {
+	if err := s.VMs.Destroy(context.WithoutCancel(ctx), v.Name, v.ID); err != nil {
+		return err
+	}
+	s.closeConsoles(v, "the VM was destroyed")
+	if s.Deploys != nil {
+		if err := s.Deploys.Forget(v.Name); err != nil {
+			s.logger().Error("forget the app", "vm", v.Name, "err", err)
+		}
+	}
+	s.routeChanged(nil, nil)
+	return nil
+}

@@ -1,0 +1,249 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+var (
+	bucketUsers  = []byte("users")  // user id -> User
+	bucketAccess = []byte("access") // pattern -> AccessRule
+)
+
+// User is a person who logged in with OIDC: an issuer and subject (what the
+// provider vouches for), with the email and name it gave at the last login.
+type User struct {
+	ID          string    `json:"id"` // "u_" and 12 hex digits; owns VMs and keys
+	Issuer      string    `json:"issuer"`
+	Subject     string    `json:"subject"`
+	Email       string    `json:"email"`
+	Name        string    `json:"name"`
+	CreatedAt   time.Time `json:"created_at"`
+	LastLoginAt time.Time `json:"last_login_at"`
+}
+
+// NewUserID returns an id for a new user.
+func NewUserID() string { return "u_" + randomHex(6) }
+
+// AccessRule lets in (Allow) or keeps out the emails a pattern matches: one
+// email, "@domain", or "*". Flag rules come from the daemon's --allow and are
+// replaced at each start; the others were added through the API.
+type AccessRule struct {
+	Pattern string `json:"pattern"`
+	Allow   bool   `json:"allow"`
+	Flag    bool   `json:"flag,omitempty"`
+}
+
+// NormalizePattern checks an allow-list pattern and returns it in the form
+// stored (lower case): "alice@example.com", "@example.com" or "*".
+func NormalizePattern(p string) (string, error) {
+	p = strings.ToLower(strings.TrimSpace(p))
+	bad := fmt.Errorf("%q is not an email, @domain or *", p)
+	switch {
+	case p == "*":
+		return p, nil
+	case strings.HasPrefix(p, "@"):
+		if !validDomain(p[1:]) {
+			return "", bad
+		}
+		return p, nil
+	}
+	local, domain, ok := strings.Cut(p, "@")
+	if !ok || local == "" || strings.ContainsAny(local, " \t<>()[],;:\"") || !validDomain(domain) {
+		return "", bad
+	}
+	return p, nil
+}
+
+func validDomain(d string) bool {
+	if d == "" || len(d) > 253 || !strings.Contains(d, ".") {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Allowed decides whether rules let email in: the rule for the email itself
+// outranks the one for its @domain, which outranks "*"; at one rank a deny
+// outranks an allow. No matching rule: refused.
+func Allowed(rules []*AccessRule, email string) bool {
+	email = strings.ToLower(email)
+	_, domain, ok := strings.Cut(email, "@")
+	if !ok {
+		return false
+	}
+	for _, pattern := range []string{email, "@" + domain, "*"} {
+		found, allow := false, true
+		for _, r := range rules {
+			if r.Pattern == pattern {
+				found = true
+				allow = allow && r.Allow
+			}
+		}
+		if found {
+			return allow
+		}
+	}
+	return false
+}
+
+// AccessRules lists the allow-list, flag rules first, each group by pattern.
+func (t *Tx) AccessRules() ([]*AccessRule, error) {
+	var out []*AccessRule
+	err := t.tx.Bucket(bucketAccess).ForEach(func(k, v []byte) error {
+		var r AccessRule
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("access rule %s: %w", k, err)
+		}
+		out = append(out, &r)
+		return nil
+	})
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Flag && !out[j].Flag })
+	return out, err
+}
+
+// accessKey keys flag rules apart from API rules of the same pattern, so
+// either may exist without replacing the other.
+func accessKey(r *AccessRule) string {
+	if r.Flag {
+		return "flag:" + r.Pattern
+	}
+	return "api:" + r.Pattern
+}
+
+// SetFlagRules replaces the flag rules with allow rules for patterns.
+func (t *Tx) SetFlagRules(patterns []string) error {
+	b := t.tx.Bucket(bucketAccess)
+	var old [][]byte
+	b.ForEach(func(k, _ []byte) error {
+		if strings.HasPrefix(string(k), "flag:") {
+			old = append(old, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, p := range patterns {
+		r := &AccessRule{Pattern: p, Allow: true, Flag: true}
+		if err := putJSON(b, accessKey(r), r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetAccess adds or replaces the API rule for pattern.
+func (t *Tx) SetAccess(pattern string, allow bool) error {
+	r := &AccessRule{Pattern: pattern, Allow: allow}
+	return putJSON(t.tx.Bucket(bucketAccess), accessKey(r), r)
+}
+
+// Allowed reports whether the stored rules let email in.
+func (t *Tx) Allowed(email string) (bool, error) {
+	rules, err := t.AccessRules()
+	if err != nil {
+		return false, err
+	}
+	return Allowed(rules, email), nil
+}
+
+// User returns the user with this id, or ErrNotFound.
+func (t *Tx) User(id string) (*User, error) {
+	var u User
+	if err := getJSON(t.tx.Bucket(bucketUsers), id, &u); err != nil {
+		return nil, fmt.Errorf("user %q: %w", id, err)
+	}
+	return &u, nil
+}
+
+// activeUser returns the user with this id if the allow-list lets them in.
+func (t *Tx) activeUser(id string) (*User, error) {
+	u, err := t.User(id)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := t.Allowed(u.Email)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("user %s is not allowed: %w", u.Email, ErrNotFound)
+	}
+	return u, nil
+}
+
+// Users lists every user, by email.
+func (t *Tx) Users() ([]*User, error) {
+	var out []*User
+	err := t.tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
+		var u User
+		if err := json.Unmarshal(v, &u); err != nil {
+			return fmt.Errorf("user %s: %w", k, err)
+		}
+		out = append(out, &u)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Email < out[j].Email })
+	return out, err
+}
+
+// UserBySubject returns the user the provider issuer knows as subject, or
+// ErrNotFound.
+func (t *Tx) UserBySubject(issuer, subject string) (*User, error) {
+	users, err := t.Users()
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range users {
+		if u.Issuer == issuer && u.Subject == subject {
+			return u, nil
+		}
+	}
+	return nil, fmt.Errorf("user %s at %s: %w", subject, issuer, ErrNotFound)
+}
+
+// PutUser stores u (new or changed).
+func (t *Tx) PutUser(u *User) error {
+	if u.CreatedAt.IsZero() {
+		u.CreatedAt = time.Now().UTC()
+	}
+	return putJSON(t.tx.Bucket(bucketUsers), u.ID, u)
+}
+
+// DeleteUser removes the user with this id, with their tokens and SSH keys,
+// and returns how many tokens were revoked. Their VMs are the caller's to
+// deal with first.
+func (t *Tx) DeleteUser(id string) (tokens int, err error) {
+	if _, err := t.User(id); err != nil {
+		return 0, err
+	}
+	gone, err := t.DeleteTokens(func(tok *Token) bool { return tok.User == id })
+	if err != nil {
+		return 0, err
+	}
+	keys, err := t.Keys(id)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := t.DeleteKey(k.Fingerprint); err != nil {
+			return 0, err
+		}
+	}
+	return len(gone), t.tx.Bucket(bucketUsers).Delete([]byte(id))
+}
