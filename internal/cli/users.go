@@ -20,8 +20,8 @@ const accessRules = `Who may log in is decided by the allow-list, a list of rule
 An email rule beats a domain rule, which beats *; at the same rank deny beats
 allow. An empty list lets nobody in. Rules given to the daemon with --allow
 are fixed while it runs (fcm users ls shows their source: flag); the ones
-added here are kept by the daemon (source: api). A user denied later can no
-longer log in, but their tokens keep working until revoked: fcm users rm.`
+added with fcm users allow and deny show source api. Quote * in the shell:
+fcm users allow '*'.`
 
 func newUsersCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -166,8 +166,8 @@ func newUsersRmCmd() *cobra.Command {
 (--vms destroy) or kept, owned by the admin from then on (--vms keep). Without
 --vms, fcm asks when the user owns VMs, or fails when there is no terminal.
 
-Removing a user does not stop them logging in again: deny them too
-(fcm users deny <email>) unless the allow-list already does.`,
+If the allow-list still lets them in, they can log in again as a new user:
+deny them too (fcm users deny <email>).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageError{cmd: "users rm", err: errors.New("takes one user: an email or id (see fcm users ls)")}
