@@ -260,3 +260,20 @@ func TestCreate_QuotaExceeded(t *testing.T) {
 		t.Errorf("create over quota: %v", err)
 	}
 }
+
+// The users commands' help explains how the allow-list decides.
+func TestUsers_HelpExplainsTheRules(t *testing.T) {
+	for _, args := range [][]string{{"users", "--help"}, {"users", "allow", "--help"}, {"users", "deny", "--help"}, {"users", "ls", "--help"}} {
+		out, err := runCLI(nil, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flat := strings.Join(strings.Fields(out), " ")
+		for _, want := range []string{"An email rule beats a domain rule, which beats *", "at the same rank deny beats allow",
+			"An empty list lets nobody in", "--allow are fixed while it runs"} {
+			if !strings.Contains(flat, want) {
+				t.Errorf("fcm %s: no %q in\n%s", strings.Join(args, " "), want, out)
+			}
+		}
+	}
+}
