@@ -50,10 +50,15 @@ Start with:
   sudo fcm daemon           # the daemon (writes the admin token)
   fcm create                # a VM
 
-Clients find the daemon at FCM_HOST (default http://127.0.0.1:7777) and
-authenticate with FCM_TOKEN or ~/.fcm-token (mode 0600: fcm refuses a token
-file others can read). From another host use https://fcm.<domain>: fcm warns
-before sending the token over plain http:// beyond this machine.`,
+People log in with fcm login (OIDC, Google by default) and see only their own
+VMs; the admin token is for operators.
+
+Clients find the daemon at FCM_HOST, else the URL in ~/.fcm-host (written by
+fcm login), else http://127.0.0.1:7777, and authenticate with FCM_TOKEN, else
+~/.fcm-token (written by fcm login, or a copy of the admin token). Both files
+must be mode 0600: fcm refuses them when others can read them. From another
+host use https://fcm.<domain>: fcm warns before sending the token over plain
+http:// beyond this machine.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -64,7 +69,7 @@ before sending the token over plain http:// beyond this machine.`,
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
-		newKeysCmd(), newTokenCmd())
+		newKeysCmd(), newTokenCmd(), newLoginCmd(), newLogoutCmd(), newWhoAmICmd(), newUsersCmd())
 	return root
 }
 

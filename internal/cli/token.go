@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"text/tabwriter"
 
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/spf13/cobra"
@@ -10,10 +12,16 @@ import (
 func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
-		Short: "Manage the daemon's admin token",
-		Args:  noArgs,
+		Short: "List and revoke API tokens; rotate the admin token",
+		Long: `Manage API tokens. Each fcm login makes a token for its user; the daemon's
+admin token is for operators.
+
+  fcm token ls              # your tokens (the admin sees everyone's)
+  fcm token revoke <id>     # revoke one ("current" is the one you use)
+  fcm token rotate          # replace the admin token (admin only)`,
+		Args: noArgs,
 	}
-	cmd.AddCommand(&cobra.Command{
+	cmd.AddCommand(newTokenLsCmd(), newTokenRevokeCmd(), &cobra.Command{
 		Use:   "rotate",
 		Short: "Replace the admin token with a new one; the old one stops working at once",
 		Long: `Ask the running daemon for a new admin token (the token you use must be the
@@ -46,4 +54,69 @@ Without a running daemon: sudo fcm daemon --rotate-admin-token.`,
 		},
 	})
 	return cmd
+}
+
+func newTokenLsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List your tokens (the admin token lists everyone's); * marks the one you use",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tokens, err := client.FromEnv().ListTokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd, tokens)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "  ID\tUSER\tCREATED\tLAST USED")
+			for _, t := range tokens {
+				mark, user, used := " ", t.User, "never"
+				if t.Current {
+					mark = "*"
+				}
+				if t.Admin {
+					user = "admin (the admin token)"
+				}
+				if !t.LastUsedAt.IsZero() {
+					used = ago(t.LastUsedAt)
+				}
+				fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\n", mark, t.ID, user, ago(t.CreatedAt), used)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newTokenRevokeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke <id>",
+		Short: "Revoke a token (its id as fcm token ls shows it; current is the one you use)",
+		Long: `Revoke a token: it stops working at once. A user may revoke their own
+tokens, the admin anyone's. "current" is the token you use (fcm logout also
+removes it from ~/.fcm-token). The admin token is not revoked but rotated:
+fcm token rotate.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{cmd: "token revoke", err: errors.New("takes one token id (see fcm token ls)")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := client.FromEnv().RevokeToken(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if args[0] == "current" {
+				fmt.Fprintln(cmd.OutOrStdout(), "Revoked the token you used; log in again with fcm login")
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Revoked token %s\n", args[0])
+			return nil
+		},
+	}
 }

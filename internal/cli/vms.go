@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -172,9 +173,21 @@ func newLsCmd() *cobra.Command {
 				fmt.Fprintln(out, "No VMs. Create one with: fcm create")
 				return nil
 			}
+			// The daemon tells owners to the admin only: a column then.
+			owners := slices.ContainsFunc(vms, func(v api.VM) bool { return v.Owner != "" })
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tCPUS\tMEMORY\tDISK\tURL\tCREATED")
+			if owners {
+				fmt.Fprint(tw, "NAME\tOWNER\t")
+			} else {
+				fmt.Fprint(tw, "NAME\t")
+			}
+			fmt.Fprintln(tw, "STATE\tIP\tCPUS\tMEMORY\tDISK\tURL\tCREATED")
 			for _, v := range vms {
+				if owners {
+					fmt.Fprintf(tw, "%s\t%s\t", v.Name, dash(v.Owner))
+				} else {
+					fmt.Fprintf(tw, "%s\t", v.Name)
+				}
 				state := v.State
 				if v.Reason != "" {
 					state += " (" + v.Reason + ")"
@@ -186,7 +199,7 @@ func newLsCmd() *cobra.Command {
 				case v.Route == "pending":
 					url += " (route pending)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", v.Name, state, v.IP, v.CPUs,
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d MiB\t%d GiB\t%s\t%s\n", state, v.IP, v.CPUs,
 					v.MemoryMiB, v.DiskBytes>>30, url, ago(v.CreatedAt))
 			}
 			return tw.Flush()

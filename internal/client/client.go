@@ -39,24 +39,30 @@ type Client struct {
 	// TokenFile is the file the token was read from; "" when it came from
 	// FCM_TOKEN or the caller.
 	TokenFile string
+	// HostFile is the file Host was read from (~/.fcm-host); "" when it came
+	// from FCM_HOST, the default or the caller.
+	HostFile string
 
 	warnOnce sync.Once
 }
 
-// FromEnv builds a client from FCM_HOST and FCM_TOKEN, or ~/.fcm-token. A
-// token file that others may read is refused (Err), and a warning goes to
-// stderr before the token is sent in clear to another host.
+// FromEnv builds a client from the environment: the host from FCM_HOST, else
+// ~/.fcm-host (written by fcm login), else DefaultHost; the token from
+// FCM_TOKEN, else ~/.fcm-token. A token or host file that others may read is
+// refused (Err), and a warning goes to stderr before the token is sent in
+// clear to another host.
 func FromEnv() *Client {
-	host := os.Getenv("FCM_HOST")
-	if host == "" {
-		host = DefaultHost
-	}
-	c := &Client{Host: strings.TrimRight(host, "/"), HTTP: &http.Client{}, Warn: os.Stderr}
+	c := &Client{HTTP: &http.Client{}, Warn: os.Stderr}
+	c.Host, c.HostFile, c.Err = HostFromEnv()
 	c.Token = strings.TrimSpace(os.Getenv("FCM_TOKEN"))
 	if c.Token == "" {
 		if home, err := os.UserHomeDir(); err == nil {
 			path := filepath.Join(home, TokenFileName)
-			c.Token, c.Err = ReadTokenFile(path)
+			var err error
+			c.Token, err = ReadTokenFile(path)
+			if c.Err == nil {
+				c.Err = err
+			}
 			if c.Token != "" {
 				c.TokenFile = path
 			}
@@ -65,11 +71,36 @@ func FromEnv() *Client {
 	return c
 }
 
+// HostFromEnv returns the daemon's URL as FromEnv finds it (FCM_HOST, else
+// ~/.fcm-host, else DefaultHost) without a trailing slash, and the file it
+// came from ("" when it did not come from ~/.fcm-host).
+func HostFromEnv() (host, file string, err error) {
+	host = os.Getenv("FCM_HOST")
+	if host == "" {
+		if home, herr := os.UserHomeDir(); herr == nil {
+			path := filepath.Join(home, HostFileName)
+			host, err = ReadTokenFile(path)
+			if host != "" {
+				file = path
+			}
+		}
+	}
+	if host == "" {
+		host = DefaultHost
+	}
+	return strings.TrimRight(host, "/"), file, err
+}
+
 // TokenFileName is the CLI's token file, in the user's home directory.
 const TokenFileName = ".fcm-token"
 
-// ReadTokenFile reads a token file: "" when there is none, an error when
-// group or others may read it (the token is root on every VM).
+// HostFileName is the CLI's file of the daemon's URL, beside the token file
+// (fcm login writes both; the same mode rules apply).
+const HostFileName = ".fcm-host"
+
+// ReadTokenFile reads a token file (or the host file beside it): "" when
+// there is none, an error when group or others may read it (the token is
+// root on every VM).
 func ReadTokenFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -114,9 +145,9 @@ func WriteTokenFile(path, token string) error {
 	return err
 }
 
-// plainRemote reports whether host (a URL) is http:// to somewhere other than
+// PlainRemote reports whether host (a URL) is http:// to somewhere other than
 // this machine: a token sent there crosses the network in clear.
-func plainRemote(host string) (string, bool) {
+func PlainRemote(host string) (string, bool) {
 	u, err := url.Parse(host)
 	if err != nil || u.Scheme != "http" {
 		return "", false
@@ -132,7 +163,7 @@ func plainRemote(host string) (string, bool) {
 }
 
 // ErrNoToken is returned before any request when no token is configured.
-var ErrNoToken = errors.New("no API token: set FCM_TOKEN or put it in ~/.fcm-token (the daemon writes it to /var/lib/firecracker/.token)")
+var ErrNoToken = errors.New("no API token: run fcm login, set FCM_TOKEN, or put the admin token in ~/.fcm-token (the daemon writes it to /var/lib/firecracker/.token)")
 
 // UnreachableError says the daemon could not be reached at all.
 type UnreachableError struct {
@@ -166,11 +197,17 @@ func (c *Client) do(ctx context.Context, method, path string, body any, accept s
 	if c.Err != nil {
 		return nil, c.Err
 	}
-	if c.Token == "" && path != "/health" {
+	// A login's requests carry no token: they are how a person gets one.
+	login := strings.HasPrefix(path, "/v1/logins")
+	token := c.Token
+	if login {
+		token = ""
+	}
+	if token == "" && !login && path != "/health" {
 		return nil, ErrNoToken
 	}
-	if c.Token != "" && c.Warn != nil {
-		if h, remote := plainRemote(c.Host); remote {
+	if token != "" && c.Warn != nil {
+		if h, remote := PlainRemote(c.Host); remote {
 			c.warnOnce.Do(func() {
 				fmt.Fprintf(c.Warn, "fcm: warning: sending your token in clear over http:// to %s; anyone on the way can read it (use https://, e.g. https://fcm.<domain> through Caddy)\n", h)
 			})
@@ -194,8 +231,8 @@ func (c *Client) do(ctx context.Context, method, path string, body any, accept s
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	hc := c.HTTP
 	if hc == nil {
