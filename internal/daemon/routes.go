@@ -15,9 +15,12 @@ import (
 type rule int
 
 const (
+	// ruleUnset is no rule: a route without one is refused (500) and fails
+	// the route walk test.
+	ruleUnset rule = iota
 	// rulePublic: anyone; the handler needs no caller (health, logins, the
 	// login pages).
-	rulePublic rule = iota
+	rulePublic
 	// ruleOwnAuth: the handler authenticates by the means of its protocol
 	// (git's HTTP Basic with a token, a push's one-time token).
 	ruleOwnAuth
@@ -31,7 +34,7 @@ const (
 )
 
 func (r rule) String() string {
-	return [...]string{"public", "own-auth", "token", "vm", "admin"}[r]
+	return [...]string{"unset", "public", "own-auth", "token", "vm", "admin"}[r]
 }
 
 // route is one entry of the table: its rule and its handler (h, or raw for
@@ -105,7 +108,11 @@ func (s *Server) guard(rt route) http.Handler {
 		return rt.raw
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if rt.rule == rulePublic {
+		switch rt.rule {
+		case ruleUnset:
+			writeError(w, http.StatusInternalServerError, api.CodeInternal, "this route has no rule")
+			return
+		case rulePublic:
 			rt.h(s, w, r, nil)
 			return
 		}
