@@ -37,7 +37,8 @@ type Page struct {
 	loginError string // text of the provider's #login-error, if present
 }
 
-// Browser is a headless Chromium with one tab, for one test.
+// Browser is a headless Chromium with one tab, for one test. Its methods act
+// on that tab, so call them from one goroutine at a time.
 type Browser struct {
 	tab context.Context
 
@@ -54,16 +55,34 @@ func Chromium() string {
 	return "/usr/bin/chromium"
 }
 
-// New starts a headless Chromium that resolves no name and reaches only
-// loopback. The test's cleanup closes it. New fails the test if Chromium is
-// missing or does not start.
-func New(t testing.TB) *Browser {
+// Option changes how New starts the browser.
+type Option func(*config)
+
+type config struct {
+	resolve []string // host-resolver MAP rules before the catch-all
+}
+
+// Resolve makes the browser resolve host to ip, e.g. Resolve("fcm.example.test",
+// "127.0.0.1"). Without it the browser resolves no name at all.
+func Resolve(host, ip string) Option {
+	return func(c *config) { c.resolve = append(c.resolve, "MAP "+host+" "+ip) }
+}
+
+// New starts a headless Chromium that resolves no name (but those given with
+// Resolve) and so reaches only loopback. The test's cleanup closes it. New
+// fails the test if Chromium is missing or does not start.
+func New(t testing.TB, opts ...Option) *Browser {
 	t.Helper()
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
 	bin := Chromium()
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("browsertest: no chromium at %s (apt-get install chromium, or set FCM_CHROMIUM): %v", bin, err)
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+	rules := strings.Join(append(cfg.resolve, "MAP * ~NOTFOUND", "EXCLUDE 127.0.0.1"), ", ")
+	flags := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(bin),
 		chromedp.UserDataDir(t.TempDir()), // removed after the browser stops: cleanups run last-in first-out
 		chromedp.NoSandbox,
@@ -72,9 +91,9 @@ func New(t testing.TB) *Browser {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+		chromedp.Flag("host-resolver-rules", rules),
 	)
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), flags...)
 	tab, _ := chromedp.NewContext(alloc)
 	t.Cleanup(func() {
 		if err := chromedp.Cancel(tab); err != nil && !errors.Is(err, context.Canceled) {

@@ -21,7 +21,7 @@ func TestBrowser_Login(t *testing.T) {
 		if page.Code != code || page.Status != 200 || !strings.Contains(page.Text, code) {
 			t.Fatalf("login as %s: page %s (%d) shows code %q, want %q: %q", u.Username, page.URL, page.Status, page.Code, code, page.Text)
 		}
-		if p, _ := url.Parse(page.URL); p.Path != "/oauth2/callback" || !strings.HasPrefix(page.URL, rp.srv.URL) {
+		if p, _ := url.Parse(page.URL); p.Path != "/oauth2/callback" || !strings.HasPrefix(page.URL, rp.base) {
 			t.Errorf("login as %s ended at %s, want the stand-in's callback", u.Username, page.URL)
 		}
 		if page.Error != "" || page.Done != "" {
@@ -96,7 +96,7 @@ func TestBrowser_ReplayCallback(t *testing.T) {
 func TestBrowser_ConfirmWithoutButton(t *testing.T) {
 	rp := newStandIn(t)
 	b := browsertest.New(t)
-	page, err := b.Open(t.Context(), rp.srv.URL+"/login/nope")
+	page, err := b.Open(t.Context(), rp.base+"/login/nope")
 	if err != nil {
 		t.Fatal(err)
 	}

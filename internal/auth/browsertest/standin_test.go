@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"fmt"
 	"html/template"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -21,6 +23,7 @@ import (
 // an error, and POST /login/<id>/confirm says who logged in.
 type standIn struct {
 	srv      *httptest.Server
+	base     string // the URL the browser uses: srv.URL, or with a host name
 	provider *oidctest.Provider
 	oauth    oauth2.Config
 	verifier *oidc.IDTokenVerifier
@@ -36,7 +39,10 @@ type standInLogin struct {
 	email              string
 }
 
-func newStandIn(t *testing.T) *standIn {
+func newStandIn(t *testing.T) *standIn { t.Helper(); return newStandInAt(t, "") }
+
+// newStandInAt serves the stand-in at http://host:port when host is set.
+func newStandInAt(t *testing.T, host string) *standIn {
 	t.Helper()
 	s := &standIn{logins: make(map[string]*standInLogin), byState: make(map[string]*standInLogin)}
 	mux := http.NewServeMux()
@@ -45,9 +51,13 @@ func newStandIn(t *testing.T) *standIn {
 	mux.HandleFunc("POST /login/{id}/confirm", s.confirm)
 	s.srv = httptest.NewServer(mux)
 	t.Cleanup(s.srv.Close)
+	s.base = s.srv.URL
+	if host != "" {
+		s.base = "http://" + host + ":" + strconv.Itoa(s.srv.Listener.Addr().(*net.TCPAddr).Port)
+	}
 
 	const clientID = "fcm-browser-test"
-	p, err := oidctest.Start(oidctest.Options{ClientID: clientID, ClientSecret: "s3cret", RedirectURIs: []string{s.srv.URL + "/oauth2/callback"}})
+	p, err := oidctest.Start(oidctest.Options{ClientID: clientID, ClientSecret: "s3cret", RedirectURIs: []string{s.base + "/oauth2/callback"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +69,7 @@ func newStandIn(t *testing.T) *standIn {
 	s.provider = p
 	s.oauth = oauth2.Config{
 		ClientID: clientID, ClientSecret: "s3cret", Endpoint: op.Endpoint(),
-		RedirectURL: s.srv.URL + "/oauth2/callback",
+		RedirectURL: s.base + "/oauth2/callback",
 		Scopes:      []string{oidc.ScopeOpenID, "email", "profile"},
 	}
 	s.verifier = op.Verifier(&oidc.Config{ClientID: clientID})
@@ -75,7 +85,7 @@ func (s *standIn) newLogin() (url, code string) {
 	defer s.mu.Unlock()
 	s.logins[l.id] = l
 	s.byState[l.state] = l
-	return s.srv.URL + "/login/" + l.id, l.code
+	return s.base + "/login/" + l.id, l.code
 }
 
 func (s *standIn) start(w http.ResponseWriter, r *http.Request) {
