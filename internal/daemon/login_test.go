@@ -1,0 +1,250 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
+	"github.com/fcmhost/fcm/internal/auth/browsertest"
+	"github.com/fcmhost/fcm/internal/auth/oidctest"
+	"github.com/fcmhost/fcm/internal/client"
+	"github.com/fcmhost/fcm/internal/store"
+)
+
+// loginRig is the daemon's API (in process) with OIDC logins against a real
+// OpenID provider (zitadel's op) on loopback, and a headless Chromium.
+type loginRig struct {
+	url      string
+	store    *store.Store
+	provider *oidctest.Provider
+	browser  *browsertest.Browser
+	anon     *client.Client // no token
+}
+
+func newLoginRig(t *testing.T, allow ...string) *loginRig {
+	t.Helper()
+	p := newPeople(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-test", ClientSecret: "fcm-test-secret", RedirectURIs: []string{base + auth.CallbackPath}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(op.Close)
+	logins, err := auth.New(auth.Config{Issuer: op.Issuer(), ClientID: "fcm-test", ClientSecret: "fcm-test-secret", PublicURL: base}, p.store, slogTo(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.store.Update(func(tx *store.Tx) error { return tx.SetFlagRules(allow) }); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer((&Server{Store: p.store, VMs: &fakeVMs{}, Auth: logins, Log: slogTo(io.Discard)}).Handler())
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return &loginRig{url: base, store: p.store, provider: op, browser: browsertest.New(t), anon: &client.Client{Host: base}}
+}
+
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// apiCode is the code of an API error, "" for none.
+func apiCode(err error) string {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+// TestLogin_BrowserConfirmsTheCLIsCode: the whole login as a person does it.
+// The CLI's poll is pending until the person confirmed, then gets a token
+// for alice (once); replaying the callback fails clearly.
+func TestLogin_BrowserConfirmsTheCLIsCode(t *testing.T) {
+	rig := newLoginRig(t, "@example.com")
+	ctx := ctxFor(t)
+	start, err := rig.anon.StartLogin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(start.URL, rig.url+"/login/") || len(start.Code) != 9 {
+		t.Fatalf("login start: %+v", start)
+	}
+	page, err := rig.browser.Login(ctx, start.URL, oidctest.Alice.Username, oidctest.Alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Code != start.Code || !strings.Contains(page.Text, "alice@example.com") {
+		t.Fatalf("confirm page shows code %q (CLI has %q): %s", page.Code, start.Code, page.Text)
+	}
+	if _, pending, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); !pending || err != nil {
+		t.Fatalf("poll before confirming: pending %v, %v", pending, err)
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, "not-the-poll-token"); apiCode(err) != api.CodeForbidden {
+		t.Fatalf("poll with a wrong poll token: %v", err)
+	}
+	page, err = rig.browser.Confirm(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.Done, "Logged in as alice@example.com") {
+		t.Fatalf("after confirming: %+v", page)
+	}
+	res, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+	if err != nil || res == nil {
+		t.Fatalf("poll after confirming: %v", err)
+	}
+	if res.User.Email != "alice@example.com" || res.User.Name != oidctest.Alice.Name || !store.ValidSecret(res.Token) {
+		t.Fatalf("login result: %+v", res)
+	}
+	me, err := (&client.Client{Host: rig.url, Token: res.Token}).WhoAmI(ctx)
+	if err != nil || me.Role != api.RoleUser || me.User == nil || me.User.Email != "alice@example.com" || me.User.Issuer != rig.provider.Issuer() {
+		t.Fatalf("whoami with the new token: %+v, %v", me, err)
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); apiCode(err) != api.CodeExpired {
+		t.Fatalf("a second poll: %v, want expired (the token is given once)", err)
+	}
+	page, err = rig.browser.Open(ctx, rig.browser.LastCallbackURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Status != http.StatusBadRequest || !strings.Contains(page.Error, "already completed or has expired") {
+		t.Fatalf("replayed callback: %d %q", page.Status, page.Error)
+	}
+}
+
+// TestLogin_NotAllowed: an email the allow-list does not let in is told so in
+// the browser and in the CLI, and nothing is made.
+func TestLogin_NotAllowed(t *testing.T) {
+	rig := newLoginRig(t, "@example.com")
+	ctx := ctxFor(t)
+	start, err := rig.anon.StartLogin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := rig.browser.Login(ctx, start.URL, oidctest.Carol.Username, oidctest.Carol.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Status != http.StatusForbidden || !strings.Contains(page.Error, "carol@other.org may not log in") || page.Code != "" {
+		t.Fatalf("page for carol: %d %+v", page.Status, page)
+	}
+	_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+	if apiCode(err) != api.CodeNotAllowed || !strings.Contains(err.Error(), "fcm users allow carol@other.org") {
+		t.Fatalf("CLI poll for carol: %v", err)
+	}
+	rig.store.View(func(tx *store.Tx) error {
+		users, _ := tx.Users()
+		for _, u := range users {
+			if u.Email == "carol@other.org" {
+				t.Errorf("carol was made a user: %+v", u)
+			}
+		}
+		toks, _ := tx.Tokens()
+		if len(toks) != 3 {
+			t.Errorf("%d tokens after a refused login, want the 3 there were", len(toks))
+		}
+		return nil
+	})
+}
+
+// TestLogin_TamperedAndReplayed: a wrong state, a code used again, and ID
+// tokens for another audience or from another issuer each fail with a clear
+// message, in the browser and for the CLI.
+func TestLogin_TamperedAndReplayed(t *testing.T) {
+	rig := newLoginRig(t, "@example.com")
+	ctx := ctxFor(t)
+
+	page, err := rig.browser.Open(ctx, rig.url+"/oauth2/callback?state=forged&code=abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.Status != http.StatusBadRequest || !strings.Contains(page.Error, "state is unknown") {
+		t.Fatalf("a forged state: %d %q", page.Status, page.Error)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		tamper oidctest.Tamper
+		want   string
+	}{
+		{"audience", oidctest.Tamper{Audience: "someone-else"}, "audience"},
+		{"issuer", oidctest.Tamper{Issuer: "http://127.0.0.1:1"}, "issue"},
+	} {
+		start, err := rig.anon.StartLogin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rig.provider.Tamper(tc.tamper)
+		page, err := rig.browser.Login(ctx, start.URL, oidctest.Bob.Username, oidctest.Bob.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page.Status != http.StatusBadRequest || !strings.Contains(page.Error, "ID token was refused") || !strings.Contains(page.Error, tc.want) || page.Code != "" {
+			t.Errorf("%s: page %d %q", tc.name, page.Status, page.Error)
+		}
+		_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+		if apiCode(err) != api.CodeLoginFailed || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: CLI poll: %v", tc.name, err)
+		}
+	}
+
+	// A code the provider already gave out, brought back through a new
+	// login's own state: the provider refuses it and fcm says so.
+	used, err := url.Parse(rig.browser.LastCallbackURL())
+	if err != nil || used.Query().Get("code") == "" {
+		t.Fatalf("no callback recorded: %q", rig.browser.LastCallbackURL())
+	}
+	start, err := rig.anon.StartLogin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jar, state := rig.begin(t, start.ID)
+	resp, err := jar.Get(rig.url + auth.CallbackPath + "?" + url.Values{"state": {state}, "code": {used.Query().Get("code")}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "refused the sign-in code") {
+		t.Fatalf("a reused code: %d %s", resp.StatusCode, body)
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); apiCode(err) != api.CodeLoginFailed {
+		t.Fatalf("CLI poll after a reused code: %v", err)
+	}
+}
+
+// begin opens a login's URL as a browser would (keeping its cookie) and
+// returns that client and the OAuth state the daemon sent to the provider.
+func (rig *loginRig) begin(t *testing.T, id string) (*http.Client, string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(rig.url + "/login/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || loc.Query().Get("state") == "" {
+		t.Fatalf("/login/%s: %d to %q", id, resp.StatusCode, resp.Header.Get("Location"))
+	}
+	return c, loc.Query().Get("state")
+}
