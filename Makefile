@@ -71,7 +71,8 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
-		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl ruby
+		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl ruby \
+		chromium
 
 clean:
 	rm -rf bin
