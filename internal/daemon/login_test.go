@@ -248,3 +248,22 @@ func (rig *loginRig) begin(t *testing.T, id string) (*http.Client, string) {
 	}
 	return c, loc.Query().Get("state")
 }
+
+// TestLogin_NotConfigured: without an OIDC client the daemon says how to set
+// one up, and the login pages answer the same.
+func TestLogin_NotConfigured(t *testing.T) {
+	f := newFixture(t)
+	anon := &client.Client{Host: f.srv.URL}
+	_, err := anon.StartLogin(context.Background())
+	if apiCode(err) != api.CodeLoginDisabled || !strings.Contains(err.Error(), "--oidc-client-id and --oidc-client-secret") {
+		t.Fatalf("login without OIDC: %v", err)
+	}
+	resp, err := http.Get(f.srv.URL + "/login/abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotImplemented {
+		t.Errorf("/login/abc without OIDC: %d", resp.StatusCode)
+	}
+}
