@@ -64,6 +64,7 @@ type Service struct {
 // login is one `fcm login` in progress.
 type login struct {
 	id       string
+	web      bool   // started by the status page's "Sign in", not by a CLI
 	code     string // shown by the CLI and by the page
 	pollHash [32]byte
 	expires  time.Time

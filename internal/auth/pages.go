@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/fcmhost/fcm/internal/api"
@@ -18,12 +19,40 @@ import (
 const (
 	stateCookie   = "fcm_login_state"
 	confirmCookie = "fcm_login_confirm"
+	// SessionCookie holds a browser's token (a "web session" token of the
+	// user, or the admin token pasted on the page).
+	SessionCookie = "fcm_session"
 )
+
+// WebSessionName names the tokens of browsers' sessions.
+const WebSessionName = "web session"
+
+// SessionTTL is how long a browser's session lasts.
+const SessionTTL = 7 * 24 * time.Hour
 
 // Begin is GET /login/{id}: the URL the CLI printed. It sends the browser to
 // the provider, bound to this browser by a cookie holding the state.
 func (s *Service) Begin(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+	s.begin(w, r, r.PathValue("id"))
+}
+
+// BeginWeb is GET /login: "Sign in" on the status page. The browser that
+// starts it is the one that ends it, so there is no code to confirm: the
+// callback gives it a session cookie.
+func (s *Service) BeginWeb(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if len(s.logins) >= maxPending {
+		s.mu.Unlock()
+		s.page(w, http.StatusServiceUnavailable, pageData{Error: "Too many logins in progress: try again in a few minutes."})
+		return
+	}
+	l := &login{id: random(16), web: true, expires: s.now().Add(LoginTTL)}
+	s.logins[l.id] = l
+	s.mu.Unlock()
+	s.begin(w, r, l.id)
+}
+
+func (s *Service) begin(w http.ResponseWriter, r *http.Request, id string) {
 	s.mu.Lock()
 	l, ok := s.logins[id]
 	if !ok || s.now().After(l.expires) {
@@ -99,6 +128,10 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 	}
 	if !allowed {
 		fail(notAllowed(ident.email))
+		return
+	}
+	if l.web {
+		s.finishWeb(w, r, id, ident)
 		return
 	}
 	csrf := random(24)
@@ -189,9 +222,28 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 
+	u, f := s.admit(ident)
+	s.mu.Lock()
+	if f != nil {
+		l.failure = f
+	} else {
+		l.userID = u.ID
+	}
+	s.mu.Unlock()
+	s.clearCookie(w, confirmCookie)
+	if f != nil {
+		s.page(w, f.Status, pageData{Error: f.Message})
+		return
+	}
+	s.page(w, http.StatusOK, pageData{Done: fmt.Sprintf("Logged in as %s. Go back to your terminal: fcm login has its token.", u.Email)})
+}
+
+// admit makes or updates the user the provider vouched for, if the
+// allow-list lets them in.
+func (s *Service) admit(ident *identity) (*store.User, *Failure) {
 	var u *store.User
 	var refused *Failure
-	err = s.store.Update(func(tx *store.Tx) error {
+	err := s.store.Update(func(tx *store.Tx) error {
 		if ok, err := tx.Allowed(ident.email); err != nil {
 			return err
 		} else if !ok {
@@ -209,23 +261,49 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 		u.Email, u.Name, u.LastLoginAt = ident.email, ident.name, s.now().UTC()
 		return tx.PutUser(u)
 	})
-	s.mu.Lock()
-	switch {
-	case err != nil:
-		l.failure = &Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()}
-	case refused != nil:
-		l.failure = refused
-	default:
-		l.userID = u.ID
+	if err != nil {
+		return nil, &Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()}
 	}
-	f := l.failure
+	return u, refused
+}
+
+// finishWeb ends a browser's own login: a session token in a cookie, and
+// back to the status page.
+func (s *Service) finishWeb(w http.ResponseWriter, r *http.Request, id string, ident *identity) {
+	s.mu.Lock()
+	s.drop(id)
 	s.mu.Unlock()
-	s.clearCookie(w, confirmCookie)
+	s.clearCookie(w, stateCookie)
+	u, f := s.admit(ident)
 	if f != nil {
 		s.page(w, f.Status, pageData{Error: f.Message})
 		return
 	}
-	s.page(w, http.StatusOK, pageData{Done: fmt.Sprintf("Logged in as %s. Go back to your terminal: fcm login has its token.", u.Email)})
+	secret := store.NewSecret()
+	tok := &store.Token{ID: store.NewTokenID(), Name: WebSessionName, User: u.ID, ExpiresAt: s.now().Add(SessionTTL).UTC()}
+	if err := s.store.Update(func(tx *store.Tx) error { return tx.PutToken(secret, tok) }); err != nil {
+		s.page(w, http.StatusInternalServerError, pageData{Error: err.Error()})
+		return
+	}
+	s.log.Info("web login", "user", u.Email, "user_id", u.ID, "token", tok.ID)
+	s.SetSession(w, secret, SessionTTL)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// SetSession gives the browser its session: the token in an HttpOnly cookie
+// (Secure over HTTPS, SameSite=Lax), for ttl.
+func (s *Service) SetSession(w http.ResponseWriter, secret string, ttl time.Duration) {
+	SetSessionCookie(w, secret, ttl, strings.HasPrefix(s.cfg.PublicURL, "https://"))
+}
+
+// SetSessionCookie sets (ttl > 0) or clears (ttl <= 0) the session cookie.
+func SetSessionCookie(w http.ResponseWriter, secret string, ttl time.Duration, secure bool) {
+	c := &http.Cookie{Name: SessionCookie, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure}
+	if ttl <= 0 {
+		c.Value, c.MaxAge = "", -1
+	}
+	http.SetCookie(w, c)
 }
 
 func (s *Service) setCookie(w http.ResponseWriter, name, value string) {

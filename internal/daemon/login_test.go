@@ -19,6 +19,7 @@ import (
 	"github.com/fcmhost/fcm/internal/auth/oidctest"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // loginRig is the daemon's API (in process) with OIDC logins against a real
@@ -265,5 +266,73 @@ func TestLogin_NotConfigured(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotImplemented {
 		t.Errorf("/login/abc without OIDC: %d", resp.StatusCode)
+	}
+}
+
+// TestLogin_WebSession: "Sign in" from the status page gives the browser a
+// session cookie (no code to confirm: the browser began it), which the API
+// takes like a token; logout revokes it.
+func TestLogin_WebSession(t *testing.T) {
+	rig := newLoginRig(t, "@example.com")
+	ctx := ctxFor(t)
+	page, err := rig.browser.Login(ctx, rig.url+"/login", oidctest.Alice.Username, oidctest.Alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.URL != rig.url+"/" {
+		t.Fatalf("after signing in the browser is at %s (%d), want the status page", page.URL, page.Status)
+	}
+	page, err = rig.browser.Open(ctx, rig.url+"/v1/whoami")
+	if err != nil || page.Status != http.StatusOK || !strings.Contains(page.Text, `"email":"alice@example.com"`) {
+		t.Fatalf("whoami with the session cookie: %d %q %v", page.Status, page.Text, err)
+	}
+	var session *store.Token
+	rig.store.View(func(tx *store.Tx) error {
+		toks, _ := tx.Tokens()
+		for _, tok := range toks {
+			if tok.Name == auth.WebSessionName {
+				session = tok
+			}
+		}
+		return nil
+	})
+	if session == nil || session.ExpiresAt.Before(time.Now().Add(6*24*time.Hour)) {
+		t.Fatalf("web session token: %+v", session)
+	}
+}
+
+// TestSession_CrossOriginRefused: with only a browser's cookie, another site
+// may not make the API change anything; reading and the same origin work.
+func TestSession_CrossOriginRefused(t *testing.T) {
+	f := newFixture(t)
+	f.fake.create = func(ctx context.Context, owner string, req api.CreateVMRequest, _ vm.Progress) (*store.VM, error) {
+		return &store.VM{ID: "cccc3333", Name: "web-vm", Owner: owner, State: "running"}, nil
+	}
+	do := func(method, path string, header map[string]string) int {
+		req, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader("{}"))
+		req.AddCookie(&http.Cookie{Name: auth.SessionCookie, Value: f.admin})
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, h := range []map[string]string{{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "http://evil.example"}} {
+		if got := do("POST", "/v1/vms", h); got != http.StatusForbidden {
+			t.Errorf("POST /v1/vms with the cookie and %v: %d, want 403", h, got)
+		}
+		if got := do("DELETE", "/v1/vms/admin-vm", h); got != http.StatusForbidden {
+			t.Errorf("DELETE with the cookie and %v: %d, want 403", h, got)
+		}
+		if got := do("GET", "/v1/vms", h); got != http.StatusOK {
+			t.Errorf("GET /v1/vms with the cookie and %v: %d, want 200", h, got)
+		}
+	}
+	if got := do("POST", "/v1/vms", map[string]string{"Sec-Fetch-Site": "same-origin"}); got != http.StatusCreated {
+		t.Errorf("POST /v1/vms from the same origin: %d, want 201", got)
 	}
 }

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/store"
 )
 
@@ -68,4 +70,53 @@ func (s *Server) loginConfirm(w http.ResponseWriter, r *http.Request, _ *store.T
 	if s.loginEnabled(w) {
 		s.Auth.Confirm(w, r)
 	}
+}
+
+// webLogin is GET /login: "Sign in" on the status page.
+func (s *Server) webLogin(w http.ResponseWriter, r *http.Request, _ *store.Token) {
+	if s.Auth == nil {
+		http.Redirect(w, r, "/?error=login_disabled", http.StatusSeeOther)
+		return
+	}
+	s.Auth.BeginWeb(w, r)
+}
+
+// pasteToken is POST /session: the status page's form for a token (the admin
+// token, on a host without OIDC). A valid one becomes the browser's session.
+func (s *Server) pasteToken(w http.ResponseWriter, r *http.Request, _ *store.Token) {
+	if err := crossOrigin.Check(r); err != nil {
+		writeError(w, http.StatusForbidden, api.CodeForbidden, "cross-origin request refused: "+err.Error())
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	secret := strings.TrimSpace(r.PostFormValue("token"))
+	if err := s.Store.View(func(tx *store.Tx) error { _, _, err := tx.Authenticate(secret); return err }); err != nil || secret == "" {
+		http.Redirect(w, r, "/?error=invalid_token", http.StatusSeeOther)
+		return
+	}
+	auth.SetSessionCookie(w, secret, auth.SessionTTL, s.secureCookies(r))
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// webLogout is POST /logout: the browser's session ends; a web session's
+// token is revoked (a pasted token is only forgotten by this browser).
+func (s *Server) webLogout(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	if tok.Name == auth.WebSessionName && !tok.Admin {
+		err := s.Store.Update(func(tx *store.Tx) error {
+			_, err := tx.DeleteTokens(func(t *store.Token) bool { return t.ID == tok.ID })
+			return err
+		})
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+	}
+	auth.SetSessionCookie(w, "", 0, s.secureCookies(r))
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// secureCookies reports whether the browser reached the daemon over HTTPS
+// (Caddy says so from loopback).
+func (s *Server) secureCookies(r *http.Request) bool {
+	return r.TLS != nil || fromLoopback(r) && r.Header.Get("X-Forwarded-Proto") == "https"
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/store"
 )
 
@@ -92,6 +93,9 @@ func (s *Server) routes() map[string]route {
 		"GET /login/{id}":            {rule: rulePublic, h: (*Server).loginPage},
 		"GET /oauth2/callback":       {rule: rulePublic, h: (*Server).loginCallback},
 		"POST /login/{id}/confirm":   {rule: rulePublic, h: (*Server).loginConfirm},
+		"GET /login":                 {rule: rulePublic, h: (*Server).webLogin},
+		"POST /session":              {rule: rulePublic, h: (*Server).pasteToken},
+		"POST /logout":               {rule: ruleToken, h: (*Server).webLogout},
 
 		// Git authenticates with HTTP Basic (a token as the password); the
 		// push hook with the one-time token of its push.
@@ -116,9 +120,17 @@ func (s *Server) guard(rt route) http.Handler {
 			rt.h(s, w, r, nil)
 			return
 		}
-		tok, ok := s.authenticate(w, r)
+		tok, cookie, ok := s.authenticate(w, r)
 		if !ok {
 			return
+		}
+		// A browser's cookie goes with requests other sites make it send:
+		// those may only read (GET), and a WebSocket checks its Origin.
+		if cookie {
+			if err := crossOrigin.Check(r); err != nil {
+				writeError(w, http.StatusForbidden, api.CodeForbidden, "cross-origin request refused: "+err.Error())
+				return
+			}
 		}
 		switch rt.rule {
 		case ruleAdmin:
@@ -139,16 +151,24 @@ func (s *Server) guard(rt route) http.Handler {
 	})
 }
 
-// authenticate checks the bearer token: one of a user the allow-list still
-// lets in, or the admin token. It notes when the token was last used (at most
-// once a minute: a write per request would cost every request a sync).
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*store.Token, bool) {
-	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || secret == "" {
-		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing token: run fcm login, or send Authorization: Bearer <token> (fcm reads FCM_TOKEN or ~/.fcm-token)")
-		return nil, false
+// crossOrigin refuses state-changing requests a browser sends for another
+// site (Sec-Fetch-Site, or Origin against Host).
+var crossOrigin = http.NewCrossOriginProtection()
+
+// authenticate checks the bearer token, or else a browser's session cookie
+// (cookie reports which): a token of a user the allow-list still lets in, or
+// the admin token. It notes when the token was last used (at most once a
+// minute: a write per request would cost every request a sync).
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (tok *store.Token, cookie, ok bool) {
+	secret, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !bearer || secret == "" {
+		if c, err := r.Cookie(auth.SessionCookie); err == nil && c.Value != "" {
+			secret, cookie = c.Value, true
+		} else {
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing token: run fcm login, or send Authorization: Bearer <token> (fcm reads FCM_TOKEN or ~/.fcm-token)")
+			return nil, false, false
+		}
 	}
-	var tok *store.Token
 	err := s.Store.View(func(tx *store.Tx) (err error) { tok, _, err = tx.Authenticate(secret); return })
 	if sw, ok := w.(*statusWriter); ok {
 		sw.tokenFP = store.Fingerprint(secret)
@@ -157,15 +177,15 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*store.To
 		}
 	}
 	if err != nil {
-		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "invalid token: it was revoked, or its user removed or no longer allowed (fcm login gets a new one)")
-		return nil, false
+		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "invalid token: it was revoked or expired, or its user removed or no longer allowed (fcm login gets a new one)")
+		return nil, cookie, false
 	}
 	if now := time.Now(); now.Sub(tok.LastUsedAt) > time.Minute {
 		if err := s.Store.Update(func(tx *store.Tx) error { return tx.TouchToken(secret, now) }); err != nil {
 			s.logger().Warn("token last use", "token", tok.ID, "err", err)
 		}
 	}
-	return tok, true
+	return tok, cookie, true
 }
 
 func (s *Server) gitHandler() http.Handler {

@@ -19,6 +19,7 @@ type Token struct {
 	User       string    `json:"user,omitempty"` // the user it acts for; "" for the admin token
 	CreatedAt  time.Time `json:"created_at"`
 	LastUsedAt time.Time `json:"last_used_at,omitempty"`
+	ExpiresAt  time.Time `json:"expires_at,omitempty"` // zero: never (web sessions expire)
 }
 
 // Owner is who the token acts for, as VMs and keys name their owner: the
@@ -153,6 +154,9 @@ func (t *Tx) Authenticate(secret string) (*Token, *User, error) {
 	tok, err := t.TokenFor(secret)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !tok.ExpiresAt.IsZero() && time.Now().After(tok.ExpiresAt) {
+		return nil, nil, fmt.Errorf("token %s expired: %w", tok.ID, ErrNotFound)
 	}
 	if tok.User == "" {
 		return tok, nil, nil
