@@ -48,6 +48,20 @@ type route struct {
 
 // routes is the API: pattern -> rule and handler.
 func (s *Server) routes() map[string]route {
+	m := s.apiRoutes()
+	for _, more := range []map[string]route{s.webRoutes(), s.webConsoleRoutes()} {
+		for pattern, rt := range more {
+			if _, dup := m[pattern]; dup {
+				panic("route " + pattern + " twice")
+			}
+			m[pattern] = rt
+		}
+	}
+	return m
+}
+
+// apiRoutes are the JSON API's routes, the logins' and git's.
+func (s *Server) apiRoutes() map[string]route {
 	return map[string]route{
 		"GET /health": {rule: rulePublic, h: (*Server).health},
 
