@@ -253,3 +253,10 @@ func read(ctx context.Context, resp *network.Response) (Page, error) {
 	}
 	return p, nil
 }
+
+// Tab returns a context for a test's own chromedp calls on the tab
+// (chromedp.Run, chromedp.Do, screenshots, key presses, evaluating script):
+// it ends when ctx does, or after the same time limit as the methods.
+func (b *Browser) Tab(ctx context.Context) (context.Context, context.CancelFunc) {
+	return b.call(ctx)
+}
