@@ -16,10 +16,32 @@ CADDY_VERSION := v2.11.9
 CADDY := /var/cache/fcm/tools/caddy-$(CADDY_VERSION)/caddy
 TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY)
 
-.PHONY: build image test-image test-tools test fuzz bench vet deps caddy clean
+.PHONY: build release image test-image test-tools test fuzz bench vet deps caddy clean
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
+
+# The client for the platforms the daemon serves downloads of: per platform
+# fcm-<os>-<arch>.tar.gz holding the one file fcm, plus SHA256SUMS. The daemon
+# serves them from --releases-dir (default <data-dir>/releases): e.g.
+# sudo make release RELEASES=/var/lib/firecracker/releases. Each file is
+# replaced whole (written beside, then renamed), so a daemon serving them
+# never sends half of one.
+RELEASES ?= bin/releases
+PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+release:
+	@set -e; mkdir -p $(RELEASES); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; names=; \
+	for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; name=fcm-$$os-$$arch.tar.gz; names="$$names $$name"; \
+		echo "release $(RELEASES)/$$name"; \
+		mkdir -p $$tmp/$$os-$$arch; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$tmp/$$os-$$arch/fcm ./cmd/fcm; \
+		chmod 0755 $$tmp/$$os-$$arch/fcm; \
+		tar -C $$tmp/$$os-$$arch --owner=0 --group=0 --numeric-owner -czf $(RELEASES)/.$$name.new fcm; \
+		mv -f $(RELEASES)/.$$name.new $(RELEASES)/$$name; \
+	done; \
+	cd $(RELEASES) && sha256sum $$names > .SHA256SUMS.new && mv -f .SHA256SUMS.new SHA256SUMS; \
+	echo "release $(RELEASES)/SHA256SUMS ($(VERSION))"
 
 # The product image (variant full) in /var/lib/firecracker.
 image: build

@@ -7,14 +7,13 @@ import (
 	"strings"
 
 	"github.com/fcmhost/fcm/internal/cli"
-	"github.com/fcmhost/fcm/internal/guestinit"
 )
 
 func main() {
 	if os.Getpid() == 1 {
 		cmdline, _ := os.ReadFile("/proc/cmdline") // not mounted yet in a VM; maybe in a container
 		if isGuestInit(os.Args[0], string(cmdline)) {
-			guestinit.Main() // we are /sbin/init inside a VM
+			guestInit() // we are /sbin/init inside a VM
 		}
 	}
 	os.Exit(cli.Main(os.Args[1:]))

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/fcmhost/fcm/internal/client"
-	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/spf13/cobra"
 )
 
@@ -143,20 +142,4 @@ func newGitCredentialCmd() *cobra.Command {
 			return nil
 		},
 	}
-}
-
-func newHookCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "hook", Short: "Git hooks fcm installs in its repositories", Hidden: true}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "pre-receive",
-		Short: "Build and release the pushed tree before the branch moves",
-		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if code := deploy.PreReceive(cmd.Context(), os.Stdin, os.Stdout); code != 0 {
-				return exitCode(code)
-			}
-			return nil
-		},
-	})
-	return cmd
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package cli
 
 import (
@@ -74,11 +76,6 @@ func newGuestCmd() *cobra.Command {
 	})
 	return cmd
 }
-
-// exitCode is an exit status without a message (the output said why).
-type exitCode int
-
-func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func guestRun(args []string) error {
 	if len(args) == 0 {

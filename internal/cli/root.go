@@ -21,6 +21,7 @@ var Version = "dev"
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer tellVersion(os.Stderr) // after the command and its error line
 	root := newRoot()
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
@@ -65,13 +66,19 @@ http:// beyond this machine.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{cmd: strings.TrimPrefix(c.CommandPath(), "fcm "), err: err}
 	})
-	root.AddCommand(newDaemonCmd(), newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
-		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newImageCmd(), newVersionCmd(), newGuestCmd(),
-		newGitRemoteCmd(), newGitCredentialCmd(), newHookCmd(),
+	root.AddCommand(hostCommands()...)
+	root.AddCommand(newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(),
+		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newVersionCmd(),
+		newGitRemoteCmd(), newGitCredentialCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
 		newKeysCmd(), newTokenCmd(), newLoginCmd(), newLogoutCmd(), newWhoAmICmd(), newUsersCmd())
 	return root
 }
+
+// exitCode is an exit status without a message (the output said why).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // usageError marks mistakes in how a command was called (exit status 2).
 type usageError struct {

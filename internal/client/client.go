@@ -245,6 +245,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any, accept s
 		}
 		return nil, &UnreachableError{Host: c.Host, Err: err}
 	}
+	c.noteVersion(resp)
 	if resp.StatusCode >= 400 {
 		defer resp.Body.Close()
 		return nil, decodeError(resp)

@@ -48,6 +48,9 @@ type Server struct {
 	Deploys    *deploy.Service  // git push deploys; nil: none
 	AdminToken *AdminToken      // the admin token's file, for rotation; nil: none
 	Auth       *auth.Service    // OIDC logins; nil: not configured
+	// ReleasesDir holds the client downloads (make release's tarballs and
+	// SHA256SUMS) served at /releases/; "": none.
+	ReleasesDir string
 	// MaxVMsPerUser is how many VMs a user (not the admin) may have; 0: no limit.
 	MaxVMsPerUser int
 	Version       string
