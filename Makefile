@@ -69,8 +69,9 @@ test-tools: $(CADDY)
 		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
 		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 
-test: vet test-image test-tools
+test: vet test-image test-tools release
 	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) \
+		FCM_RELEASES=$(abspath $(RELEASES)) \
 		$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) fuzz
 

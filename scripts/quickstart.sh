@@ -29,6 +29,8 @@ say "building fcm"
 make build
 install -m 0755 bin/fcm /usr/local/bin/fcm
 echo "/usr/local/bin/fcm: $(fcm version)"
+say "client downloads (served at /releases/ and /install.sh)"
+make release RELEASES="$data/releases"
 
 say "guest image ($variant) in $data"
 if [ -f "$data/image.json" ]; then

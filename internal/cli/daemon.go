@@ -113,6 +113,7 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&o.Login.ClientSecret, "oidc-client-secret", "", "OAuth client secret (default $GOOGLE_CLIENT_SECRET; the environment keeps it out of ps)")
 	f.StringArrayVar(&o.Login.Allow, "allow", nil, "who may log in: emails, @domains, or * for anyone with a verified email; comma-separated or repeated (fcm users allow adds more at run time)")
 	f.StringVar(&o.Login.PublicURL, "public-url", "", "the daemon's URL as browsers reach it, for the login redirect (default https://fcm.<domain>, or http://<listen> without an edge)")
+	f.StringVar(&o.ReleasesDir, "releases-dir", "", "client tarballs served at /releases/fcm-<os>-<arch>.tar.gz and by /install.sh (default <data-dir>/releases; make release RELEASES=<dir> fills it)")
 	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", 10, "most VMs one user may have (the admin token has no limit); 0: no limit")
 	return cmd
 }

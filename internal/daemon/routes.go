@@ -49,7 +49,7 @@ type route struct {
 // routes is the API: pattern -> rule and handler.
 func (s *Server) routes() map[string]route {
 	m := s.apiRoutes()
-	for _, more := range []map[string]route{s.webRoutes(), s.webConsoleRoutes()} {
+	for _, more := range []map[string]route{s.webRoutes(), s.webConsoleRoutes(), s.downloadRoutes()} {
 		for pattern, rt := range more {
 			if _, dup := m[pattern]; dup {
 				panic("route " + pattern + " twice")
@@ -138,6 +138,7 @@ func (s *Server) guard(rt route) http.Handler {
 		if !ok {
 			return
 		}
+		s.versionHeader(w)
 		// A browser's cookie goes with requests other sites make it send:
 		// those may only read (GET), and a WebSocket checks its Origin.
 		if cookie {

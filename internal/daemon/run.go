@@ -59,6 +59,9 @@ type Options struct {
 	MaxDiskBytes int64
 
 	Login LoginOptions
+
+	// ReleasesDir holds the client tarballs served at /releases/ (make release).
+	ReleasesDir string
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -200,7 +203,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
-		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser}
+		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
+		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}
 	self, err := os.Executable()
 	if err != nil {
 		return err
