@@ -16,9 +16,9 @@ CADDY_VERSION := v2.11.9
 CADDY := /var/cache/fcm/tools/caddy-$(CADDY_VERSION)/caddy
 TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY)
 
-.PHONY: build release image test-image test-tools test fuzz bench vet deps caddy clean
+.PHONY: build web release image test-image test-tools test fuzz bench vet deps caddy clean
 
-build:
+build: web
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
 
 # The client for the platforms the daemon serves downloads of: per platform
@@ -29,7 +29,7 @@ build:
 # never sends half of one.
 RELEASES ?= bin/releases
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
-release:
+release: web
 	@set -e; mkdir -p $(RELEASES); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; names=; \
 	for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; name=fcm-$$os-$$arch.tar.gz; names="$$names $$name"; \
@@ -42,6 +42,17 @@ release:
 	done; \
 	cd $(RELEASES) && sha256sum $$names > .SHA256SUMS.new && mv -f .SHA256SUMS.new SHA256SUMS; \
 	echo "release $(RELEASES)/SHA256SUMS ($(VERSION))"
+
+# The web console's terminal (xterm.js, pinned by web/package-lock.json),
+# copied into web/vendor for go:embed; rebuilt when the lockfile changes.
+WEB_VENDOR := web/vendor/xterm.js
+web: $(WEB_VENDOR)
+
+$(WEB_VENDOR): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --prefer-offline
+	cp web/node_modules/@xterm/xterm/lib/xterm.js web/node_modules/@xterm/xterm/css/xterm.css \
+		web/node_modules/@xterm/addon-fit/lib/addon-fit.js web/vendor/
+	touch $(WEB_VENDOR)
 
 # The product image (variant full) in /var/lib/firecracker.
 image: build
@@ -69,7 +80,7 @@ test-tools: $(CADDY)
 		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
 		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 
-test: vet test-image test-tools release
+test: vet web test-image test-tools release
 	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) \
 		FCM_RELEASES=$(abspath $(RELEASES)) \
 		$(GO) test -count=1 -timeout 40m ./...
@@ -96,6 +107,8 @@ deps:
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
 		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl ruby \
 		chromium
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
 
 clean:
-	rm -rf bin
+	rm -rf bin web/node_modules
+	find web/vendor -type f ! -name README -delete
