@@ -110,6 +110,7 @@ var publicRoutes = map[string]bool{
 	"GET /health": true, "POST /v1/logins": true, "POST /v1/logins/{id}/token": true,
 	"GET /login/{id}": true, "GET /oauth2/callback": true, "POST /login/{id}/confirm": true,
 	"GET /login": true, "POST /session": true,
+	"GET /{$}": true, "GET /static/app.js": true, "GET /static/app.css": true,
 }
 
 // TestRoutes_EveryRouteUnderItsRule walks every route the router has, as
