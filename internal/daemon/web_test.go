@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,8 +10,14 @@ import (
 	"testing"
 	"time"
 
+	cdppage "github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/auth"
+	"github.com/fcmhost/fcm/internal/auth/browsertest"
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // page GETs path from h with secret as the browser's session cookie ("" for
@@ -197,4 +204,130 @@ func TestStatusPage_Headers(t *testing.T) {
 			t.Errorf("%s: %d %s, %d bytes", path, status, hdr.Get("Content-Type"), len(body))
 		}
 	}
+}
+
+// setState is a fake lifecycle's change of a VM's state.
+func setState(st *store.Store, name, state string) (*store.VM, error) {
+	return st.UpdateVM(name, func(v *store.VM) error { v.State = state; return nil })
+}
+
+// TestStatusPage_InBrowser runs the page's script in Chromium against a
+// daemon whose VMs are fakes: paste a token, see the VM, stop and start it
+// with the buttons, see a change made elsewhere, create and destroy a VM,
+// all on one page that never reloads and throws no error; then sign out.
+func TestStatusPage_InBrowser(t *testing.T) {
+	p := newPeople(t)
+	fake := &fakeVMs{
+		create: func(ctx context.Context, owner string, req api.CreateVMRequest, progress vm.Progress) (*store.VM, error) {
+			v := &store.VM{ID: "cccc3333", Name: req.Name, Owner: owner, State: "running", IP: "172.16.0.52", Port: 3000, CPUs: 1, MemoryMiB: 1024, DiskBytes: 2 << 30}
+			progress(v, "boot", "booting")
+			return v, p.store.Update(func(tx *store.Tx) error { return tx.InsertVM(v) })
+		},
+		start: func(ctx context.Context, name string, _ vm.Progress) (*store.VM, error) {
+			return setState(p.store, name, "running")
+		},
+		stop: func(ctx context.Context, name string) (*store.VM, error) { return setState(p.store, name, "stopped") },
+		destroy: func(ctx context.Context, name string) error {
+			return p.store.Update(func(tx *store.Tx) error { return tx.DeleteVM(name) })
+		},
+	}
+	s := &Server{Store: p.store, VMs: fake, Guests: noGuests{}, Log: slogTo(io.Discard),
+		Deploys: &deploy.Service{DataDir: t.TempDir(), Store: p.store, Guests: noGuests{}, Log: slogTo(io.Discard)}}
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	b := browsertest.New(t)
+	ctx := ctxFor(t)
+
+	// Every page records its script's errors and CSP violations.
+	tab, cancel := b.Tab(ctx)
+	_, err := chromedp.Call(tab, cdppage.AddScriptToEvaluateOnNewDocument, cdppage.AddScriptToEvaluateOnNewDocumentParams{Source: `
+		window.fcmErrors = [];
+		addEventListener("error", (e) => fcmErrors.push(String(e.message)));
+		addEventListener("unhandledrejection", (e) => fcmErrors.push(String(e.reason)));
+		document.addEventListener("securitypolicyviolation", (e) => fcmErrors.push("CSP: " + e.violatedDirective));`})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eval := func(js string) string {
+		t.Helper()
+		tab, cancel := b.Tab(ctx)
+		defer cancel()
+		out, err := chromedp.Run(tab, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("%s: %v", js, err)
+		}
+		return out
+	}
+	do := func(steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		tab, cancel := b.Tab(ctx)
+		defer cancel()
+		if err := chromedp.Do(tab, steps...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor := func(what, js, want string) {
+		t.Helper()
+		var got string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if got = eval(js); got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %q, want %q; the page:\n%s", what, got, want, eval("document.body.innerText"))
+			}
+		}
+	}
+	stateOf := func(name string) string {
+		return `(() => { const e = document.querySelector('tr[data-vm="` + name + `"] [data-field="state"]'); return e ? e.textContent : "(no row)"; })()`
+	}
+
+	signedOut, err := b.Open(ctx, srv.URL+"/")
+	if err != nil || !strings.Contains(signedOut.Text, "Sign in") {
+		t.Fatalf("the signed-out page: %v %q", err, signedOut.Text)
+	}
+	do(chromedp.SendKeys(chromedp.CSS("#token"), p.alice), chromedp.Click(chromedp.CSS(".token-form button")))
+	waitFor("who after pasting alice's token", `(document.getElementById("who") || {}).textContent || ""`, "alice@example.com")
+	waitFor("alice-vm", stateOf("alice-vm"), "running")
+	eval(`window.samePage = "yes"`)
+
+	do(chromedp.Click(chromedp.CSS(`tr[data-vm="alice-vm"] button[data-action="stop"]`)))
+	waitFor("alice-vm after Stop", stateOf("alice-vm"), "stopped")
+	if eval(`document.querySelector('tr[data-vm="alice-vm"] button[data-action="stop"]').disabled ? "disabled" : "enabled"`) != "disabled" {
+		t.Errorf("Stop is offered for a stopped VM")
+	}
+	do(chromedp.Click(chromedp.CSS(`tr[data-vm="alice-vm"] button[data-action="start"]`)))
+	waitFor("alice-vm after Start", stateOf("alice-vm"), "running")
+	// A change made elsewhere (the CLI) shows too.
+	if _, err := setState(p.store, "alice-vm", "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("alice-vm stopped by someone else", stateOf("alice-vm"), "stopped")
+
+	do(chromedp.SendKeys(chromedp.CSS("#create-name"), "second"), chromedp.Click(chromedp.CSS("#create button")))
+	waitFor("the VM created from the form", stateOf("second"), "running")
+	waitFor("the create's progress", `document.getElementById("create-progress").textContent.includes("second is running") ? "shown" : document.getElementById("create-progress").textContent`, "shown")
+	// Destroy asks for the name: a wrong one destroys nothing.
+	eval(`window.prompt = () => "wrong"; "ok"`)
+	do(chromedp.Click(chromedp.CSS(`tr[data-vm="second"] button[data-action="destroy"]`)))
+	waitFor("the flash after a wrong name", `document.getElementById("flash").textContent.startsWith("Not destroyed") ? "refused" : document.getElementById("flash").textContent`, "refused")
+	if v, err := p.store.GetVM("second"); err != nil || v == nil {
+		t.Fatalf("a wrong name destroyed the VM: %v", err)
+	}
+	eval(`window.prompt = () => "second"; "ok"`)
+	do(chromedp.Click(chromedp.CSS(`tr[data-vm="second"] button[data-action="destroy"]`)))
+	waitFor("the destroyed VM", stateOf("second"), "(no row)")
+	if _, err := p.store.GetVM("second"); err == nil {
+		t.Errorf("the VM is still in the store after Destroy")
+	}
+	if same := eval(`window.samePage || "reloaded"`); same != "yes" {
+		t.Errorf("the page reloaded")
+	}
+	if errs := eval(`JSON.stringify(window.fcmErrors)`); errs != "[]" {
+		t.Errorf("the page's script failed: %s", errs)
+	}
+
+	do(chromedp.Click(chromedp.CSS("#sign-out")))
+	waitFor("after Sign out", `document.getElementById("signed-out") ? "signed out" : location.href`, "signed out")
 }
