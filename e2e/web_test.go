@@ -190,7 +190,7 @@ func statusPageScreenshots(t *testing.T, b *browsertest.Browser) {
 		if err := tabDo(b, chromedp.EmulateViewport(s.w, s.h), chromedp.Sleep(300*time.Millisecond)); err != nil {
 			t.Fatalf("resize for a screenshot: %v", err)
 		}
-		buf, err := tabRun(b, chromedp.FullScreenshot(90))
+		buf, err := tabRun(b, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatalf("screenshot: %v", err)
 		}

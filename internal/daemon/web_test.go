@@ -47,7 +47,7 @@ func tbody(t *testing.T, body string) string {
 func withBobsVM(t *testing.T, p *people) {
 	t.Helper()
 	err := p.store.Update(func(tx *store.Tx) error {
-		if err := tx.InsertVM(&store.VM{ID: "bbbb2222", Name: "bob-vm", Owner: p.bobID, State: "stopped", CPUs: 2, MemoryMiB: 2048, DiskBytes: 4 << 30}); err != nil {
+		if err := tx.InsertVM(&store.VM{ID: "bbbb2222", Name: "bob-vm", Owner: p.bobID, State: "stopped", IP: "172.16.0.51", Port: 3000, CPUs: 2, MemoryMiB: 2048, DiskBytes: 4 << 30}); err != nil {
 			return err
 		}
 		return tx.PutRelease(&store.Release{VM: "bob-vm", Version: 3, Description: "Deploy 9f8e7d6", Commit: "9f8e7d6c5b4a", User: "bob@example.com",

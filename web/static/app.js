@@ -293,6 +293,8 @@ async function refreshVM() {
   const url = $('[data-field="url"]', root);
   if (vm.url) setURL(url, vm.url);
   if (vm.state === "running" && !logsFollowing) followLogs(root.dataset.vm);
+  const logs = $("#logs");
+  if (vm.state !== "running" && !logsFollowing && !logs.textContent) logs.textContent = "(the VM is not running: its logs show when it runs)\n";
 }
 
 async function refreshVMSessions() {
