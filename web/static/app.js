@@ -11,13 +11,18 @@ const LOG_LINES_KEPT = 500;
 function $(sel, root) { return (root || document).querySelector(sel); }
 function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
 
-// flash shows a message at the top of the page.
+let flashTimer = 0;
+
+// flash shows a message at the top of the page; news goes after a while,
+// errors stay until the next message.
 function flash(msg, isError) {
   const el = $("#flash");
   if (!el) return;
   el.textContent = msg;
   el.classList.toggle("error", !!isError);
   el.hidden = !msg;
+  clearTimeout(flashTimer);
+  if (msg && !isError) flashTimer = setTimeout(() => { el.hidden = true; }, 8000);
 }
 
 // api calls the JSON API; it resolves to the decoded body (null for 204)
