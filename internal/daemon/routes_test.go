@@ -111,6 +111,7 @@ var publicRoutes = map[string]bool{
 	"GET /login/{id}": true, "GET /oauth2/callback": true, "POST /login/{id}/confirm": true,
 	"GET /login": true, "POST /session": true, "GET /releases/{file}": true, "GET /install.sh": true,
 	"GET /static/console/{file...}": true,
+	"GET /{$}":                      true, "GET /static/app.js": true, "GET /static/app.css": true,
 }
 
 // TestRoutes_EveryRouteUnderItsRule walks every route the router has, as
