@@ -81,8 +81,9 @@ test-tools: $(CADDY)
 		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
 
 test: vet web test-image test-tools release
+	mkdir -p bin/test-output
 	FCM_BIN=$(abspath $(BIN)) FCM_TEST_IMAGE=$(TEST_IMAGE) FCM_TEST_IMAGE_FULL=$(TEST_IMAGE_FULL) $(TOOL_ENV) \
-		FCM_RELEASES=$(abspath $(RELEASES)) \
+		FCM_RELEASES=$(abspath $(RELEASES)) FCM_TEST_OUTPUT=$(abspath bin/test-output) \
 		$(GO) test -count=1 -timeout 40m ./...
 	$(MAKE) fuzz
 

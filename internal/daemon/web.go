@@ -46,6 +46,7 @@ type indexPage struct {
 	VMs          []vmRow
 	Blank        vmRow // the row the script fills for a VM made after the page
 	Install      string
+	Downloads    []download // the client tarballs, linked from the page
 }
 
 // vmRow is one VM in the list.
@@ -93,7 +94,7 @@ func (s *Server) who(tok *store.Token) string {
 // statusPage is GET /: the caller's VMs (the admin's: everyone's), or the
 // sign-in view.
 func (s *Server) statusPage(w http.ResponseWriter, r *http.Request, _ *store.Token) {
-	p := indexPage{Title: "fcm", LoginEnabled: s.Auth != nil, Install: dist.InstallCommand(publicURL(r))}
+	p := indexPage{Title: "fcm", LoginEnabled: s.Auth != nil, Install: dist.InstallCommand(publicURL(r)), Downloads: downloads()}
 	tok := s.sessionToken(r)
 	if tok == nil {
 		p.Error = signInErrors[r.URL.Query().Get("error")]
@@ -193,4 +194,19 @@ func staticFile(name, contentType string) func(*Server, http.ResponseWriter, *ht
 		w.Header().Set("Cache-Control", "no-cache")
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(data))
 	}
+}
+
+// download is one client tarball as the page links it.
+type download struct {
+	ID, Label, Path string
+}
+
+// downloads lists the client tarballs the daemon serves, for the page.
+func downloads() []download {
+	names := map[string]string{"linux": "Linux", "darwin": "macOS", "amd64": "x86_64", "arm64": "arm64"}
+	var out []download
+	for _, p := range dist.Platforms {
+		out = append(out, download{ID: "download-" + p.OS + "-" + p.Arch, Label: names[p.OS] + " " + names[p.Arch], Path: "/releases/" + p.Tarball()})
+	}
+	return out
 }
