@@ -20,8 +20,12 @@ const (
 	stateCookie   = "fcm_login_state"
 	confirmCookie = "fcm_login_confirm"
 	// SessionCookie holds a browser's token (a "web session" token of the
-	// user, or the admin token pasted on the page).
-	SessionCookie = "fcm_session"
+	// user, or the admin token pasted on the page) over plain HTTP;
+	// SecureSessionCookie over HTTPS, where the __Host- prefix makes browsers
+	// keep it to this host, Secure and Path=/ (no other subdomain, such as a
+	// VM's, can set or shadow it).
+	SessionCookie       = "fcm_session"
+	SecureSessionCookie = "__Host-fcm_session"
 )
 
 // WebSessionName names the tokens of browsers' sessions.
@@ -296,9 +300,23 @@ func (s *Service) SetSession(w http.ResponseWriter, secret string, ttl time.Dura
 	SetSessionCookie(w, secret, ttl, strings.HasPrefix(s.cfg.PublicURL, "https://"))
 }
 
+// SessionSecret returns the token in r's session cookie, "" for none.
+func SessionSecret(r *http.Request) string {
+	for _, name := range []string{SecureSessionCookie, SessionCookie} {
+		if c, err := r.Cookie(name); err == nil && c.Value != "" {
+			return c.Value
+		}
+	}
+	return ""
+}
+
 // SetSessionCookie sets (ttl > 0) or clears (ttl <= 0) the session cookie.
 func SetSessionCookie(w http.ResponseWriter, secret string, ttl time.Duration, secure bool) {
-	c := &http.Cookie{Name: SessionCookie, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
+	name := SessionCookie
+	if secure {
+		name = SecureSessionCookie
+	}
+	c := &http.Cookie{Name: name, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
 		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure}
 	if ttl <= 0 {
 		c.Value, c.MaxAge = "", -1

@@ -336,3 +336,34 @@ func TestSession_CrossOriginRefused(t *testing.T) {
 		t.Errorf("POST /v1/vms from the same origin: %d, want 201", got)
 	}
 }
+
+// TestSession_SecureCookieOverHTTPS: reached over HTTPS (Caddy says so from
+// loopback), a pasted token becomes a __Host- cookie, Secure, Path=/, which
+// then signs the browser in.
+func TestSession_SecureCookieOverHTTPS(t *testing.T) {
+	f := newFixture(t)
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/session", strings.NewReader(url.Values{"token": {f.admin}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cookies := resp.Cookies()
+	if resp.StatusCode != http.StatusSeeOther || len(cookies) != 1 || cookies[0].Name != auth.SecureSessionCookie ||
+		!cookies[0].Secure || !cookies[0].HttpOnly || cookies[0].Path != "/" || cookies[0].SameSite != http.SameSiteLaxMode {
+		t.Fatalf("POST /session over https: %d %+v", resp.StatusCode, cookies)
+	}
+	req, _ = http.NewRequest("GET", f.srv.URL+"/v1/whoami", nil)
+	req.AddCookie(cookies[0])
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("whoami with the __Host- cookie: %d", resp.StatusCode)
+	}
+}

@@ -177,8 +177,8 @@ var crossOrigin = http.NewCrossOriginProtection()
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (tok *store.Token, cookie, ok bool) {
 	secret, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !bearer || secret == "" {
-		if c, err := r.Cookie(auth.SessionCookie); err == nil && c.Value != "" {
-			secret, cookie = c.Value, true
+		if secret = auth.SessionSecret(r); secret != "" {
+			cookie = true
 		} else {
 			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing token: run fcm login, or send Authorization: Bearer <token> (fcm reads FCM_TOKEN or ~/.fcm-token)")
 			return nil, false, false

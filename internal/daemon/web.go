@@ -68,12 +68,12 @@ type vmPage struct {
 // sessionToken is the browser's session, if its cookie holds a valid token;
 // nil if there is none (the page then shows the sign-in view).
 func (s *Server) sessionToken(r *http.Request) *store.Token {
-	c, err := r.Cookie(auth.SessionCookie)
-	if err != nil || c.Value == "" {
+	secret := auth.SessionSecret(r)
+	if secret == "" {
 		return nil
 	}
 	var tok *store.Token
-	if s.Store.View(func(tx *store.Tx) (err error) { tok, _, err = tx.Authenticate(c.Value); return }) != nil {
+	if s.Store.View(func(tx *store.Tx) (err error) { tok, _, err = tx.Authenticate(secret); return }) != nil {
 		return nil
 	}
 	return tok
