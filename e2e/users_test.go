@@ -129,22 +129,28 @@ func (p *person) login(b *browsertest.Browser, u oidctest.User) (string, int, br
 	return "", 0, page
 }
 
-// TestUsers: people log in with OIDC (a real provider, a real browser, the
-// real CLI) and see and touch only their own VMs; the admin sees all with
-// owners; logout and users rm revoke at once.
-func TestUsers(t *testing.T) {
-	dataDir := shortTempDir(t)
-	cleanupVMs(t, dataDir)
+// oidcFlags starts the test OpenID provider for the daemon at daemonListen
+// and returns the daemon's flags for it (the client secret goes through the
+// environment, as the README's systemd setup gives it); @example.com may log in.
+func oidcFlags(t *testing.T) []string {
+	t.Helper()
 	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-e2e", ClientSecret: "fcm-e2e-secret",
 		RedirectURIs: []string{"http://" + daemonListen + "/oauth2/callback"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(op.Close)
-	// The secret through the environment, as the README's systemd unit gives it.
 	t.Setenv("GOOGLE_CLIENT_SECRET", "fcm-e2e-secret")
-	d := startDaemonHV(t, "qemu", dataDir, "--oidc-issuer", op.Issuer(), "--oidc-client-id", "fcm-e2e",
-		"--allow", "@example.com", "--max-vms-per-user", "1", "--git-listen", usersGitListen)
+	return []string{"--oidc-issuer", op.Issuer(), "--oidc-client-id", "fcm-e2e", "--allow", "@example.com"}
+}
+
+// TestUsers: people log in with OIDC (a real provider, a real browser, the
+// real CLI) and see and touch only their own VMs; the admin sees all with
+// owners; logout and users rm revoke at once.
+func TestUsers(t *testing.T) {
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d := startDaemonHV(t, "qemu", dataDir, append(oidcFlags(t), "--max-vms-per-user", "1", "--git-listen", usersGitListen)...)
 	b := browsertest.New(t)
 	admin := &client.Client{Host: "http://" + daemonListen, Token: d.token()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -25,14 +25,7 @@ func TestWeb_StatusPage(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	base := "http://" + daemonListen
-	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-e2e", ClientSecret: "fcm-e2e-secret",
-		RedirectURIs: []string{base + "/oauth2/callback"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(op.Close)
-	t.Setenv("GOOGLE_CLIENT_SECRET", "fcm-e2e-secret")
-	d := startDaemonHV(t, "qemu", dataDir, "--oidc-issuer", op.Issuer(), "--oidc-client-id", "fcm-e2e", "--allow", "@example.com")
+	d := startDaemonHV(t, "qemu", dataDir, oidcFlags(t)...)
 	admin := &client.Client{Host: base, Token: d.token()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

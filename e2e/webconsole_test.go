@@ -153,14 +153,7 @@ func TestWebConsole(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	base := "http://" + daemonListen
-	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-e2e", ClientSecret: "fcm-e2e-secret",
-		RedirectURIs: []string{base + "/oauth2/callback"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(op.Close)
-	t.Setenv("GOOGLE_CLIENT_SECRET", "fcm-e2e-secret")
-	flags := []string{"--oidc-issuer", op.Issuer(), "--oidc-client-id", "fcm-e2e", "--allow", "@example.com"}
+	flags := oidcFlags(t)
 	d := startDaemonHV(t, "qemu", dataDir, flags...)
 	b := browsertest.New(t)
 	c := &webConsole{t: t, b: b}
