@@ -113,10 +113,10 @@ func bootOnce(ctx context.Context, d *qemu.Driver, imageDir, dir string, key ssh
 	ip := net.IPv4(172, 16, 0, 60)
 	spec := vmm.Spec{
 		ID: "bench", Dir: dir,
-		Kernel:    filepath.Join(imageDir, image.KernelFile),
-		Initrd:    filepath.Join(imageDir, image.InitrdFile),
-		BootArgs:  guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: "bench"}),
-		RootDrive: rootfs, TapDevice: "tap_bench", MAC: "06:00:ac:10:00:3c",
+		Kernel:   filepath.Join(imageDir, image.KernelFile),
+		Initrd:   filepath.Join(imageDir, image.InitrdFile),
+		BootArgs: guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: "bench"}),
+		Drives:   []vmm.Drive{{ID: "rootfs", Path: rootfs}}, TapDevice: "tap_bench", MAC: "06:00:ac:10:00:3c",
 		VCPUs: 1, MemoryMiB: 512,
 	}
 	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)

@@ -77,10 +77,10 @@ func newVMFrom(t *testing.T, imageDir, id, hostname string, ip net.IP) *testVM {
 
 	spec := vmm.Spec{
 		ID: id, Dir: dir,
-		Kernel:    filepath.Join(imageDir, image.KernelFile),
-		Initrd:    filepath.Join(imageDir, image.InitrdFile),
-		BootArgs:  guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: hostname, SwapMiB: 64}),
-		RootDrive: rootfs, TapDevice: tap,
+		Kernel:   filepath.Join(imageDir, image.KernelFile),
+		Initrd:   filepath.Join(imageDir, image.InitrdFile),
+		BootArgs: guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: hostname, SwapMiB: 64}),
+		Drives:   []vmm.Drive{{ID: "rootfs", Path: rootfs}}, TapDevice: tap,
 		MAC:   fmt.Sprintf("06:00:ac:10:00:%02x", ip.To4()[3]),
 		VCPUs: 1, MemoryMiB: 512,
 	}
@@ -225,7 +225,7 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	if !strings.Contains(vm.console(), "fcm-init: rebooting") {
 		t.Errorf("the guest did not shut down through fcm-init; console:\n%s", vm.console())
 	}
-	if out, err := exec.Command("e2fsck", "-fn", vm.spec.RootDrive).CombinedOutput(); err != nil {
+	if out, err := exec.Command("e2fsck", "-fn", vm.spec.Drives[0].Path).CombinedOutput(); err != nil {
 		t.Errorf("the disk is not clean after a graceful power-off: %v\n%s", err, out)
 	}
 

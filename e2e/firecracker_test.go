@@ -93,7 +93,7 @@ func TestFirecracker_StartErrors(t *testing.T) {
 	}{
 		{"kernel missing", func(s *vmm.Spec) { s.Kernel = "/nonexistent/vmlinux.bin" }, []string{"PUT /boot-source", "/nonexistent/vmlinux.bin"}},
 		{"tap missing", func(s *vmm.Spec) { s.TapDevice = "tap_nothere" }, []string{"PUT /network-interfaces/eth0", "tap_nothere"}},
-		{"disk missing", func(s *vmm.Spec) { s.RootDrive = "/nonexistent/rootfs.img" }, []string{"PUT /drives/rootfs", "/nonexistent/rootfs.img"}},
+		{"disk missing", func(s *vmm.Spec) { s.Drives[0].Path = "/nonexistent/rootfs.img" }, []string{"PUT /drives/rootfs", "/nonexistent/rootfs.img"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

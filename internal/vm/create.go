@@ -177,7 +177,7 @@ func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progres
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return vm, err
 	}
-	method, err := disk.Create(ctx, m.cfg.Image.Rootfs, m.spec(vm).RootDrive, vm.DiskBytes)
+	method, err := disk.Create(ctx, m.cfg.Image.Rootfs, m.spec(vm).Drives[0].Path, vm.DiskBytes)
 	if err != nil {
 		return vm, fmt.Errorf("disk: %w", err)
 	}
@@ -185,7 +185,7 @@ func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progres
 	if err != nil {
 		return vm, err
 	}
-	if err := guest.Provision(ctx, m.spec(vm).RootDrive, ident); err != nil {
+	if err := guest.Provision(ctx, m.spec(vm).Drives[0].Path, ident); err != nil {
 		return vm, fmt.Errorf("disk: %w", err)
 	}
 	vm, err = m.cfg.Store.UpdateVM(vm.Name, func(v *store.VM) error {

@@ -191,7 +191,7 @@ func (m *Manager) spec(vm *store.VM) vmm.Spec {
 		ID: vm.ID, Dir: m.dir(vm.ID),
 		Kernel: m.cfg.Image.Kernel, Initrd: m.cfg.Image.Initrd,
 		BootArgs:  bootArgs(vm, m.cfg.Subnet),
-		RootDrive: filepath.Join(m.dir(vm.ID), "rootfs.img"),
+		Drives:    []vmm.Drive{{ID: "rootfs", Path: filepath.Join(m.dir(vm.ID), "rootfs.img")}},
 		TapDevice: vm.Tap, MAC: vm.MAC,
 		VCPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		UID: uid, GID: uid, Cgroup: true,

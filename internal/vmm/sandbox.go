@@ -86,13 +86,23 @@ func (s *Sandbox) prepareUser(kvm bool) error {
 			}
 		}
 	}
-	if err := ownDisk(spec.RootDrive, uid, gid); err != nil {
-		return err
+	// A shared drive (the base) is read like the kernel and never taken over:
+	// root-owned and read-only, it cannot be written by a hypervisor that
+	// forgot to attach it read-only.
+	readable := []string{spec.Kernel, spec.Initrd}
+	for _, d := range spec.Drives {
+		if d.Shared {
+			readable = append(readable, d.Path)
+			continue
+		}
+		if err := ownDisk(d.Path, uid, gid); err != nil {
+			return err
+		}
 	}
 	if err := reachable(spec.Dir, uid, gid, false); err != nil {
 		return err
 	}
-	for _, f := range []string{spec.Kernel, spec.Initrd} {
+	for _, f := range readable {
 		if f == "" {
 			continue
 		}

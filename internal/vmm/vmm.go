@@ -20,12 +20,15 @@ import (
 
 // Spec is everything a driver needs to boot one VM.
 type Spec struct {
-	ID        string // short [a-z0-9] id; names the process
-	Dir       string // the VM's directory: sockets, pid file and logs go here
-	Kernel    string // uncompressed ELF kernel (vmlinux.bin)
-	Initrd    string // optional initrd
-	BootArgs  string // the whole kernel command line (drivers may append what their machine needs)
-	RootDrive string // raw ext4 image, attached read-write as the first disk
+	ID       string // short [a-z0-9] id; names the process
+	Dir      string // the VM's directory: sockets, pid file and logs go here
+	Kernel   string // uncompressed ELF kernel (vmlinux.bin)
+	Initrd   string // optional initrd
+	BootArgs string // the whole kernel command line (drivers may append what their machine needs)
+	// Drives are the VM's disks, raw images; the first is the root device
+	// (Firecracker's is_root_device, which it attaches as /dev/vda). A guest
+	// finds its drives by label or content, not by /dev/vdX order.
+	Drives    []Drive
 	TapDevice string // host tap device for eth0
 	MAC       string // eth0's MAC address
 	VCPUs     int
@@ -38,13 +41,26 @@ type Spec struct {
 	Cgroup bool
 }
 
+// Drive is one disk of a VM.
+type Drive struct {
+	ID   string // [a-z0-9_]: Firecracker's drive_id, QEMU's drive id
+	Path string // raw image on the host
+	// ReadOnly attaches it read-only: the guest's writes fail.
+	ReadOnly bool
+	// Shared drives belong to no one VM (the guest image's base): the sandbox
+	// only checks that the VM's user can read them, and never takes them over.
+	// A shared drive must be ReadOnly.
+	Shared bool
+}
+
 // MaxDirLen is the longest VM directory a driver accepts: control sockets live
 // there, and a unix socket path has at most 107 bytes.
 const MaxDirLen = 80
 
 var (
-	idPattern  = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
-	tapPattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
+	idPattern    = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+	drivePattern = regexp.MustCompile(`^[a-z0-9_]{1,16}$`)
+	tapPattern   = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
 )
 
 // Validate rejects a spec a driver must not act on: paths that are relative, an id
@@ -53,10 +69,27 @@ func (s Spec) Validate() error {
 	if !idPattern.MatchString(s.ID) {
 		return fmt.Errorf("invalid vm id %q: want 1-32 of [a-z0-9]", s.ID)
 	}
-	for name, p := range map[string]string{"dir": s.Dir, "kernel": s.Kernel, "root drive": s.RootDrive} {
+	for name, p := range map[string]string{"dir": s.Dir, "kernel": s.Kernel} {
 		if p == "" || !filepath.IsAbs(p) {
 			return fmt.Errorf("vm %s: %s path %q must be absolute", s.ID, name, p)
 		}
+	}
+	if len(s.Drives) == 0 {
+		return fmt.Errorf("vm %s: no drives: a vm needs a root drive", s.ID)
+	}
+	seen := map[string]bool{}
+	for _, d := range s.Drives {
+		switch {
+		case !drivePattern.MatchString(d.ID):
+			return fmt.Errorf("vm %s: invalid drive id %q: want 1-16 of [a-z0-9_]", s.ID, d.ID)
+		case seen[d.ID]:
+			return fmt.Errorf("vm %s: drive id %q given twice", s.ID, d.ID)
+		case d.Path == "" || !filepath.IsAbs(d.Path):
+			return fmt.Errorf("vm %s: drive %s path %q must be absolute", s.ID, d.ID, d.Path)
+		case d.Shared && !d.ReadOnly:
+			return fmt.Errorf("vm %s: drive %s is shared between vms, so it must be read-only", s.ID, d.ID)
+		}
+		seen[d.ID] = true
 	}
 	if len(s.Dir) > MaxDirLen {
 		return fmt.Errorf("vm %s: directory %s is %d bytes long; at most %d fit a unix socket path", s.ID, s.Dir, len(s.Dir), MaxDirLen)

@@ -6,7 +6,7 @@ import (
 )
 
 func TestSpec_Validate(t *testing.T) {
-	good := Spec{ID: "abc123", Dir: "/d", Kernel: "/k", RootDrive: "/r", TapDevice: "tap_abc123",
+	good := Spec{ID: "abc123", Dir: "/d", Kernel: "/k", Drives: []Drive{{ID: "rootfs", Path: "/r"}}, TapDevice: "tap_abc123",
 		MAC: "06:00:ac:10:00:32", VCPUs: 1, MemoryMiB: 512}
 	tests := []struct {
 		name    string

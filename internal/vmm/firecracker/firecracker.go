@@ -231,10 +231,14 @@ func configure(ctx context.Context, api *apiClient, spec vmm.Spec) error {
 	}, nil); err != nil {
 		return err
 	}
-	if err := api.do(ctx, "PUT", "/drives/rootfs", drive{
-		DriveID: "rootfs", PathOnHost: spec.RootDrive, IsRootDevice: true, IsReadOnly: false,
-	}, nil); err != nil {
-		return err
+	// Firecracker makes the root drive /dev/vda and the others follow in the
+	// order they are configured; it appends root=/dev/vda ro|rw to boot_args.
+	for i, d := range spec.Drives {
+		if err := api.do(ctx, "PUT", "/drives/"+d.ID, drive{
+			DriveID: d.ID, PathOnHost: d.Path, IsRootDevice: i == 0, IsReadOnly: d.ReadOnly,
+		}, nil); err != nil {
+			return err
+		}
 	}
 	if err := api.do(ctx, "PUT", "/machine-config", machineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB}, nil); err != nil {
 		return err

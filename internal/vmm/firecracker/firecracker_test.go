@@ -79,7 +79,7 @@ func TestConfigure_OrderAndBodies(t *testing.T) {
 	rec := &recorder{}
 	api := newAPIClient(serve(t, rec))
 	spec := vmm.Spec{ID: "abc12345", Kernel: "/img/vmlinux.bin", Initrd: "/img/initrd.img",
-		BootArgs: "console=ttyS0 reboot=k panic=1", RootDrive: "/vms/abc12345/rootfs.img",
+		BootArgs: "console=ttyS0 reboot=k panic=1", Drives: []vmm.Drive{{ID: "rootfs", Path: "/vms/abc12345/rootfs.img"}},
 		TapDevice: "tap_abc12345", MAC: "06:00:ac:10:00:32", VCPUs: 2, MemoryMiB: 1024}
 	if err := configure(context.Background(), api, spec); err != nil {
 		t.Fatal(err)

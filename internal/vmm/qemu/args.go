@@ -75,10 +75,16 @@ func MachineArgs(spec vmm.Spec, accel Accel, tscKHz int) []string {
 	if spec.Initrd != "" {
 		a = append(a, "-initrd", spec.Initrd)
 	}
-	a = append(a, "-append", strings.TrimSpace(bootArgs),
-		"-drive", "id=root,file="+escapeOpt(spec.RootDrive)+",format=raw,if=none,discard=unmap",
-		"-device", "virtio-blk-device,drive=root",
-	)
+	a = append(a, "-append", strings.TrimSpace(bootArgs))
+	for _, d := range spec.Drives {
+		opts := "id=" + d.ID + ",file=" + escapeOpt(d.Path) + ",format=raw,if=none"
+		if d.ReadOnly {
+			opts += ",readonly=on"
+		} else {
+			opts += ",discard=unmap"
+		}
+		a = append(a, "-drive", opts, "-device", "virtio-blk-device,drive="+d.ID)
+	}
 	if spec.TapDevice != "" {
 		a = append(a,
 			"-netdev", "tap,id=net0,ifname="+spec.TapDevice+",script=no,downscript=no",

@@ -13,7 +13,7 @@ func testSpec() vmm.Spec {
 		ID: "abc123", Dir: "/var/lib/firecracker/abc123",
 		Kernel: "/img/vmlinux.bin", Initrd: "/img/initrd.img",
 		BootArgs:  "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
-		RootDrive: "/var/lib/firecracker/abc123/rootfs.img",
+		Drives:    []vmm.Drive{{ID: "rootfs", Path: "/var/lib/firecracker/abc123/rootfs.img"}},
 		TapDevice: "tap_abc123", MAC: "06:00:ac:10:00:32",
 		VCPUs: 2, MemoryMiB: 1024,
 	}
@@ -92,17 +92,31 @@ func TestArgs(t *testing.T) {
 			}
 		}},
 		{"disk, tap with the VM's MAC, rng, i8042", testSpec, TCG, func(t *testing.T, a []string) {
-			if got := value(a, "-drive"); got != "id=root,file=/var/lib/firecracker/abc123/rootfs.img,format=raw,if=none,discard=unmap" {
+			if got := value(a, "-drive"); got != "id=rootfs,file=/var/lib/firecracker/abc123/rootfs.img,format=raw,if=none,discard=unmap" {
 				t.Errorf("-drive %q", got)
 			}
 			if got := value(a, "-netdev"); got != "tap,id=net0,ifname=tap_abc123,script=no,downscript=no" {
 				t.Errorf("-netdev %q", got)
 			}
 			devices := allValues(a, "-device")
-			for _, d := range []string{"virtio-blk-device,drive=root", "virtio-net-device,netdev=net0,mac=06:00:ac:10:00:32", "virtio-rng-device", "i8042"} {
+			for _, d := range []string{"virtio-blk-device,drive=rootfs", "virtio-net-device,netdev=net0,mac=06:00:ac:10:00:32", "virtio-rng-device", "i8042"} {
 				if !slices.Contains(devices, d) {
 					t.Errorf("devices %q lack %q", devices, d)
 				}
+			}
+		}},
+		{"a shared base read-only, then the vm's own drives", func() vmm.Spec {
+			s := testSpec()
+			s.Drives = []vmm.Drive{{ID: "base", Path: "/img/base.img", ReadOnly: true, Shared: true}, {ID: "data", Path: "/vm/data.img"}}
+			return s
+		}, TCG, func(t *testing.T, a []string) {
+			want := []string{"id=base,file=/img/base.img,format=raw,if=none,readonly=on", "id=data,file=/vm/data.img,format=raw,if=none,discard=unmap"}
+			if got := allValues(a, "-drive"); !slices.Equal(got, want) {
+				t.Errorf("-drive %q, want %q", got, want)
+			}
+			devices := allValues(a, "-device")
+			if !slices.Contains(devices, "virtio-blk-device,drive=base") || !slices.Contains(devices, "virtio-blk-device,drive=data") {
+				t.Errorf("devices %q lack a virtio-blk device per drive", devices)
 			}
 		}},
 		{"no tap, no network device", func() vmm.Spec { s := testSpec(); s.TapDevice = ""; return s }, TCG, func(t *testing.T, a []string) {
@@ -115,7 +129,7 @@ func TestArgs(t *testing.T) {
 				t.Error("-initrd present without an initrd")
 			}
 		}},
-		{"commas in paths are escaped", func() vmm.Spec { s := testSpec(); s.RootDrive = "/x,y/disk.img"; s.Dir = "/a,b"; return s }, TCG, func(t *testing.T, a []string) {
+		{"commas in paths are escaped", func() vmm.Spec { s := testSpec(); s.Drives[0].Path = "/x,y/disk.img"; s.Dir = "/a,b"; return s }, TCG, func(t *testing.T, a []string) {
 			if got := value(a, "-drive"); !strings.Contains(got, "file=/x,,y/disk.img,") {
 				t.Errorf("-drive %q", got)
 			}

@@ -35,7 +35,7 @@ func AdoptAliveButNotAnswering(t *testing.T, d vmm.Driver, f Files) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	spec := vmm.Spec{ID: "abcd1234", Dir: dir, Kernel: "/k", RootDrive: dir + "/rootfs.img", VCPUs: 1, MemoryMiB: 256}
+	spec := vmm.Spec{ID: "abcd1234", Dir: dir, Kernel: "/k", Drives: []vmm.Drive{{ID: "rootfs", Path: dir + "/rootfs.img"}}, VCPUs: 1, MemoryMiB: 256}
 	ctx := context.Background()
 
 	if _, err := d.Adopt(ctx, spec); !errors.Is(err, vmm.ErrNotRunning) {

@@ -61,9 +61,9 @@ func (a *api) vmSpec() (vmm.Spec, error) {
 		case d.IsReadOnly != nil && *d.IsReadOnly:
 			return spec, fmt.Errorf("Drive %s: a read-only root drive is not implemented by the fcm stand-in", d.DriveID)
 		}
-		spec.RootDrive = *d.PathOnHost
+		spec.Drives = []vmm.Drive{{ID: d.DriveID, Path: *d.PathOnHost}}
 	}
-	if spec.RootDrive == "" {
+	if len(spec.Drives) == 0 {
 		return spec, errors.New("Cannot start microvm without a root block device: the fcm stand-in needs a drive with is_root_device: true")
 	}
 	for _, n := range a.ifaces {
