@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/fcmhost/fcm/internal/daemon"
@@ -124,10 +125,14 @@ func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Con
 	if err != nil {
 		return nil, nil, err
 	}
+	bases, err := base.Open(dataDir, base.Source{Kernel: filepath.Join(imageDir, image.KernelFile),
+		Initrd: filepath.Join(imageDir, image.InitrdFile), Rootfs: filepath.Join(imageDir, image.RootfsFile)})
+	if err != nil {
+		return nil, nil, err
+	}
 	m, err := vm.New(vm.Config{
 		DataDir: dataDir, Driver: driver, Network: hostNet, Subnet: subnet, Store: st, Key: key, Log: quiet, Ready: ready,
-		Image: vm.Image{Kernel: filepath.Join(imageDir, image.KernelFile), Initrd: filepath.Join(imageDir, image.InitrdFile),
-			Rootfs: filepath.Join(imageDir, image.RootfsFile)},
+		Bases: bases,
 	})
 	return m, st, err
 }

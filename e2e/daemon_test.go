@@ -75,8 +75,10 @@ func testLifecycle(t *testing.T, hv string) {
 	if h := sshRun("hostname"); h != "web1" {
 		t.Errorf("hostname over ssh = %q", h)
 	}
-	if s := sshRun("cat /proc/swaps"); !strings.Contains(s, "/swapfile") {
-		t.Errorf("no 512 MiB swap: %q", s)
+	// Swap is a drive of its own (512 MiB = 524284 KiB less the header page),
+	// not a file on the user's disk.
+	if s := sshRun("cat /proc/swaps"); !strings.Contains(s, "/dev/vd") || !strings.Contains(s, "partition\t524284") {
+		t.Errorf("no 512 MiB swap drive: %q", s)
 	}
 
 	// stop (the VM comes from ./.fcm) and start again.

@@ -26,13 +26,14 @@ const KernelSuite = "bookworm"
 const KernelPackage = "linux-image-cloud-amd64"
 
 // Modules are the kernel modules the initrd loads, besides their dependencies:
-// virtio-mmio devices (found through ACPI), the root disk, the network card, an
+// virtio-mmio devices (found through ACPI), the disks, overlayfs (each VM's root
+// is its own disk over the shared base), the network card, an
 // entropy source, the ACPI power button with the event device that reports it,
 // and what a guest needs to give each release its own network namespace behind
 // NAT: veth pairs and nftables with NAT chains, dnat/snat and masquerade (the
 // rootfs has no /lib/modules, so nothing can be loaded later).
 var Modules = []string{
-	"virtio_mmio", "virtio_blk", "virtio_net", "virtio-rng", "button", "evdev",
+	"virtio_mmio", "virtio_blk", "overlay", "virtio_net", "virtio-rng", "button", "evdev",
 	"veth", "nf_tables", "nf_conntrack", "nf_nat", "nft_chain_nat", "nft_nat", "nft_masq",
 }
 

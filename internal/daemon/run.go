@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
@@ -118,12 +119,12 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	cgroup.SetParent(cgroup.ParentFor(o.DataDir, image.DefaultOutDir))
-	img := vm.Image{
+	src := base.Source{
 		Kernel: pick(o.Kernel, filepath.Join(o.DataDir, image.KernelFile)),
 		Initrd: pick(o.Initrd, filepath.Join(o.DataDir, image.InitrdFile)),
 		Rootfs: pick(o.Rootfs, filepath.Join(o.DataDir, image.RootfsFile)),
 	}
-	for _, f := range []string{img.Kernel, img.Initrd, img.Rootfs} {
+	for _, f := range []string{src.Kernel, src.Initrd, src.Rootfs} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("guest image: %s is missing: build it with 'sudo fcm image build --out %s' (or pass --kernel/--initrd/--rootfs)", f, o.DataDir)
 		}
@@ -173,8 +174,20 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
+	bases, err := base.Open(o.DataDir, src)
+	if err != nil {
+		return err
+	}
+	if err := bases.Clean(); err != nil {
+		o.Log.Warn("images: leftovers of an interrupted import or prune", "err", err)
+	}
+	cur, err := bases.Current(ctx)
+	if err != nil {
+		return err
+	}
+	o.Log.Info("image", "id", base.Short(cur.ID), "variant", cur.Manifest.Variant, "built", cur.Manifest.Built.Format(time.RFC3339))
 	mgr, err := vm.New(vm.Config{
-		DataDir: o.DataDir, Image: img, Driver: driver, Network: hostNet,
+		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes,
 	})

@@ -15,16 +15,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/vmconf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
 
-// Paths in the guest that init and the host agree on.
-const (
-	HostKeyPath = "/etc/ssh/ssh_host_ed25519_key"
-	SwapFile    = "/swapfile"
-)
+// SwapFile is the swap file of a VM booted with fcm.swap=<MiB> on the command
+// line and no swap drive (a VM made before swap had a drive of its own).
+const SwapFile = "/swapfile"
 
 // Main runs init as process 1 and never returns: it ends with the machine.
 func Main() {
@@ -45,6 +44,7 @@ type initProc struct {
 	sshd       int // pid, 0 when not running
 	supervisor int // the app supervisor's pid, 0 when not running
 	stopping   bool
+	swap       string // what swapon was given: a device or SwapFile
 }
 
 func selfPath() string {
@@ -62,6 +62,13 @@ func (in *initProc) boot() {
 		log.Printf("ctrl-alt-del: %v", err)
 	}
 	mountAll()
+	stage("init")
+	disks := findDrives()
+	if disks.config != nil {
+		applyConfig(disks.config)
+	} else {
+		log.Printf("no config drive: a host key of our own, and no keys to log in with")
+	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	cfg, err := ParseCmdline(string(cmdline))
 	if err != nil {
@@ -84,22 +91,36 @@ func (in *initProc) boot() {
 		}
 		writeFile("/etc/resolv.conf", b.String(), 0o644)
 	}
-	if mib := swapMiB(string(cmdline)); mib > 0 {
+	stage("network")
+	in.swapOn(disks.swap, swapMiB(string(cmdline)))
+	ensureHostKey()
+	in.startSSHD()
+	stage("sshd started")
+	go reportListening()
+	in.startSupervisor()
+	go watchPowerButton()
+}
+
+// swapOn enables the swap drive, or else the swap file fcm.swap asks for.
+func (in *initProc) swapOn(dev string, fileMiB int) {
+	if dev == "" && fileMiB > 0 {
 		if _, err := os.Stat(SwapFile); os.IsNotExist(err) {
-			if err := makeSwapFile(SwapFile, mib); err != nil {
+			if err := makeSwapFile(SwapFile, fileMiB); err != nil {
 				log.Printf("make swap file %s: %v", SwapFile, err)
 			}
 		}
-	}
-	if _, err := os.Stat(SwapFile); err == nil {
-		if err := swapon(SwapFile); err != nil {
-			log.Printf("swap %s: %v", SwapFile, err)
+		if _, err := os.Stat(SwapFile); err == nil {
+			dev = SwapFile
 		}
 	}
-	ensureHostKey()
-	in.startSSHD()
-	in.startSupervisor()
-	go watchPowerButton()
+	if dev == "" {
+		return
+	}
+	if err := swapon(dev); err != nil {
+		log.Printf("swap %s: %v", dev, err)
+		return
+	}
+	in.swap = dev
 }
 
 func mountAll() {
@@ -184,10 +205,10 @@ func configureNetwork(cfg Config) error {
 	return nil
 }
 
-// ensureHostKey makes a host key when the image was booted without one (the host
-// normally writes a fresh key into each VM's disk and pins it).
+// ensureHostKey makes a host key when the VM was booted without a config drive
+// (the host normally gives each VM a fresh key and pins it).
 func ensureHostKey() {
-	if _, err := os.Stat(HostKeyPath); err == nil {
+	if _, err := os.Stat(vmconf.HostKeyPath); err == nil {
 		return
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -200,7 +221,7 @@ func ensureHostKey() {
 		log.Printf("host key: %v", err)
 		return
 	}
-	writeFile(HostKeyPath, string(pem.EncodeToMemory(block)), 0o600)
+	writeFile(vmconf.HostKeyPath, string(pem.EncodeToMemory(block)), 0o600)
 }
 
 func writeFile(path, content string, mode os.FileMode) {
@@ -315,7 +336,9 @@ func (in *initProc) shutdown() {
 			break
 		}
 	}
-	swapoff(SwapFile)
+	if in.swap != "" {
+		swapoff(in.swap)
+	}
 	unix.Sync()
 	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		log.Printf("remount / read-only: %v", err)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +52,9 @@ type Options struct {
 
 // Manifest describes a built image; it is written as image.json beside the files.
 type Manifest struct {
+	// ID is the image's content hash (of its kernel, initrd and rootfs): the
+	// name the daemon stores it under, shared by every VM made from it.
+	ID         string      `json:"id"`
 	Variant    string      `json:"variant"`
 	Suite      string      `json:"suite"`  // the rootfs's Debian release
 	Kernel     string      `json:"kernel"` // package=version, from images.KernelSuite
@@ -200,8 +204,16 @@ func Build(ctx context.Context, opts Options) (*Manifest, error) {
 		return nil, fmt.Errorf("rootfs image: %w", err)
 	}
 	m.Components = assemble(treeComps, kernelComponent(kpkg, kver, filepath.Join(kdir, KernelFile), initrd), img)
+	if m.ID, err = ContentID(filepath.Join(kdir, KernelFile), initrd, tmpRoot); err != nil {
+		return nil, err
+	}
 
-	// Install: the files first, the manifest (which marks the image complete) last.
+	// Install: the manifest goes first (a daemon reading the directory meanwhile
+	// sees no image rather than a mix), then the files, then the new manifest,
+	// which marks the image complete.
+	if err := os.Remove(filepath.Join(opts.OutDir, ManifestFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	if err := copyFile(filepath.Join(kdir, KernelFile), filepath.Join(opts.OutDir, KernelFile)); err != nil {
 		return nil, err
 	}
@@ -271,6 +283,19 @@ func ReadManifest(dir string) (*Manifest, error) {
 	return &m, nil
 }
 
+// ContentID is the id of the image made of these files: a hash of their hashes.
+func ContentID(kernel, initrd, rootfs string) (string, error) {
+	var sums []string
+	for _, f := range []string{kernel, initrd, rootfs} {
+		sum, err := fileHash(f)
+		if err != nil {
+			return "", err
+		}
+		sums = append(sums, sum)
+	}
+	return hashOf(sums...), nil
+}
+
 func hashOf(parts ...string) string {
 	h := sha256.New()
 	for _, p := range parts {
@@ -326,4 +351,9 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp, dst)
+}
+
+// WriteManifest writes image.json into dir (through a temporary name).
+func WriteManifest(dir string, m *Manifest) error {
+	return writeJSON(filepath.Join(dir, ManifestFile), m)
 }

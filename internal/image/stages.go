@@ -14,6 +14,7 @@ import (
 	"github.com/fcmhost/fcm/images"
 	"github.com/fcmhost/fcm/internal/disk"
 	"github.com/fcmhost/fcm/internal/ext4"
+	"github.com/fcmhost/fcm/internal/vmconf"
 )
 
 // rootfsRecipeVersion changes whenever configureRootfs changes what it writes,
@@ -91,12 +92,12 @@ func (b *builder) initrd(ctx context.Context, a *apt, kernelDir, busyboxVersion 
 
 	var buf bytes.Buffer
 	c := &cpioWriter{w: &buf}
-	for _, d := range []string{"bin", "dev", "proc", "newroot", "lib", "lib/modules"} {
+	for _, d := range []string{"bin", "dev", "proc", "newroot", "base", "rw", "lib", "lib/modules"} {
 		c.Dir(d)
 	}
 	c.CharDev("dev/console", 0o600, 5, 1)
 	c.File("bin/busybox", 0o755, busybox)
-	for _, applet := range []string{"sh", "mount", "umount", "insmod", "usleep", "switch_root", "echo"} {
+	for _, applet := range []string{"sh", "mount", "umount", "insmod", "usleep", "switch_root", "echo", "findfs"} {
 		c.Symlink("bin/"+applet, "busybox")
 	}
 	c.File("init", 0o755, images.InitrdInit)
@@ -328,8 +329,19 @@ func (b *builder) keepLog(src, name string) string {
 	return dst
 }
 
-// configureRootfs makes the debootstrapped tree an fcm guest: sshd for key login
-// only, no host keys (each VM gets its own at create time), and no caches.
+// sshdConfig is the guest's sshd configuration: key login only, the host key
+// and root's login key from the VM's config drive, which fcm-init copies to
+// /run/fcm (the base image is shared by every VM and holds no identity). It is
+// written with the guest init, so changing it does not redo debootstrap.
+const sshdConfig = "# fcm: key login only; the host key and the daemon's key come from the VM's config drive.\n" +
+	"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
+	"UsePAM no\nHostKey " + vmconf.HostKeyPath + "\n" +
+	"AuthorizedKeysFile .ssh/authorized_keys " + vmconf.AuthorizedKeysDir + "/%u\n" +
+	"UseDNS no\nPrintMotd no\nAcceptEnv LANG LC_* TERM COLORTERM\n"
+
+// configureRootfs makes the debootstrapped tree an fcm guest: no host keys (each
+// VM gets its own at create time; sshdConfig is written with the init), and no
+// caches.
 func configureRootfs(root string) error {
 	hostKeys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
 	for _, k := range hostKeys {
@@ -338,9 +350,6 @@ func configureRootfs(root string) error {
 		}
 	}
 	files := map[string]string{
-		"etc/ssh/sshd_config.d/fcm.conf": "# fcm: key login for root only; the host key is made per VM.\n" +
-			"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
-			"UsePAM no\nHostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\nPrintMotd no\nAcceptEnv LANG LC_* TERM COLORTERM\n",
 		"etc/hostname":    "fcm\n",
 		"etc/fstab":       "# fcm-init mounts the pseudo filesystems; / comes from the kernel command line.\n",
 		"etc/resolv.conf": "nameserver 1.1.1.1\nnameserver 8.8.8.8\n",
@@ -370,7 +379,7 @@ func configureRootfs(root string) error {
 
 // ext4Version changes whenever makeExt4 lays an image out differently (its size,
 // mkfs options), so cached tree images made the old way are not reused.
-const ext4Version = "ext4-v1"
+const ext4Version = "ext4-v2"
 
 // treeImageFile is where a cached tree's ext4 image is kept, beside the tree.
 func treeImageFile(treeDir string) string { return treeDir + "." + ext4Version + ".img" }
@@ -397,15 +406,11 @@ func makeExt4(ctx context.Context, tree, out string) error {
 	if err != nil {
 		return err
 	}
-	// Room for ext4's own metadata and a little more: each VM's disk is grown from
-	// this image to its own size, so the image should be no bigger than the
-	// smallest disk (1 GiB, 2 GiB by default).
+	// Room for ext4's own metadata and a little more. VMs never write to it (it
+	// is the read-only lower layer of their root), so it holds just the tree.
 	const mib = 1 << 20
 	size := int64(float64(used)*1.1) + 128*mib
 	size = (size + 64*mib - 1) / (64 * mib) * (64 * mib)
-	if size < 1024*mib {
-		size = 1024 * mib
-	}
 	os.Remove(out)
 	f, err := os.Create(out)
 	if err != nil {
@@ -439,6 +444,7 @@ func imageWithInit(ctx context.Context, tree, treeImg, out, initBinary string) e
 	return ext4.Write(ctx, out, []ext4.File{
 		{Path: sbin + "/fcm-init", Source: initBinary, Mode: 0o755},
 		{Path: sbin + "/init", Link: "fcm-init"},
+		{Path: "/etc/ssh/sshd_config.d/fcm.conf", Data: []byte(sshdConfig), Mode: 0o644},
 	})
 }
 

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
-	"github.com/fcmhost/fcm/internal/disk"
+	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/names"
 	"github.com/fcmhost/fcm/internal/store"
@@ -62,6 +62,7 @@ func bootArgs(vm *store.VM, subnet netip.Prefix) string {
 	return guest.BootArgs(guest.Boot{
 		Address: net.ParseIP(vm.IP), Gateway: net.IP(gw.AsSlice()),
 		Mask: net.CIDRMask(subnet.Bits(), 32), Hostname: vm.Name, SwapMiB: vm.SwapMiB,
+		Overlay: vm.Layout == LayoutOverlay,
 	})
 }
 
@@ -81,7 +82,15 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 		return nil, err
 	}
 	start := time.Now()
-	vm, op, err := m.reserve(owner, req)
+	b, err := m.cfg.Bases.Current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ident, err := guest.NewIdentity(m.cfg.Key.PublicKey())
+	if err != nil {
+		return nil, err
+	}
+	vm, op, err := m.reserve(owner, req, b.ID, ident)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +99,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
 	progress(vm, "reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
 
-	vm, err = m.build(ctx, vm, op, progress)
+	vm, err = m.build(ctx, vm, op, ident, progress)
 	if err != nil {
 		m.log.Error("create failed; undoing", "name", vm.Name, "err", err)
 		if saved := m.keepConsole(vm); saved != "" {
@@ -111,7 +120,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 // the transaction (and unmarked if it fails), so a create racing a destroy of
 // the same name either waits for nothing (ErrBusy) or finds it free: it never
 // leaves a record nothing works on.
-func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *store.Op, error) {
+func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
 	var vm *store.VM
 	var op *store.Op
 	busy := ""
@@ -129,6 +138,11 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *st
 		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
 			return err
 		}
+		// Pruning retires a base inside a transaction too: either it saw no VM
+		// of this base and it is gone now, or it sees this VM and keeps it.
+		if !m.cfg.Bases.Exists(baseID) {
+			return fmt.Errorf("image %s was just removed (fcm image prune?): try again", base.Short(baseID))
+		}
 		id := names.NewID()
 		if _, err := tx.VMByID(id); err == nil {
 			return fmt.Errorf("vm id collision, try again: %w", store.ErrExists)
@@ -143,6 +157,7 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest) (*store.VM, *st
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
 			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),
+			HostKey: string(ssh.MarshalAuthorizedKey(ident.HostKey)), Base: baseID, Layout: LayoutOverlay,
 			CreatedAt: now,
 		}
 		if err := tx.InsertVM(vm); err != nil {
@@ -168,34 +183,18 @@ func (m *Manager) isBusy(name string) bool {
 	return ok
 }
 
-func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, progress Progress) (*store.VM, error) {
-	t := time.Now()
+func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *guest.Identity, progress Progress) (*store.VM, error) {
 	if err := m.record(op, stepDir); err != nil {
 		return vm, err
 	}
-	dir := m.dir(vm.ID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(m.dir(vm.ID), 0o700); err != nil {
 		return vm, err
 	}
-	method, err := disk.Create(ctx, m.cfg.Image.Rootfs, m.spec(vm).Drives[0].Path, vm.DiskBytes)
+	msg, err := m.makeDrives(ctx, vm, ident)
 	if err != nil {
 		return vm, fmt.Errorf("disk: %w", err)
 	}
-	ident, err := guest.NewIdentity(m.cfg.Key.PublicKey())
-	if err != nil {
-		return vm, err
-	}
-	if err := guest.Provision(ctx, m.spec(vm).Drives[0].Path, ident); err != nil {
-		return vm, fmt.Errorf("disk: %w", err)
-	}
-	vm, err = m.cfg.Store.UpdateVM(vm.Name, func(v *store.VM) error {
-		v.HostKey = string(ssh.MarshalAuthorizedKey(ident.HostKey))
-		return nil
-	})
-	if err != nil {
-		return vm, err
-	}
-	progress(vm, "disk", fmt.Sprintf("%s disk (%s clone) with keys in %s", humanBytes(vm.DiskBytes), method, time.Since(t).Round(time.Millisecond)))
+	progress(vm, "disk", msg)
 	return m.boot(ctx, vm, op, progress)
 }
 
@@ -219,7 +218,11 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err := m.record(op, stepBoot); err != nil {
 		return vm, err
 	}
-	inst, err := m.cfg.Driver.Start(ctx, m.spec(vm))
+	spec, err := m.spec(ctx, vm)
+	if err != nil {
+		return vm, fmt.Errorf("boot: %w", err)
+	}
+	inst, err := m.cfg.Driver.Start(ctx, spec)
 	if err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/base/basetest"
+	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
@@ -93,9 +95,13 @@ func testManager(t *testing.T) (*Manager, *fakeDriver, *fakeNet) {
 	}
 	t.Cleanup(func() { st.Close() })
 	d, n := &fakeDriver{}, &fakeNet{fail: map[string]error{}}
+	_, key, err := guest.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	m, err := New(Config{DataDir: dir, Driver: d, Network: n, Store: st,
 		Subnet: netip.MustParsePrefix("172.30.0.0/24"), StopTimeout: time.Second,
-		Image: Image{Kernel: "/k", Rootfs: "/r"},
+		Bases: basetest.Store(t, dir, "a"), Key: key,
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Ready: func(context.Context, *store.VM) error { return nil }})
 	if err != nil {

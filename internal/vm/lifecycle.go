@@ -241,7 +241,8 @@ func (m *Manager) liveInstance(ctx context.Context, vm *store.VM) (inst vmm.Inst
 	if inst := m.instance(vm.ID); inst != nil && inst.Running() {
 		return inst, nil
 	}
-	inst, err := m.cfg.Driver.Adopt(ctx, m.spec(vm))
+	spec, _ := m.spec(ctx, vm) // adopting needs the VM's id and directory only
+	inst, err := m.cfg.Driver.Adopt(ctx, spec)
 	var ue *vmm.UnresponsiveError
 	switch {
 	case err == nil:

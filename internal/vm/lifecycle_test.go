@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 )
@@ -210,7 +211,7 @@ func TestCreate_RacingDestroyLeavesNoGhost(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := api.CreateVMRequest{Name: "web", CPUs: 1, MemoryMiB: 1024, DiskBytes: 2 << 30, Port: 3000}
-	if _, _, err := m.reserve("admin", req); !errors.Is(err, ErrBusy) {
+	if _, _, err := reserve(t, m, req); !errors.Is(err, ErrBusy) {
 		t.Fatalf("reserve during the destroy = %v, want ErrBusy", err)
 	}
 	m.cfg.Store.View(func(tx *store.Tx) error {
@@ -226,7 +227,7 @@ func TestCreate_RacingDestroyLeavesNoGhost(t *testing.T) {
 		t.Errorf("ghost ops: %v", ops(t, m))
 	}
 	m.end("web") // the destroy ends
-	vm, _, err := m.reserve("admin", req)
+	vm, _, err := reserve(t, m, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestCreate_RacingDestroyLeavesNoGhost(t *testing.T) {
 	// A reserve that fails inside its transaction leaves the name free.
 	req.Name = "web2"
 	m.memTotal = func() (int, error) { return 1024, nil }
-	if _, _, err := m.reserve("admin", req); err == nil {
+	if _, _, err := reserve(t, m, req); err == nil {
 		t.Fatal("reserve beyond the host's memory succeeded")
 	}
 	if m.isBusy("web2") {
@@ -358,4 +359,19 @@ func TestOps_ActOnlyOnTheVMLookedUp(t *testing.T) {
 	if err := m.Destroy(context.Background(), "web", "bbbb2222"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// reserve runs the first step of a create, with the current image and a fresh
+// identity, as Create does.
+func reserve(t *testing.T, m *Manager, req api.CreateVMRequest) (*store.VM, *store.Op, error) {
+	t.Helper()
+	b, err := m.cfg.Bases.Current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ident, err := guest.NewIdentity(m.cfg.Key.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.reserve("admin", req, b.ID, ident)
 }

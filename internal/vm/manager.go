@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/base"
+	"github.com/fcmhost/fcm/internal/disk"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"golang.org/x/crypto/ssh"
@@ -36,15 +38,14 @@ func parseMAC(s string) net.HardwareAddr {
 	return mac
 }
 
-// Image names the files every VM boots from.
-type Image struct {
-	Kernel, Initrd, Rootfs string
-}
-
 // Config is what a Manager is built from.
 type Config struct {
-	DataDir     string
-	Image       Image
+	DataDir string
+	// Bases holds the guest images; a new VM is made from the current one.
+	Bases *base.Store
+	// Templates makes the empty disks new VMs get (default: in
+	// <data-dir>/templates).
+	Templates   *disk.Templates
 	Driver      vmm.Driver
 	Network     Network
 	Subnet      netip.Prefix
@@ -133,6 +134,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MemoryReserveMiB == 0 {
 		cfg.MemoryReserveMiB = DefaultMemoryReserveMiB
 	}
+	if cfg.Bases == nil {
+		return nil, errors.New("vm: no image store (Config.Bases)")
+	}
+	if cfg.Templates == nil {
+		cfg.Templates = &disk.Templates{Dir: filepath.Join(cfg.DataDir, "templates")}
+	}
 	return &Manager{cfg: cfg, pool: pool, log: cfg.Log,
 		busy: map[string]string{}, instances: map[string]vmm.Instance{},
 		crashAt: os.Getenv(CrashEnv), freeSpace: FreeSpace, memTotal: memTotalMiB}, nil
@@ -183,19 +190,34 @@ func (m *Manager) setInstance(id string, inst vmm.Instance) {
 func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.DataDir, "vms", id) }
 
 // spec is the hypervisor's view of a VM. Its hypervisor runs as a uid of its
-// own, derived from its address (vmm.UIDFor), in its own cgroup.
-func (m *Manager) spec(vm *store.VM) vmm.Spec {
+// own, derived from its address (vmm.UIDFor), in its own cgroup. A VM boots
+// its own base's kernel and initrd, with the base's root filesystem read-only
+// and its own disks (see drives.go); a VM made before bases were shared boots
+// its one disk with the current base's kernel and initrd. On error the spec
+// still names the VM and its directory (enough to adopt or kill it).
+func (m *Manager) spec(ctx context.Context, vm *store.VM) (vmm.Spec, error) {
 	ip, _ := netip.ParseAddr(vm.IP)
 	uid := vmm.UIDFor(ip, m.cfg.Subnet)
-	return vmm.Spec{
+	s := vmm.Spec{
 		ID: vm.ID, Dir: m.dir(vm.ID),
-		Kernel: m.cfg.Image.Kernel, Initrd: m.cfg.Image.Initrd,
 		BootArgs:  bootArgs(vm, m.cfg.Subnet),
-		Drives:    []vmm.Drive{{ID: "rootfs", Path: filepath.Join(m.dir(vm.ID), "rootfs.img")}},
 		TapDevice: vm.Tap, MAC: vm.MAC,
 		VCPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		UID: uid, GID: uid, Cgroup: true,
 	}
+	var b *base.Base
+	var err error
+	if vm.Layout == LayoutOverlay {
+		b, err = m.cfg.Bases.Get(vm.Base)
+	} else {
+		b, err = m.cfg.Bases.Current(ctx)
+	}
+	if err != nil {
+		return s, fmt.Errorf("vm %s: its image: %w", vm.Name, err)
+	}
+	s.Kernel, s.Initrd = b.Kernel(), b.Initrd()
+	s.Drives = m.drives(vm, b)
+	return s, nil
 }
 
 // Progress reports a step of a long operation on vm to whoever asked for it.
