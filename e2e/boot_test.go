@@ -16,9 +16,11 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/images"
+	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/disk"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"github.com/fcmhost/fcm/internal/vmm/qemu"
 	"golang.org/x/sys/unix"
@@ -59,15 +61,11 @@ func newVMFrom(t *testing.T, imageDir, id, hostname string, ip net.IP) *testVM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootfs := filepath.Join(dir, "rootfs.img")
-	if _, err := disk.Create(context.Background(), filepath.Join(imageDir, image.RootfsFile), rootfs, 2<<30); err != nil {
-		t.Fatal(err)
-	}
 	ident, err := guest.NewIdentity(key.PublicKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := guest.Provision(context.Background(), rootfs, ident); err != nil {
+	if _, err := vm.MakeDisks(context.Background(), dir, &disk.Templates{Dir: templateDir(t)}, 2<<30, 64, ident); err != nil {
 		t.Fatal(err)
 	}
 	tap := "tap_" + id
@@ -79,8 +77,8 @@ func newVMFrom(t *testing.T, imageDir, id, hostname string, ip net.IP) *testVM {
 		ID: id, Dir: dir,
 		Kernel:   filepath.Join(imageDir, image.KernelFile),
 		Initrd:   filepath.Join(imageDir, image.InitrdFile),
-		BootArgs: guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: hostname, SwapMiB: 64}),
-		Drives:   []vmm.Drive{{ID: "rootfs", Path: rootfs}}, TapDevice: tap,
+		BootArgs: guest.BootArgs(guest.Boot{Address: ip, Gateway: net.IPv4(172, 16, 0, 1), Mask: net.CIDRMask(24, 32), Hostname: hostname, Overlay: true}),
+		Drives:   vm.Drives(dir, &base.Base{Dir: imageDir}, true), TapDevice: tap,
 		MAC:   fmt.Sprintf("06:00:ac:10:00:%02x", ip.To4()[3]),
 		VCPUs: 1, MemoryMiB: 512,
 	}
@@ -160,17 +158,21 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 			t.Errorf("cmdline = %q", out)
 		}
 	})
-	t.Run("swap file from fcm.swap", func(t *testing.T) {
-		if out := vm.run(t, "cat /proc/swaps"); !strings.Contains(out, "/swapfile") {
-			t.Errorf("/proc/swaps = %q, want /swapfile", out)
+	t.Run("swap on a drive of its own", func(t *testing.T) {
+		// 64 MiB less the header page, in KiB.
+		if out := vm.run(t, "cat /proc/swaps"); !strings.Contains(out, "/dev/vd") || !strings.Contains(out, "partition\t65532") {
+			t.Errorf("/proc/swaps = %q, want a 64 MiB swap drive", out)
 		}
 	})
-	t.Run("root disk grown to 2 GiB", func(t *testing.T) {
-		out := vm.run(t, "df -B1M --output=size / | tail -1")
-		var mib int
-		fmt.Sscan(out, &mib)
-		if mib < 1800 || mib > 2048 {
-			t.Errorf("/ is %s MiB, want about 2048", out)
+	t.Run("the whole 2 GiB disk is free for the user", func(t *testing.T) {
+		out := vm.run(t, "df -B1 --output=avail / | tail -1")
+		var avail int64
+		fmt.Sscan(out, &avail)
+		if avail < 2<<30-16<<20 {
+			t.Errorf("/ has %s bytes free, want 2 GiB (less a few MiB of files)", out)
+		}
+		if out := vm.run(t, "findmnt -no FSTYPE /"); out != "overlay" {
+			t.Errorf("/ is %q, want the overlay of the base and the vm's disk", out)
 		}
 	})
 	t.Run("placeholder page on port 3000", func(t *testing.T) {
@@ -225,8 +227,8 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	if !strings.Contains(vm.console(), "fcm-init: rebooting") {
 		t.Errorf("the guest did not shut down through fcm-init; console:\n%s", vm.console())
 	}
-	if out, err := exec.Command("e2fsck", "-fn", vm.spec.Drives[0].Path).CombinedOutput(); err != nil {
-		t.Errorf("the disk is not clean after a graceful power-off: %v\n%s", err, out)
+	if out, err := exec.Command("e2fsck", "-fn", vm.spec.Drives[1].Path).CombinedOutput(); err != nil {
+		t.Errorf("the vm's disk is not clean after a graceful power-off: %v\n%s", err, out)
 	}
 
 	if _, err := d.Adopt(context.Background(), vm.spec); err != vmm.ErrNotRunning {
@@ -387,4 +389,11 @@ func httpGet(t *testing.T, url string) string {
 	}
 	t.Fatalf("GET %s: %v", url, last)
 	return ""
+}
+
+// templateDir keeps the empty data disks the boot tests' VMs are cloned from,
+// as a daemon keeps them in its data dir.
+func templateDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(os.TempDir(), "fcm-e2e-templates")
 }

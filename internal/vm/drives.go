@@ -33,36 +33,46 @@ const (
 // drives lists a VM's disks for the hypervisor, the base's root filesystem
 // first (the root device).
 func (m *Manager) drives(vm *store.VM, b *base.Base) []vmm.Drive {
-	dir := m.dir(vm.ID)
 	if vm.Layout != LayoutOverlay {
-		return []vmm.Drive{{ID: "rootfs", Path: filepath.Join(dir, legacyFile)}}
+		return []vmm.Drive{{ID: "rootfs", Path: filepath.Join(m.dir(vm.ID), legacyFile)}}
 	}
+	return Drives(m.dir(vm.ID), b, vm.SwapMiB > 0)
+}
+
+// Drives lists the disks of a VM whose own disks are in dir (made by
+// MakeDisks) over base b: the base read-only and shared, then the VM's data,
+// swap (if any) and config drives.
+func Drives(dir string, b *base.Base, swap bool) []vmm.Drive {
 	d := []vmm.Drive{
 		{ID: "base", Path: b.Rootfs(), ReadOnly: true, Shared: true},
 		{ID: "data", Path: filepath.Join(dir, dataFile)},
 	}
-	if vm.SwapMiB > 0 {
+	if swap {
 		d = append(d, vmm.Drive{ID: "swap", Path: filepath.Join(dir, swapFile)})
 	}
 	return append(d, vmm.Drive{ID: "config", Path: filepath.Join(dir, configFile), ReadOnly: true})
 }
 
-// makeDrives makes a new VM's own disks in its directory: its data disk, a
-// clone of the empty template of its size; the swap drive; the config drive
-// with ident. None depends on the base's size.
 func (m *Manager) makeDrives(ctx context.Context, vm *store.VM, ident *guest.Identity) (string, error) {
+	return MakeDisks(ctx, m.dir(vm.ID), m.cfg.Templates, vm.DiskBytes, vm.SwapMiB, ident)
+}
+
+// MakeDisks makes a new VM's own disks in dir and says how, in one line: its
+// data disk (diskBytes free), a clone of the empty template of its size; the
+// swap drive (swapMiB, none if 0); the config drive with ident. None depends
+// on the base's size, and none is written into by the host afterwards.
+func MakeDisks(ctx context.Context, dir string, tpls *disk.Templates, diskBytes int64, swapMiB int, ident *guest.Identity) (string, error) {
 	t := time.Now()
-	tpl, err := m.cfg.Templates.Get(ctx, vm.DiskBytes)
+	tpl, err := tpls.Get(ctx, diskBytes)
 	if err != nil {
 		return "", fmt.Errorf("disk template: %w", err)
 	}
-	dir := m.dir(vm.ID)
 	method, err := disk.Clone(ctx, tpl, filepath.Join(dir, dataFile))
 	if err != nil {
 		return "", err
 	}
-	if vm.SwapMiB > 0 {
-		if err := vmconf.WriteSwapDrive(filepath.Join(dir, swapFile), int64(vm.SwapMiB)<<20); err != nil {
+	if swapMiB > 0 {
+		if err := vmconf.WriteSwapDrive(filepath.Join(dir, swapFile), int64(swapMiB)<<20); err != nil {
 			return "", err
 		}
 	}
@@ -77,5 +87,5 @@ func (m *Manager) makeDrives(ctx context.Context, vm *store.VM, ident *guest.Ide
 		}
 	}
 	return fmt.Sprintf("%s disk (%s clone), %d MiB swap, keys: %s of host disk in %s",
-		humanBytes(vm.DiskBytes), method, vm.SwapMiB, humanBytes(used), time.Since(t).Round(time.Millisecond)), nil
+		humanBytes(diskBytes), method, swapMiB, humanBytes(used), time.Since(t).Round(time.Millisecond)), nil
 }
