@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,8 +116,29 @@ func testSandbox(t *testing.T, hv string) {
 		t.Errorf("memory limit of the VM's cgroup = %d, %v; want %d (%d MiB guest + overhead)", got, err, want, v.MemoryMiB)
 	}
 	vmDir := filepath.Join(dataDir, "vms", v.ID)
-	if st, err := os.Stat(filepath.Join(vmDir, "rootfs.img")); err != nil || st.Mode().Perm() != 0o600 {
-		t.Errorf("disk: %v %v; want 0600", st.Mode(), err)
+	// The VM's own disks are its user's, 0600; the shared base stays root's.
+	for _, f := range []string{"data.img", "swap.img", "config.img"} {
+		st, err := os.Stat(filepath.Join(vmDir, f))
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if uid := st.Sys().(*syscall.Stat_t).Uid; st.Mode().Perm() != 0o600 || int(uid) == 0 {
+			t.Errorf("%s: mode %v owner %d; want 0600 and the VM's user", f, st.Mode(), uid)
+		}
+	}
+	bases, _ := filepath.Glob(filepath.Join(dataDir, "images", "*", image.RootfsFile))
+	for _, b := range bases {
+		st, err := os.Stat(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := st.Sys().(*syscall.Stat_t).Uid; uid != 0 || st.Mode().Perm()&0o022 != 0 {
+			t.Errorf("base %s: mode %v owner %d; want root's, written by no one else", b, st.Mode(), uid)
+		}
+	}
+	if len(bases) != 1 {
+		t.Errorf("%d bases in the data dir, want 1", len(bases))
 	}
 
 	// A guest writing 6 MB (six times the cap) to its serial console.
