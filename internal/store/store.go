@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,6 +74,17 @@ type Op struct {
 // Store is the open database.
 type Store struct {
 	db *bolt.DB
+
+	// vms is every VM as decoded at one committed transaction: listing VMs
+	// (GET /v1/vms, every create's memory check) decodes nothing while no
+	// write has touched them since.
+	mu  sync.Mutex
+	vms vmCache
+}
+
+type vmCache struct {
+	txid int // the committed transaction the list is of; 0: none
+	list []VM
 }
 
 // Open opens (creating if needed) the database at path. Another process holding
@@ -105,12 +117,12 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in a read-write transaction; an error from fn rolls it back.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, s: s}) })
 }
 
 // View runs fn in a read-only transaction.
 func (s *Store) View(fn func(*Tx) error) error {
-	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, s: s}) })
 }
 
 // GetVM returns one VM by name.
@@ -146,6 +158,23 @@ func (s *Store) UpdateVM(name string, fn func(*VM) error) (*VM, error) {
 // Tx is a transaction with fcm's typed accessors.
 type Tx struct {
 	tx *bolt.Tx
+	s  *Store
+	// vmsChanged: this (write) transaction has written a VM record, so what
+	// it sees of them is no longer the last committed state.
+	vmsChanged bool
+}
+
+// snapshot is the committed transaction whose data tx sees: its own id for a
+// read, the one before for a write that has not changed the VMs yet; 0 when
+// tx sees VMs no committed transaction holds.
+func (t *Tx) snapshot() int {
+	if !t.tx.Writable() {
+		return t.tx.ID()
+	}
+	if t.vmsChanged {
+		return 0
+	}
+	return t.tx.ID() - 1
 }
 
 func getJSON(b *bolt.Bucket, key string, v any) error {
@@ -185,18 +214,47 @@ func (t *Tx) VMByID(id string) (*VM, error) {
 	return t.VM(string(name))
 }
 
-// VMs returns every VM, sorted by name (bbolt keeps keys sorted).
+// VMs returns every VM, sorted by name (bbolt keeps keys sorted). The
+// records are the caller's to change.
 func (t *Tx) VMs() ([]*VM, error) {
-	var vms []*VM
+	snap := t.snapshot()
+	if snap != 0 && t.s != nil {
+		t.s.mu.Lock()
+		c := t.s.vms
+		t.s.mu.Unlock()
+		if c.txid == snap {
+			return copyVMs(c.list), nil
+		}
+	}
+	var list []VM
 	err := t.tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
 		var vm VM
 		if err := json.Unmarshal(v, &vm); err != nil {
 			return fmt.Errorf("vm %q: %w", k, err)
 		}
-		vms = append(vms, &vm)
+		list = append(list, vm)
 		return nil
 	})
-	return vms, err
+	if err != nil {
+		return nil, err
+	}
+	if snap != 0 && t.s != nil {
+		t.s.mu.Lock()
+		if snap > t.s.vms.txid {
+			t.s.vms = vmCache{txid: snap, list: list}
+		}
+		t.s.mu.Unlock()
+	}
+	return copyVMs(list), nil
+}
+
+func copyVMs(list []VM) []*VM {
+	out := make([]*VM, len(list))
+	for i := range list {
+		v := list[i]
+		out[i] = &v
+	}
+	return out
 }
 
 // NameTaken reports whether a VM has this name.
@@ -221,6 +279,7 @@ func (t *Tx) InsertVM(vm *VM) error {
 // PutVM writes an existing VM back.
 func (t *Tx) PutVM(vm *VM) error {
 	vm.UpdatedAt = time.Now().UTC()
+	t.vmsChanged = true
 	return putJSON(t.tx.Bucket(bucketVMs), vm.Name, vm)
 }
 
@@ -233,6 +292,7 @@ func (t *Tx) DeleteVM(name string) error {
 	if err := t.tx.Bucket(bucketIDs).Delete([]byte(vm.ID)); err != nil {
 		return err
 	}
+	t.vmsChanged = true
 	return t.tx.Bucket(bucketVMs).Delete([]byte(name))
 }
 
