@@ -96,6 +96,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	}
 	defer m.end(vm.Name)
 	m.crashPoint(op.Kind, stepLease)
+	m.crashPoint(op.Kind, stepDir)
 	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
 	progress(vm, "reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
 
@@ -164,7 +165,7 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, 
 			return err
 		}
 		op = &store.Op{ID: "create-" + id, Kind: "create", VMName: name, VMID: id,
-			Steps: []string{stepLease}, StartedAt: now}
+			Steps: []string{stepLease, stepDir}, StartedAt: now}
 		return tx.PutOp(op)
 	})
 	if err != nil {
@@ -184,9 +185,6 @@ func (m *Manager) isBusy(name string) bool {
 }
 
 func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *guest.Identity, progress Progress) (*store.VM, error) {
-	if err := m.record(op, stepDir); err != nil {
-		return vm, err
-	}
 	if err := os.MkdirAll(m.dir(vm.ID), 0o700); err != nil {
 		return vm, err
 	}
@@ -202,7 +200,7 @@ func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *
 // start share it.
 func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress Progress) (*store.VM, error) {
 	t := time.Now()
-	if err := m.record(op, stepNetwork); err != nil {
+	if err := m.record(op, stepNetwork, stepBoot); err != nil {
 		return vm, err
 	}
 	ip, err := netip.ParseAddr(vm.IP)
@@ -215,9 +213,6 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	progress(vm, "network", fmt.Sprintf("tap %s on the bridge in %s", vm.Tap, time.Since(t).Round(time.Millisecond)))
 
 	t = time.Now()
-	if err := m.record(op, stepBoot); err != nil {
-		return vm, err
-	}
 	spec, err := m.spec(ctx, vm)
 	if err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
@@ -227,10 +222,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 		return vm, fmt.Errorf("boot: %w", err)
 	}
 	m.setInstance(vm.ID, inst)
-	vm, err = m.cfg.Store.UpdateVM(vm.Name, func(v *store.VM) error { v.PID = inst.PID(); return nil })
-	if err != nil {
-		return vm, err
-	}
+	vm.PID = inst.PID() // stored with the state once the guest is up
 	progress(vm, "boot", fmt.Sprintf("%s started (pid %d) in %s", m.cfg.Driver.Name(), inst.PID(), time.Since(t).Round(time.Millisecond)))
 
 	t = time.Now()
@@ -248,7 +240,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 		if err != nil {
 			return err
 		}
-		cur.State, cur.Reason = api.StateRunning, ""
+		cur.State, cur.Reason, cur.PID = api.StateRunning, "", inst.PID()
 		vm = cur
 		if err := tx.PutVM(cur); err != nil {
 			return err

@@ -22,13 +22,13 @@ func (s Step) String() string { return s.Op + ":" + s.Name }
 // step missing here, so a new step cannot escape the crash-table test, which
 // kills the daemon at each of them.
 var Steps = []Step{
-	{"create", stepLease}, // the op, the VM record and its lease, in one transaction
-	{"create", stepDir},
+	{"create", stepLease}, // the op, the VM record and its lease, in one transaction,
+	{"create", stepDir},   // with this step
 	{"create", stepNetwork},
-	{"create", stepBoot},
+	{"create", stepBoot},    // in one transaction with network
 	{"start", stepStarting}, // the op, and the VM marked starting
 	{"start", stepNetwork},
-	{"start", stepBoot},
+	{"start", stepBoot},    // in one transaction with network
 	{"stop", stepStopping}, // the op, and the VM marked stopping
 	{"stop", stepHalt},
 	{"stop", stepUnplug},
@@ -80,15 +80,21 @@ func (m *Manager) crashPoint(op, step string) {
 	}
 }
 
-// record appends a step to op in the store before the step acts.
-func (m *Manager) record(op *store.Op, step string) error {
-	if !isStep(op.Kind, step) {
-		return fmt.Errorf("internal error: step %s:%s is missing from vm.Steps", op.Kind, step)
+// record appends steps to op in the store, in one transaction, before the
+// first of them acts. Recording a step early is safe: undoing one that never
+// acted finds nothing to undo.
+func (m *Manager) record(op *store.Op, steps ...string) error {
+	for _, step := range steps {
+		if !isStep(op.Kind, step) {
+			return fmt.Errorf("internal error: step %s:%s is missing from vm.Steps", op.Kind, step)
+		}
 	}
-	op.Steps = append(op.Steps, step)
+	op.Steps = append(op.Steps, steps...)
 	if err := m.cfg.Store.Update(func(tx *store.Tx) error { return tx.PutOp(op) }); err != nil {
 		return err
 	}
-	m.crashPoint(op.Kind, step)
+	for _, step := range steps {
+		m.crashPoint(op.Kind, step)
+	}
 	return nil
 }
