@@ -1,7 +1,7 @@
 // Package firecracker is the vmm driver for Firecracker: it starts the
 // firecracker binary on a unix socket in the VM's directory and configures the
-// microVM through Firecracker's HTTP API (boot source, root drive, machine
-// config, eth0, InstanceStart), written here over net/http. Graceful stop is
+// microVM through Firecracker's HTTP API (boot source, drives, machine config,
+// eth0, InstanceStart), written here over net/http. Graceful stop is
 // SendCtrlAltDel; a VM still running after the deadline is killed. An optional
 // jailer mode runs firecracker through Firecracker's jailer.
 package firecracker
@@ -232,7 +232,8 @@ func configure(ctx context.Context, api *apiClient, spec vmm.Spec) error {
 		return err
 	}
 	// Firecracker makes the root drive /dev/vda and the others follow in the
-	// order they are configured; it appends root=/dev/vda ro|rw to boot_args.
+	// order they are configured; it appends pci=off root=/dev/vda ro|rw to
+	// boot_args (see the stand-in's drives.go for where in its source).
 	for i, d := range spec.Drives {
 		if err := api.do(ctx, "PUT", "/drives/"+d.ID, drive{
 			DriveID: d.ID, PathOnHost: d.Path, IsRootDevice: i == 0, IsReadOnly: d.ReadOnly,

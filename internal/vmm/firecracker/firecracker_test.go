@@ -122,3 +122,43 @@ func TestConfigure_FaultNamesTheCall(t *testing.T) {
 		t.Errorf("calls after the failure: %v", rec.calls)
 	}
 }
+
+// TestConfigure_Drives: one PUT /drives/<id> per drive, in the spec's order,
+// the first the root device, each read-only as the spec says; Shared is fcm's
+// business and does not reach Firecracker.
+func TestConfigure_Drives(t *testing.T) {
+	rec := &recorder{}
+	api := newAPIClient(serve(t, rec))
+	spec := vmm.Spec{ID: "abc12345", Kernel: "/img/vmlinux.bin", BootArgs: "console=ttyS0", VCPUs: 1, MemoryMiB: 512,
+		Drives: []vmm.Drive{
+			{ID: "base", Path: "/img/base.img", ReadOnly: true, Shared: true},
+			{ID: "data", Path: "/vms/abc12345/data.img"},
+			{ID: "swap", Path: "/vms/abc12345/swap.img"},
+			{ID: "config", Path: "/vms/abc12345/config.img", ReadOnly: true},
+		}}
+	if err := configure(context.Background(), api, spec); err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	var calls []string
+	for i, c := range rec.calls {
+		if strings.HasPrefix(c, "PUT /drives/") {
+			calls = append(calls, c)
+			got = append(got, rec.bodies[i])
+		}
+	}
+	if want := "PUT /drives/base,PUT /drives/data,PUT /drives/swap,PUT /drives/config"; strings.Join(calls, ",") != want {
+		t.Fatalf("drive calls %v, want %s", calls, want)
+	}
+	for i, d := range spec.Drives {
+		want := map[string]any{"drive_id": d.ID, "path_on_host": d.Path, "is_root_device": i == 0, "is_read_only": d.ReadOnly}
+		if len(got[i]) != len(want) {
+			t.Errorf("%s body %v has other fields than %v", calls[i], got[i], want)
+		}
+		for k, v := range want {
+			if got[i][k] != v {
+				t.Errorf("%s %s = %v, want %v", calls[i], k, got[i][k], v)
+			}
+		}
+	}
+}

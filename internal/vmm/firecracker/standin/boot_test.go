@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fcmhost/fcm/internal/vmm"
 )
 
 const guestBootArgs = "console=ttyS0 reboot=k panic=1 pci=off quiet root=/dev/vda rw ip=172.16.0.50::172.16.0.1:255.255.255.0:standin:eth0:off"
@@ -182,4 +185,80 @@ func child(t *testing.T, pid int) int {
 		t.Fatalf("stand-in %d has children %v, want one QEMU", pid, kids)
 	}
 	return kids[0]
+}
+
+// TestBoot_Drives boots the test image with four drives, as fcm's VMs have
+// them, in the sandbox fcm's driver makes (the stand-in and QEMU run as the
+// VM's user): the shared root image read-only, root-owned and 0444, configured
+// last; the guest must see it as /dev/vda and the others in configuration
+// order, and mount it read-only from the root=/dev/vda ro the stand-in appends
+// (boot_args have no root=).
+func TestBoot_Drives(t *testing.T) {
+	kernel, initrd, base := guestImage(t)
+	if err := os.Chmod(filepath.Dir(base), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	dir := tempDir(t)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Sizes in 512-byte sectors, all different so the guest's names tell them apart.
+	sectors := map[string]int64{"data": 131072, "swap": 65536, "config": 2048}
+	paths := map[string]string{"base": base}
+	for id, n := range sectors {
+		paths[id] = filepath.Join(dir, id+".img")
+		f, err := os.Create(paths[id])
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(n * 512)
+		f.Close()
+	}
+	st, err := os.Stat(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sectors["base"] = st.Size() / 512
+
+	s := startWith(t, nil, sandboxed(t, vmm.Spec{Kernel: kernel, Initrd: initrd, Drives: []vmm.Drive{
+		{ID: "base", Path: base, ReadOnly: true, Shared: true},
+		{ID: "data", Path: paths["data"]}, {ID: "swap", Path: paths["swap"]},
+		{ID: "config", Path: paths["config"], ReadOnly: true},
+	}}), "--id", "drives")
+	s.want("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":%q,"boot_args":"console=ttyS0 reboot=k panic=1 loglevel=7"}`, kernel, initrd), 204)
+	for _, d := range []struct {
+		id       string
+		root, ro bool
+	}{{"data", false, false}, {"swap", false, false}, {"config", false, true}, {"base", true, true}} {
+		s.want("PUT", "/drives/"+d.id, fmt.Sprintf(`{"drive_id":%q,"path_on_host":%q,"is_root_device":%t,"is_read_only":%t}`, d.id, paths[d.id], d.root, d.ro), 204)
+	}
+	s.want("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":512}`, 204)
+	s.want("PUT", "/actions", `{"action_type":"InstanceStart"}`, 204)
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", child(t, s.cmd.Process.Pid)))
+	if want := fmt.Sprintf("\nUid:\t%d\t", vmUID); !strings.Contains(string(status), want) {
+		t.Errorf("QEMU does not run as the VM's user %d:\n%s", vmUID, status)
+	}
+
+	mounted := regexp.MustCompile(`EXT4-fs \(vda\): mounted filesystem.*`)
+	deadline := time.Now().Add(60 * time.Second)
+	for !mounted.MatchString(s.stdout.String()) {
+		if time.Now().After(deadline) || strings.Contains(s.stdout.String(), "fcm-initrd:") || s.waitExit(0) {
+			t.Fatalf("the guest did not mount its root device:\n%s", s.stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	console := s.stdout.String()
+	t.Logf("guest: %s", mounted.FindString(console))
+	if m := regexp.MustCompile(`Kernel command line: (.*)`).FindStringSubmatch(console); m == nil ||
+		!strings.HasSuffix(tscArg.ReplaceAllString(strings.TrimSpace(m[1]), ""), " loglevel=7 pci=off root=/dev/vda ro") {
+		t.Errorf("kernel command line %q, want boot_args then pci=off root=/dev/vda ro", m)
+	}
+	for dev, id := range map[string]string{"vda": "base", "vdb": "data", "vdc": "swap", "vdd": "config"} {
+		if want := fmt.Sprintf("[%s] %d 512-byte logical blocks", dev, sectors[id]); !strings.Contains(console, want) {
+			t.Errorf("the guest's %s is not %s: no %q in its console", dev, id, want)
+		}
+	}
 }

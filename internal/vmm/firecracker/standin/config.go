@@ -7,21 +7,15 @@ import (
 	"os"
 )
 
-// defaultBootArgs is Firecracker's kernel command line when boot_args is absent.
-const defaultBootArgs = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce"
+// defaultBootArgs is Firecracker's kernel command line when boot_args is absent
+// (v1.17: src/vmm/src/vmm_config/boot_source.rs, DEFAULT_KERNEL_CMDLINE; pci=off
+// is no longer in it but inserted at boot, see kernelCmdline).
+const defaultBootArgs = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce"
 
 type bootSource struct {
 	KernelImagePath string  `json:"kernel_image_path"`
 	InitrdPath      *string `json:"initrd_path"`
 	BootArgs        *string `json:"boot_args"`
-}
-
-type drive struct {
-	DriveID      string  `json:"drive_id"`
-	PathOnHost   *string `json:"path_on_host"`
-	IsRootDevice bool    `json:"is_root_device"`
-	IsReadOnly   *bool   `json:"is_read_only"`
-	Socket       *string `json:"socket"`
 }
 
 type netIface struct {
@@ -64,9 +58,14 @@ func (a *api) getMachineConfig(map[string]string, []byte) (any, error) {
 	return a.machine, nil
 }
 
-// readable checks that path is a file this process can open for reading.
-func readable(path string) error {
-	f, err := os.Open(path)
+// openable checks that path is a file this process can open for reading, and
+// with write for writing too, as Firecracker opens it (as the same user) at PUT.
+func openable(path string, write bool) error {
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		return err
 	}
@@ -84,11 +83,11 @@ func (a *api) putBootSource(_ map[string]string, body []byte) (any, error) {
 	if err := decode(body, &b); err != nil {
 		return nil, err
 	}
-	if err := readable(b.KernelImagePath); err != nil {
+	if err := openable(b.KernelImagePath, false); err != nil {
 		return nil, fmt.Errorf("The kernel file cannot be opened: %v", err)
 	}
 	if b.InitrdPath != nil {
-		if err := readable(*b.InitrdPath); err != nil {
+		if err := openable(*b.InitrdPath, false); err != nil {
 			return nil, fmt.Errorf("The initrd file cannot be opened: %v", err)
 		}
 	}
@@ -102,37 +101,6 @@ func (b *bootSource) bootArgs() string {
 		return *b.BootArgs
 	}
 	return defaultBootArgs
-}
-
-func (a *api) putDrive(params map[string]string, body []byte) (any, error) {
-	var d drive
-	if err := decode(body, &d); err != nil {
-		return nil, err
-	}
-	if d.Socket != nil {
-		return nil, fmt.Errorf("Drive %s: vhost-user-block (socket) is not implemented by the fcm stand-in", d.DriveID)
-	}
-	if d.PathOnHost == nil {
-		return nil, fmt.Errorf("Drive %s: path_on_host is required for a virtio-block drive", d.DriveID)
-	}
-	if err := readable(*d.PathOnHost); err != nil {
-		return nil, fmt.Errorf("Unable to create the block device: %v", err)
-	}
-	if d.IsRootDevice {
-		for _, o := range a.drives {
-			if o.IsRootDevice && o.DriveID != d.DriveID {
-				return nil, fmt.Errorf("A root block device already exists! (drive %s)", o.DriveID)
-			}
-		}
-	}
-	for i, o := range a.drives {
-		if o.DriveID == d.DriveID {
-			a.drives[i] = &d
-			return nil, nil
-		}
-	}
-	a.drives = append(a.drives, &d)
-	return nil, nil
 }
 
 func (a *api) putMachineConfig(_ map[string]string, body []byte) (any, error) {

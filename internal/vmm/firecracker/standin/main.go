@@ -12,8 +12,12 @@
 // required ones, JSON types, enums, minimum and maximum); an id in the path must
 // equal the body's; "Pre-boot only" operations are refused after InstanceStart,
 // "Post-boot only" ones before. Then Firecracker's documented rules apply: the
-// kernel, initrd and drive files must exist, the tap must exist, one root drive,
-// vCPUs 1-32, InstanceStart needs a kernel and a root drive. Operations of the
+// kernel, initrd and drive files must open (a drive read-write unless
+// is_read_only), the tap must exist, at most one root drive, vCPUs 1-32,
+// InstanceStart needs a kernel. The drives are attached as Firecracker orders
+// them (the root device first, as /dev/vda, then the others in configuration
+// order) and the kernel command line gets what Firecracker appends to boot_args
+// (pci=off, root=/dev/vda ro|rw; see drives.go). Operations of the
 // spec that the stand-in does not implement answer 400, so nothing silently
 // succeeds. Every request, refused ones too, is appended as a JSON line to
 // $FCM_STANDIN_RECORD (default <api-sock>.requests.jsonl) for tests to compare

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/netns"
+	"github.com/fcmhost/fcm/internal/vmm"
 )
 
 // binary is the stand-in the tests run, built once by TestMain.
@@ -38,6 +40,12 @@ func TestMain(m *testing.M) {
 		dir, err := os.MkdirTemp("", "fcm-standin-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		// Tests run it as an unprivileged VM user too, as fcm's driver does.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.RemoveAll(dir)
 			os.Exit(1)
 		}
 		bin := filepath.Join(dir, "firecracker")
@@ -102,12 +110,22 @@ func tempDir(t *testing.T) string {
 // waits until its socket accepts connections.
 func start(t *testing.T, env []string, args ...string) *standin {
 	t.Helper()
+	return startWith(t, env, nil, args...)
+}
+
+// startWith is start that lets prepare change the command before it runs (its
+// credentials, say), given the stand-in's directory.
+func startWith(t *testing.T, env []string, prepare func(dir string, cmd *exec.Cmd), args ...string) *standin {
+	t.Helper()
 	s := &standin{t: t, dir: tempDir(t), stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	s.sock = filepath.Join(s.dir, "fc.sock")
 	s.record = s.sock + ".requests.jsonl"
 	s.cmd = exec.Command(binary, append([]string{"--api-sock", s.sock}, args...)...)
 	s.cmd.Env = append(os.Environ(), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if prepare != nil {
+		prepare(s.dir, s.cmd)
+	}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -272,4 +290,62 @@ func tempFile(t *testing.T, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// driveOpt is one -drive of QEMU's command line: id and readonly=on or not.
+var driveOpt = regexp.MustCompile(`-drive id=(\w+),file=\S+?,format=raw,if=none,(readonly=on|discard=unmap)`)
+
+// tscArg is what qemu.MachineArgs adds to the command line under TCG.
+var tscArg = regexp.MustCompile(` tsc_early_khz=[0-9]+$`)
+
+// launch is what the stand-in's last InstanceStart ran QEMU with, from its log:
+// the kernel command line (-append, less the tsc_early_khz= QEMU's TCG needs)
+// and the drives in order, each "id:ro" or "id:rw".
+func (s *standin) launch() (cmdline string, drives []string) {
+	s.t.Helper()
+	log := s.stderr.String()
+	i := strings.LastIndex(log, "InstanceStart: ")
+	if i < 0 {
+		s.t.Fatalf("no InstanceStart in the stand-in's log:\n%s", log)
+	}
+	line, _, _ := strings.Cut(log[i:], "\n")
+	_, rest, ok := strings.Cut(line, " -append ")
+	if !ok {
+		s.t.Fatalf("no -append in %s", line)
+	}
+	end := len(rest)
+	for _, next := range []string{" -drive ", " -netdev ", " -device "} {
+		if j := strings.Index(rest, next); j >= 0 && j < end {
+			end = j
+		}
+	}
+	for _, m := range driveOpt.FindAllStringSubmatch(line, -1) {
+		mode := "rw"
+		if m[2] == "readonly=on" {
+			mode = "ro"
+		}
+		drives = append(drives, m[1]+":"+mode)
+	}
+	return tscArg.ReplaceAllString(rest[:end], ""), drives
+}
+
+// vmUID is the unprivileged user tests run the stand-in as, as fcm's driver
+// runs a VM's hypervisor (vmm.UIDFor).
+const vmUID = vmm.UIDBase + 201
+
+// sandboxed prepares the stand-in's command as fcm's Firecracker driver does
+// with spec (Dir is the stand-in's own): vmm.PrepareSandbox owns the directory
+// and non-shared drives to vmUID, checks it can read the kernel, initrd and
+// shared drives, and the command runs as vmUID.
+func sandboxed(t *testing.T, spec vmm.Spec) func(dir string, cmd *exec.Cmd) {
+	return func(dir string, cmd *exec.Cmd) {
+		t.Helper()
+		spec.ID, spec.Dir, spec.UID, spec.GID = "standin", dir, vmUID, vmUID
+		sb, err := vmm.PrepareSandbox(spec, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+		sb.Apply(cmd.SysProcAttr)
+	}
 }

@@ -46,26 +46,24 @@ func (a *api) vmSpec() (vmm.Spec, error) {
 	if id == "" {
 		id = "standin"
 	}
+	cmdline, err := a.kernelCmdline()
+	if err != nil {
+		return vmm.Spec{}, err
+	}
+	drives, err := a.specDrives()
+	if err != nil {
+		return vmm.Spec{}, err
+	}
 	spec := vmm.Spec{
 		ID: id, Dir: filepath.Dir(a.sock),
-		Kernel: a.boot.KernelImagePath, BootArgs: a.boot.bootArgs(),
+		Kernel: a.boot.KernelImagePath, BootArgs: cmdline, Drives: drives,
 		VCPUs: a.machine.VCPUCount, MemoryMiB: a.machine.MemSizeMiB,
 	}
 	if a.boot.InitrdPath != nil {
 		spec.Initrd = *a.boot.InitrdPath
 	}
-	for _, d := range a.drives {
-		switch {
-		case !d.IsRootDevice:
-			return spec, fmt.Errorf("Drive %s: the fcm stand-in boots the root drive only, not other drives", d.DriveID)
-		case d.IsReadOnly != nil && *d.IsReadOnly:
-			return spec, fmt.Errorf("Drive %s: a read-only root drive is not implemented by the fcm stand-in", d.DriveID)
-		}
-		spec.Drives = []vmm.Drive{{ID: d.DriveID, Path: *d.PathOnHost}}
-	}
-	if len(spec.Drives) == 0 {
-		return spec, errors.New("Cannot start microvm without a root block device: the fcm stand-in needs a drive with is_root_device: true")
-	}
+	// Without a root device Firecracker boots all the same (an initrd may be
+	// the root), only with no root= on the command line.
 	for _, n := range a.ifaces {
 		if n.IfaceID != "eth0" {
 			return spec, fmt.Errorf("Network interface %s: the fcm stand-in supports eth0 only", n.IfaceID)
