@@ -175,6 +175,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 	if !equal(dirs, wantDirs) {
 		t.Errorf("vm dirs: %v, want %v", dirs, wantDirs)
 	}
+	assertOneBase(t, dataDir)
 	pids := procsMentioning(filepath.Join(dataDir, "vms") + "/")
 	if state == "running" && len(pids) != 1 || state != "running" && len(pids) != 0 {
 		t.Errorf("hypervisors of the data dir: %v with %s %s", pids, name, state)
@@ -245,4 +246,35 @@ func equal(a, b []string) bool {
 	sort.Strings(a)
 	sort.Strings(b)
 	return strings.Join(a, ",") == strings.Join(b, ",")
+}
+
+// assertOneBase checks the data dir's images: exactly the test image, stored
+// whole (the same file as the image's, by hard link) under its id, nothing
+// half-imported or half-pruned; and no half-made disk template.
+func assertOneBase(t *testing.T, dataDir string) {
+	t.Helper()
+	m, err := image.ReadManifest(imageDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	entries, _ := os.ReadDir(filepath.Join(dataDir, "images"))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !equal(names, []string{m.ID}) {
+		t.Errorf("images: %v, want only %s", names, m.ID)
+		return
+	}
+	for _, f := range []string{image.KernelFile, image.InitrdFile, image.RootfsFile} {
+		a, err1 := os.Stat(filepath.Join(dataDir, "images", m.ID, f))
+		b, err2 := os.Stat(filepath.Join(imageDir, f))
+		if err1 != nil || err2 != nil || !os.SameFile(a, b) {
+			t.Errorf("base %s: %s is not the image's own file (%v, %v)", m.ID[:12], f, err1, err2)
+		}
+	}
+	tmps, _ := filepath.Glob(filepath.Join(dataDir, "templates", ".*"))
+	if len(tmps) > 0 {
+		t.Errorf("half-made disk templates: %v", tmps)
+	}
 }

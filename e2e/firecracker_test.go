@@ -55,7 +55,9 @@ func checkContract(t *testing.T, dataDir string) {
 	if len(reqs) == 0 {
 		t.Fatal("the stand-in recorded no requests")
 	}
-	want := []string{"PUT /boot-source", "PUT /drives/rootfs", "PUT /machine-config", "PUT /network-interfaces/eth0", "PUT /actions"}
+	// The shared base is the read-only root device; the VM's own drives follow.
+	want := []string{"PUT /boot-source", "PUT /drives/base", "PUT /drives/data", "PUT /drives/swap", "PUT /drives/config",
+		"PUT /machine-config", "PUT /network-interfaces/eth0", "PUT /actions"}
 	boots := 0
 	for i, r := range reqs {
 		if r.Status >= 300 {
@@ -68,8 +70,17 @@ func checkContract(t *testing.T, dataDir string) {
 					t.Errorf("boot %d: request %d is not %s", boots, i+k, w)
 				}
 			}
-			if !strings.Contains(string(reqs[i+4].Body), "InstanceStart") {
-				t.Errorf("boot %d ends with %s, want InstanceStart", boots, reqs[i+4].Body)
+			if i+len(want) > len(reqs) {
+				continue
+			}
+			if b := string(reqs[i+1].Body); !strings.Contains(b, `"is_root_device":true`) || !strings.Contains(b, `"is_read_only":true`) {
+				t.Errorf("boot %d: the base drive is %s, want the read-only root device", boots, b)
+			}
+			if b := string(reqs[i+2].Body); !strings.Contains(b, `"is_read_only":false`) {
+				t.Errorf("boot %d: the vm's disk is %s, want it writable", boots, b)
+			}
+			if last := reqs[i+len(want)-1]; !strings.Contains(string(last.Body), "InstanceStart") {
+				t.Errorf("boot %d ends with %s, want InstanceStart", boots, last.Body)
 			}
 		}
 	}
@@ -93,7 +104,7 @@ func TestFirecracker_StartErrors(t *testing.T) {
 	}{
 		{"kernel missing", func(s *vmm.Spec) { s.Kernel = "/nonexistent/vmlinux.bin" }, []string{"PUT /boot-source", "/nonexistent/vmlinux.bin"}},
 		{"tap missing", func(s *vmm.Spec) { s.TapDevice = "tap_nothere" }, []string{"PUT /network-interfaces/eth0", "tap_nothere"}},
-		{"disk missing", func(s *vmm.Spec) { s.Drives[0].Path = "/nonexistent/rootfs.img" }, []string{"PUT /drives/rootfs", "/nonexistent/rootfs.img"}},
+		{"disk missing", func(s *vmm.Spec) { s.Drives[1].Path = "/nonexistent/data.img" }, []string{"PUT /drives/data", "/nonexistent/data.img"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

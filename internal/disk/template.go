@@ -2,6 +2,7 @@ package disk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -170,4 +171,14 @@ func runOutput(ctx context.Context, bin string, args ...string) (string, error) 
 		return "", fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, toolOutput([]byte(stderr.String())))
 	}
 	return string(out), nil
+}
+
+// Clean removes what an interrupted Get left behind.
+func (t *Templates) Clean() error {
+	tmps, _ := filepath.Glob(filepath.Join(t.Dir, ".data-*.tmp"))
+	var errs []error
+	for _, f := range tmps {
+		errs = append(errs, os.Remove(f))
+	}
+	return errors.Join(errs...)
 }

@@ -30,6 +30,9 @@ import (
 // a store that cannot be read is an error.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	pruneLogs(filepath.Join(m.cfg.DataDir, "logs"), time.Now())
+	if err := m.cfg.Templates.Clean(); err != nil {
+		m.log.Warn("disk templates: leftovers of an interrupted mkfs", "err", err)
+	}
 	var ops []*store.Op
 	if err := m.cfg.Store.View(func(tx *store.Tx) (err error) { ops, err = tx.Ops(); return }); err != nil {
 		return err
