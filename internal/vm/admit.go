@@ -108,8 +108,10 @@ func (m *Manager) checkMaxima(req api.CreateVMRequest) error {
 // checkDisk refuses a create whose disk would eat into the reserve of free
 // space on the data dir's filesystem (which also holds the store).
 func (m *Manager) checkDisk(req api.CreateVMRequest) error {
-	return checkFree(m.freeSpace, m.cfg.DataDir, req.DiskBytes+m.cfg.DiskReserve,
-		fmt.Sprintf("the new vm's %s disk plus a %s reserve", humanBytes(req.DiskBytes), humanBytes(m.cfg.DiskReserve)))
+	// The disks are sparse, but a VM may fill them: its disk and its swap.
+	swap := int64(api.DefaultSwapMiB) << 20
+	return checkFree(m.freeSpace, m.cfg.DataDir, req.DiskBytes+swap+m.cfg.DiskReserve,
+		fmt.Sprintf("the new vm's %s disk and %s swap plus a %s reserve", humanBytes(req.DiskBytes), humanBytes(swap), humanBytes(m.cfg.DiskReserve)))
 }
 
 // checkMemory refuses a VM of memMiB when, with every other VM that is not
