@@ -105,6 +105,13 @@ func (v *testVM) boot(t *testing.T, d *qemu.Driver) *qemu.Instance {
 	if err := v.client.WaitReady(ctx); err != nil {
 		t.Fatalf("%v\nconsole:\n%s", err, v.console())
 	}
+	var stages []string
+	for _, line := range strings.Split(v.console(), "\n") {
+		if _, st, ok := strings.Cut(line, ": boot "); ok {
+			stages = append(stages, st)
+		}
+	}
+	t.Logf("%s boot stages: %s", v.spec.ID, strings.Join(stages, ", "))
 	return inst.(*qemu.Instance)
 }
 
