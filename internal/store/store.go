@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -117,7 +119,18 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in a read-write transaction; an error from fn rolls it back.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, s: s}) })
+	return s.db.Update(func(btx *bolt.Tx) error {
+		t := &Tx{tx: btx, s: s}
+		if err := fn(t); err != nil {
+			return err
+		}
+		if t.changed == nil {
+			// No VM changed: the decoded VMs stay those of the new state.
+			txid := btx.ID()
+			btx.OnCommit(func() { s.applyCommitted(txid, nil) })
+		}
+		return nil
+	})
 }
 
 // View runs fn in a read-only transaction.
@@ -160,8 +173,63 @@ type Tx struct {
 	tx *bolt.Tx
 	s  *Store
 	// vmsChanged: this (write) transaction has written a VM record, so what
-	// it sees of them is no longer the last committed state.
+	// it sees of them is no longer the last committed state. changed holds
+	// those records (nil: deleted), applied to the store's decoded VMs when
+	// the transaction commits.
 	vmsChanged bool
+	changed    map[string]*VM
+}
+
+// changeVM notes a change of VM name (vm nil: deleted) for the store's
+// decoded VMs.
+func (t *Tx) changeVM(name string, vm *VM) {
+	t.vmsChanged = true
+	if t.s == nil {
+		return
+	}
+	if t.changed == nil {
+		t.changed = map[string]*VM{}
+		txid := t.tx.ID() // bbolt forgets it before the commit handlers run
+		t.tx.OnCommit(func() { t.s.applyCommitted(txid, t.changed) })
+	}
+	if vm != nil {
+		c := *vm
+		vm = &c
+	}
+	t.changed[name] = vm
+}
+
+// applyCommitted brings the decoded VMs from the transaction before txid to
+// txid, whose VM changes were changed.
+func (s *Store) applyCommitted(txid int, changed map[string]*VM) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.vms.txid != txid-1 {
+		s.vms = vmCache{} // decoded from an older state: decode again
+		return
+	}
+	if len(changed) == 0 {
+		s.vms.txid = txid
+		return
+	}
+	list := make([]VM, 0, len(s.vms.list)+len(changed))
+	for _, v := range s.vms.list {
+		if c, ok := changed[v.Name]; ok {
+			if c != nil {
+				list = append(list, *c)
+			}
+			delete(changed, v.Name)
+			continue
+		}
+		list = append(list, v)
+	}
+	for _, c := range changed {
+		if c != nil {
+			list = append(list, *c)
+		}
+	}
+	slices.SortFunc(list, func(a, b VM) int { return strings.Compare(a.Name, b.Name) })
+	s.vms = vmCache{txid: txid, list: list}
 }
 
 // snapshot is the committed transaction whose data tx sees: its own id for a
@@ -279,8 +347,11 @@ func (t *Tx) InsertVM(vm *VM) error {
 // PutVM writes an existing VM back.
 func (t *Tx) PutVM(vm *VM) error {
 	vm.UpdatedAt = time.Now().UTC()
-	t.vmsChanged = true
-	return putJSON(t.tx.Bucket(bucketVMs), vm.Name, vm)
+	if err := putJSON(t.tx.Bucket(bucketVMs), vm.Name, vm); err != nil {
+		return err
+	}
+	t.changeVM(vm.Name, vm)
+	return nil
 }
 
 // DeleteVM removes a VM record and its id (not its leases: see Release).
@@ -292,8 +363,11 @@ func (t *Tx) DeleteVM(name string) error {
 	if err := t.tx.Bucket(bucketIDs).Delete([]byte(vm.ID)); err != nil {
 		return err
 	}
-	t.vmsChanged = true
-	return t.tx.Bucket(bucketVMs).Delete([]byte(name))
+	if err := t.tx.Bucket(bucketVMs).Delete([]byte(name)); err != nil {
+		return err
+	}
+	t.changeVM(name, nil)
+	return nil
 }
 
 // PutOp records or updates an operation.

@@ -2,7 +2,12 @@ package store
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestVMs_CacheFollowsEveryChange: the decoded VMs a list reuses always match
@@ -70,5 +75,57 @@ func TestVMs_CacheFollowsEveryChange(t *testing.T) {
 	mustUpdate(func(tx *Tx) error { return tx.DeleteVM("a") })
 	if got := names(); len(got) != 0 {
 		t.Fatalf("after delete: %v", got)
+	}
+}
+
+// TestVMs_CacheMatchesTheFile: after random creates, changes and deletes the
+// VMs a list returns from memory are exactly those a fresh decode finds, and
+// committed writes keep them current without a decode.
+func TestVMs_CacheMatchesTheFile(t *testing.T) {
+	s, _ := openTest(t)
+	s.ListVMs()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 300; i++ {
+		name := fmt.Sprintf("vm-%02d", rnd.IntN(40))
+		if rnd.IntN(4) == 0 { // a write of something else
+			if err := s.Update(func(tx *Tx) error { return tx.PutOp(&Op{ID: name}) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := s.Update(func(tx *Tx) error {
+			vm, err := tx.VM(name)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				return tx.InsertVM(&VM{ID: fmt.Sprintf("id%05d", i), Name: name, State: "running"})
+			case err != nil:
+				return err
+			case rnd.IntN(3) == 0:
+				return tx.DeleteVM(name)
+			default:
+				vm.State = fmt.Sprint("state-", i)
+				return tx.PutVM(vm)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		current := s.vms.txid
+		s.mu.Unlock()
+		cached, err := s.ListVMs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fresh []*VM
+		s.db.View(func(btx *bolt.Tx) error {
+			fresh, err = (&Tx{tx: btx}).VMs()
+			if btx.ID() != current {
+				t.Errorf("step %d: the decoded VMs are of transaction %d, the file is at %d", i, current, btx.ID())
+			}
+			return err
+		})
+		if !reflect.DeepEqual(cached, fresh) {
+			t.Fatalf("step %d: cached %v, file %v", i, cached, fresh)
+		}
 	}
 }
