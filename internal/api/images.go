@@ -33,8 +33,12 @@ type ListImagesResponse struct {
 }
 
 // PruneImagesResponse is the body of POST /v1/images/prune: the bases
-// removed (neither current nor used by any VM), and how many are kept.
+// removed (neither current nor used by any VM), how many are kept, and the
+// host disk removing them gave back. Freed is less than the removed bases'
+// Bytes when their files are still linked elsewhere (the directory a build
+// wrote, say).
 type PruneImagesResponse struct {
 	Removed []Image `json:"removed"`
 	Kept    int     `json:"kept"`
+	Freed   int64   `json:"freed"`
 }

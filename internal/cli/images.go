@@ -86,7 +86,9 @@ func newImagePruneCmd() *cobra.Command {
 		Use:   "prune",
 		Short: "Remove the bases no VM uses (admin only)",
 		Long: "Remove every base that is neither the current one nor used by a VM, in\n" +
-			"any state, and print what it freed. A create racing the prune either\n" +
+			"any state, and print the disk space that gave back (a base's files are\n" +
+			"hard links where they can be: space still linked from elsewhere, such as\n" +
+			"the directory a build wrote, is not freed). A create racing the prune either\n" +
 			"keeps its base or fails and can be tried again: no VM is left on a\n" +
 			"removed base.\n\n" + aboutBases,
 		Args: noArgs,
@@ -100,12 +102,15 @@ func newImagePruneCmd() *cobra.Command {
 				fmt.Fprintf(out, "nothing to prune: %s, all in use or current\n", plural(res.Kept, "image"))
 				return nil
 			}
-			var freed int64
+			var total int64
 			for _, img := range res.Removed {
-				freed += img.Bytes
-				fmt.Fprintf(out, "Removed %s (%s, built %s): %s\n", shortID(img.ID), dash(img.Variant), built(img), sizeOf(img.Bytes))
+				total += img.Bytes
+				fmt.Fprintf(out, "Removed %s (%s, built %s, %s)\n", shortID(img.ID), dash(img.Variant), built(img), sizeOf(img.Bytes))
 			}
-			fmt.Fprintf(out, "Freed %s; %s kept (in use or current)\n", sizeOf(freed), plural(res.Kept, "image"))
+			fmt.Fprintf(out, "Freed %s; %s kept (in use or current)\n", sizeOf(res.Freed), plural(res.Kept, "image"))
+			if res.Freed < total {
+				fmt.Fprintf(out, "(%s of the removed files is still linked from elsewhere, such as the directory a build wrote: it is freed when that goes)\n", sizeOf(total-res.Freed))
+			}
 			return nil
 		},
 	}

@@ -35,7 +35,7 @@ func TestImageLsAndPrune(t *testing.T) {
 		Bytes: 389 << 20, Current: true, VMs: []string{"web2"}}
 	older := api.Image{ID: "3f2a9c0d1b2e" + strings.Repeat("1", 52), Variant: "full", Built: now.Add(-3 * time.Hour),
 		Bytes: 1900 << 20, VMs: []string{}}
-	imagesDaemon(t, []api.Image{newer, older}, api.PruneImagesResponse{Removed: []api.Image{older}, Kept: 1})
+	imagesDaemon(t, []api.Image{newer, older}, api.PruneImagesResponse{Removed: []api.Image{older}, Kept: 1, Freed: 1900<<20 + 4096})
 	out, err := runCLI(nil, "image", "ls")
 	want := `ID            VARIANT  BUILT   SIZE     CURRENT  VMS
 9c1e0b7a3f21  minimal  5m ago  389 MiB  *        web2
@@ -45,9 +45,18 @@ func TestImageLsAndPrune(t *testing.T) {
 		t.Errorf("image ls: %v\n%s\nwant:\n%s", err, out, want)
 	}
 	out, err = runCLI(nil, "image", "prune")
-	want = "Removed 3f2a9c0d1b2e (full, built 3h ago): 1.9 GiB\nFreed 1.9 GiB; 1 image kept (in use or current)\n"
+	want = "Removed 3f2a9c0d1b2e (full, built 3h ago, 1.9 GiB)\nFreed 1.9 GiB; 1 image kept (in use or current)\n"
 	if err != nil || out != want {
 		t.Errorf("image prune: %v\n%s\nwant:\n%s", err, out, want)
+	}
+
+	// The old base's files are linked from elsewhere still: nothing freed.
+	imagesDaemon(t, []api.Image{newer}, api.PruneImagesResponse{Removed: []api.Image{older}, Kept: 1, Freed: 4096})
+	out, err = runCLI(nil, "image", "prune")
+	want = "Removed 3f2a9c0d1b2e (full, built 3h ago, 1.9 GiB)\nFreed 4 KiB; 1 image kept (in use or current)\n" +
+		"(1.9 GiB of the removed files is still linked from elsewhere, such as the directory a build wrote: it is freed when that goes)\n"
+	if err != nil || out != want {
+		t.Errorf("image prune, files linked elsewhere: %v\n%s\nwant:\n%s", err, out, want)
 	}
 
 	imagesDaemon(t, []api.Image{newer}, api.PruneImagesResponse{Removed: []api.Image{}, Kept: 2})

@@ -13,7 +13,7 @@ import (
 // and their VMs, and a prune of the unused ones.
 type Images interface {
 	Images(ctx context.Context) ([]api.Image, error)
-	PruneImages(ctx context.Context) (removed []api.Image, kept int, err error)
+	PruneImages(ctx context.Context) (*api.PruneImagesResponse, error)
 }
 
 var _ Images = (*vm.Manager)(nil)
@@ -39,14 +39,11 @@ func (s *Server) pruneImages(w http.ResponseWriter, r *http.Request, tok *store.
 		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "this daemon keeps no images")
 		return
 	}
-	removed, kept, err := s.Images.PruneImages(r.Context())
+	res, err := s.Images.PruneImages(r.Context())
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	if removed == nil {
-		removed = []api.Image{}
-	}
-	s.logger().Info("images pruned", "removed", len(removed), "kept", kept, "by", tok.ID)
-	writeJSON(w, http.StatusOK, api.PruneImagesResponse{Removed: removed, Kept: kept})
+	s.logger().Info("images pruned", "removed", len(res.Removed), "kept", res.Kept, "freed", res.Freed, "by", tok.ID)
+	writeJSON(w, http.StatusOK, res)
 }

@@ -13,13 +13,13 @@ import (
 // fakeImages is an Images of function fields.
 type fakeImages struct {
 	list  func(ctx context.Context) ([]api.Image, error)
-	prune func(ctx context.Context) ([]api.Image, int, error)
+	prune func(ctx context.Context) (*api.PruneImagesResponse, error)
 }
 
 var _ Images = (*fakeImages)(nil)
 
 func (f *fakeImages) Images(ctx context.Context) ([]api.Image, error) { return f.list(ctx) }
-func (f *fakeImages) PruneImages(ctx context.Context) ([]api.Image, int, error) {
+func (f *fakeImages) PruneImages(ctx context.Context) (*api.PruneImagesResponse, error) {
 	return f.prune(ctx)
 }
 
@@ -29,7 +29,9 @@ func TestServer_Images(t *testing.T) {
 		list: func(context.Context) ([]api.Image, error) {
 			return []api.Image{{ID: "aa", Variant: "minimal", Bytes: 10, Current: true, VMs: []string{"alice-vm"}}}, nil
 		},
-		prune: func(context.Context) ([]api.Image, int, error) { return nil, 1, nil },
+		prune: func(context.Context) (*api.PruneImagesResponse, error) {
+			return &api.PruneImagesResponse{Removed: []api.Image{}, Kept: 1}, nil
+		},
 	}
 	srv := httptest.NewServer((&Server{Store: f.store, VMs: f.fake, Images: imgs}).Handler())
 	t.Cleanup(srv.Close)
@@ -56,8 +58,8 @@ func TestServer_Images(t *testing.T) {
 	}
 
 	// A failed prune is a JSON error.
-	imgs.prune = func(context.Context) ([]api.Image, int, error) {
-		return nil, 0, errors.New("prune images: disk on fire")
+	imgs.prune = func(context.Context) (*api.PruneImagesResponse, error) {
+		return nil, errors.New("prune images: disk on fire")
 	}
 	if _, err := admin.PruneImages(ctx); !errors.As(err, &ae) || ae.Code != api.CodeInternal || ae.Message != "prune images: disk on fire" {
 		t.Errorf("failed prune: %v", err)

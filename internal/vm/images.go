@@ -40,21 +40,23 @@ func (m *Manager) Images(ctx context.Context) ([]api.Image, error) {
 }
 
 // PruneImages removes every stored base that is neither current nor the base
-// of a VM (in any state), and returns the ones it removed and how many it
-// kept. Each is retired (taken out of the store) inside one store transaction
-// that also reads every VM: a create records its VM in a transaction of its
-// own after checking its base is there, and the store runs one at a time, so
-// a create either saw its base and made a VM this prune sees, or finds it gone
-// and fails. The retired directories are deleted after.
-func (m *Manager) PruneImages(ctx context.Context) (removed []api.Image, kept int, err error) {
+// of a VM (in any state), and says which it removed, how many it kept and
+// the host disk it gave back. Each is retired (taken out of the store) inside
+// one store transaction that also reads every VM: a create records its VM in
+// a transaction of its own after checking its base is there, and the store
+// runs one at a time, so a create either saw its base and made a VM this
+// prune sees, or finds it gone and fails. The retired directories are deleted
+// after.
+func (m *Manager) PruneImages(ctx context.Context) (*api.PruneImagesResponse, error) {
 	if _, err := m.cfg.Bases.Current(ctx); err != nil {
 		// Without the current base known, prune could remove the one new
 		// VMs are about to be made from.
-		return nil, 0, fmt.Errorf("prune images: %w", err)
+		return nil, fmt.Errorf("prune images: %w", err)
 	}
+	res := &api.PruneImagesResponse{Removed: []api.Image{}}
 	var retired []string
 	var errs []error
-	err = m.cfg.Store.Update(func(tx *store.Tx) error {
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
 		users, err := baseUsers(tx)
 		if err != nil {
 			return err
@@ -65,7 +67,7 @@ func (m *Manager) PruneImages(ctx context.Context) (removed []api.Image, kept in
 		}
 		for _, in := range infos {
 			if len(users[in.ID]) > 0 || in.ID == m.cfg.Bases.CurrentID() {
-				kept++
+				res.Kept++
 				continue
 			}
 			dir, err := m.cfg.Bases.Retire(in.ID)
@@ -73,35 +75,37 @@ func (m *Manager) PruneImages(ctx context.Context) (removed []api.Image, kept in
 			case errors.Is(err, base.ErrNotFound):
 				continue // retired meanwhile by another prune
 			case err != nil && in.ID == m.cfg.Bases.CurrentID():
-				kept++ // a build of the same image made it current again
+				res.Kept++ // a build of the same image made it current again
 				continue
 			case err != nil:
-				kept++
+				res.Kept++
 				errs = append(errs, err)
 				continue
 			}
 			retired = append(retired, dir)
-			removed = append(removed, toAPIImage(in, false, nil))
+			res.Removed = append(res.Removed, toAPIImage(in, false, nil))
 		}
 		return nil
 	})
 	// The transaction wrote nothing: even when it failed, what it retired was
 	// used by no VM, and no create can use it now.
-	for _, dir := range retired {
+	for i, dir := range retired {
+		freed := base.Reclaimable(dir)
 		if derr := base.Delete(dir); derr != nil {
 			errs = append(errs, fmt.Errorf("remove %s: %w (the daemon removes it at its next start)", dir, derr))
+			continue
 		}
-	}
-	for _, r := range removed {
-		m.log.Info("image pruned", "id", base.Short(r.ID), "variant", r.Variant, "bytes", r.Bytes)
+		res.Freed += freed
+		r := res.Removed[i]
+		m.log.Info("image pruned", "id", base.Short(r.ID), "variant", r.Variant, "bytes", r.Bytes, "freed", freed)
 	}
 	if err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
-		return removed, kept, fmt.Errorf("prune images: %w", errors.Join(errs...))
+		return res, fmt.Errorf("prune images: %w", errors.Join(errs...))
 	}
-	return removed, kept, nil
+	return res, nil
 }
 
 // baseUsers maps each base id to the names of the VMs made from it. A VM made

@@ -77,25 +77,27 @@ func TestPruneImages(t *testing.T) {
 		}
 	}
 
-	removed, kept, err := m.PruneImages(ctx)
+	res, err := m.PruneImages(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := imageIDs(removed); !slices.Equal(got, []string{c}) || kept != 3 {
-		t.Fatalf("pruned %v (kept %d), want only c (%s), 3 kept", got, kept, c)
+	if got := imageIDs(res.Removed); !slices.Equal(got, []string{c}) || res.Kept != 3 {
+		t.Fatalf("pruned %v (kept %d), want only c (%s), 3 kept", got, res.Kept, c)
 	}
-	if removed[0].Bytes <= 0 {
-		t.Errorf("removed %+v: no bytes freed", removed[0])
+	// c's files were linked from nowhere else (the source has d's now): all
+	// of them, and its image.json, were freed.
+	if res.Removed[0].Bytes <= 0 || res.Freed < res.Removed[0].Bytes {
+		t.Errorf("pruned %+v, freed %d: want its bytes freed", res.Removed[0], res.Freed)
 	}
 	checkImageDirs(t, m, a, b, d)
 
 	// Nothing more to prune; then b's VMs go, and b with them.
-	if removed, kept, err := m.PruneImages(ctx); err != nil || len(removed) != 0 || kept != 3 {
-		t.Fatalf("second prune: %v, %d kept, %v", removed, kept, err)
+	if res, err := m.PruneImages(ctx); err != nil || len(res.Removed) != 0 || res.Kept != 3 || res.Freed != 0 {
+		t.Fatalf("second prune: %+v, %v", res, err)
 	}
 	m.cfg.Store.Update(func(tx *store.Tx) error { tx.DeleteVM("on-b"); return tx.DeleteVM("also-b") })
-	if removed, _, err := m.PruneImages(ctx); err != nil || !slices.Equal(imageIDs(removed), []string{b}) {
-		t.Fatalf("prune after b's VMs went: %v, %v", imageIDs(removed), err)
+	if res, err := m.PruneImages(ctx); err != nil || !slices.Equal(imageIDs(res.Removed), []string{b}) {
+		t.Fatalf("prune after b's VMs went: %+v, %v", res, err)
 	}
 	checkImageDirs(t, m, a, d)
 	if _, err := m.spec(ctx, getVM(t, m, "on-a")); err != nil {
@@ -109,12 +111,12 @@ func TestPruneImages_NewBuild(t *testing.T) {
 	m, _, _ := testManager(t)
 	old := build(t, m, "old")
 	basetest.Source(t, filepath.Join(m.cfg.DataDir, "image"), "new") // not imported yet
-	removed, kept, err := m.PruneImages(context.Background())
+	res, err := m.PruneImages(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(imageIDs(removed), []string{old}) || kept != 1 {
-		t.Fatalf("pruned %v (kept %d), want the old base only", imageIDs(removed), kept)
+	if !slices.Equal(imageIDs(res.Removed), []string{old}) || res.Kept != 1 {
+		t.Fatalf("pruned %v (kept %d), want the old base only", imageIDs(res.Removed), res.Kept)
 	}
 	if cur := m.cfg.Bases.CurrentID(); cur == old || !m.cfg.Bases.Exists(cur) {
 		t.Errorf("current base %s after prune", cur)
@@ -144,7 +146,7 @@ func TestPruneImages_RacingCreate(t *testing.T) {
 		var wg sync.WaitGroup
 		var vm *store.VM
 		var createErr, pruneErr error
-		var removed []api.Image
+		var pruned *api.PruneImagesResponse
 		start := make(chan struct{})
 		wg.Add(2)
 		go func() {
@@ -158,21 +160,21 @@ func TestPruneImages_RacingCreate(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			removed, _, pruneErr = m.PruneImages(ctx)
+			pruned, pruneErr = m.PruneImages(ctx)
 		}()
 		close(start)
 		wg.Wait()
 		if pruneErr != nil {
 			t.Fatal(pruneErr)
 		}
-		pruned := slices.Contains(imageIDs(removed), old)
+		oldGone := slices.Contains(imageIDs(pruned.Removed), old)
 		switch {
-		case createErr == nil && !pruned:
+		case createErr == nil && !oldGone:
 			outcomes["create first"]++
-		case createErr != nil && pruned && strings.Contains(createErr.Error(), "was just removed"):
+		case createErr != nil && oldGone && strings.Contains(createErr.Error(), "was just removed"):
 			outcomes["prune first"]++
 		default:
-			t.Fatalf("create: %v, old base pruned: %v", createErr, pruned)
+			t.Fatalf("create: %v, old base pruned: %v", createErr, oldGone)
 		}
 		vms, err := m.cfg.Store.ListVMs()
 		if err != nil {
