@@ -9,11 +9,11 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// hostCommands are the commands of the host and the guest (the daemon, the
-// image, what runs inside a VM, git's hooks): Linux only. The client is the
-// rest, and builds for macOS too.
+// hostCommands are the commands of the host and the guest (the daemon, what
+// runs inside a VM, git's hooks; fcm image build is in imageHostCommands):
+// Linux only. The client is the rest, and builds for macOS too.
 func hostCommands() []*cobra.Command {
-	return []*cobra.Command{newDaemonCmd(), newImageCmd(), newGuestCmd(), newHookCmd()}
+	return []*cobra.Command{newDaemonCmd(), newGuestCmd(), newHookCmd()}
 }
 
 func newHookCmd() *cobra.Command {

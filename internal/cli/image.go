@@ -11,14 +11,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newImageCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "image",
-		Short: "Build and inspect the guest image",
-	}
-	cmd.AddCommand(newImageBuildCmd())
-	return cmd
-}
+// imageHostCommands are fcm image's commands that run on the host itself.
+func imageHostCommands() []*cobra.Command { return []*cobra.Command{newImageBuildCmd()} }
 
 func newImageBuildCmd() *cobra.Command {
 	var opts image.Options

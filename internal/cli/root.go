@@ -71,7 +71,7 @@ http:// beyond this machine.`,
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newVersionCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),
-		newKeysCmd(), newTokenCmd(), newLoginCmd(), newLogoutCmd(), newWhoAmICmd(), newUsersCmd())
+		newKeysCmd(), newTokenCmd(), newLoginCmd(), newLogoutCmd(), newWhoAmICmd(), newUsersCmd(), newImageCmd())
 	return root
 }
 

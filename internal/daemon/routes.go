@@ -102,6 +102,10 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/users/deny":     {rule: ruleAdmin, h: (*Server).denyUsers},
 		"DELETE /v1/users/{user}": {rule: ruleAdmin, h: (*Server).removeUser},
 
+		// The admin's: they name every user's VMs.
+		"GET /v1/images":        {rule: ruleAdmin, h: (*Server).listImages},
+		"POST /v1/images/prune": {rule: ruleAdmin, h: (*Server).pruneImages},
+
 		"POST /v1/logins":            {rule: rulePublic, h: (*Server).startLogin},
 		"POST /v1/logins/{id}/token": {rule: rulePublic, h: (*Server).pollLogin},
 		"GET /login/{id}":            {rule: rulePublic, h: (*Server).loginPage},

@@ -217,7 +217,7 @@ func Run(ctx context.Context, o Options) error {
 		ln.Close()
 		return err
 	}
-	server := &Server{Store: st, VMs: mgr, Guests: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
+	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}
 	self, err := os.Executable()

@@ -43,6 +43,7 @@ type Server struct {
 	Store      *store.Store
 	VMs        Lifecycle
 	Guests     Guests
+	Images     Images           // the stored guest images; nil: none (503)
 	Consoles   *console.Hubs    // attached console sessions; nil: made on first use
 	Edge       *edge.Reconciler // routes in Caddy; nil: no edge
 	Deploys    *deploy.Service  // git push deploys; nil: none
