@@ -257,6 +257,7 @@ func configure(ctx context.Context, api *apiClient, spec vmm.Spec) error {
 // waitSocket waits (bounded) until firecracker accepts connections on sock.
 func waitSocket(ctx context.Context, sock string, proc *vmm.Process) error {
 	deadline := time.Now().Add(socketWait)
+	poll := time.Millisecond // often at first, less once it is slow
 	for {
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
@@ -271,8 +272,9 @@ func waitSocket(ctx context.Context, sock string, proc *vmm.Process) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(2*poll, 10*time.Millisecond)
 	}
 }
 

@@ -168,6 +168,9 @@ const qmpWait = 30 * time.Second
 // has exited.
 func waitQMP(ctx context.Context, inst *Instance, pidFile string) error {
 	deadline := time.Now().Add(qmpWait)
+	// Poll often at first (QEMU answers within tens of milliseconds on an idle
+	// host), less once it is slow.
+	poll := time.Millisecond
 	for {
 		if _, err := os.Stat(pidFile); err == nil {
 			qctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -186,8 +189,9 @@ func waitQMP(ctx context.Context, inst *Instance, pidFile string) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(2*poll, 20*time.Millisecond)
 	}
 }
 
