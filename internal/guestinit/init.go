@@ -29,6 +29,7 @@ const SwapFile = "/swapfile"
 func Main() {
 	log.SetFlags(0)
 	log.SetPrefix("fcm-init: ")
+	stage("started") // the kernel ran us and Go's runtime is up
 	// Handle signals before anything else: a signal Go has no handler for would make
 	// process 1 exit, and the kernel panics when init exits.
 	sigs := make(chan os.Signal, 16)
