@@ -1,8 +1,8 @@
 // Command bench measures fcm's speed and memory targets and prints tables: disk
 // clones (fcm vs cp on ext4 and XFS), boot to the SSH banner under the accelerator
-// in use, graceful power-off, QEMU's memory for a 512 MiB guest, the API, the
-// steps of create, HTTPS through Caddy, git push deploys, and the console against
-// direct ssh. It needs root
+// in use and where its time goes (stage lines on the guest's console), graceful
+// power-off, QEMU's memory for a 512 MiB guest, the API, the steps of create,
+// HTTPS through Caddy, git push deploys, and the console against direct ssh. It needs root
 // and the minimal image (`make bench` builds it); VMs run in a network namespace
 // of its own with no route out.
 package main
@@ -51,7 +51,7 @@ func main() {
 	}
 	if *only == "" || *only == "boot" {
 		fmt.Println("== boot to SSH, power-off, memory (QEMU, 1 vCPU, 512 MiB)")
-		if err := runBootBench(ctx, os.Stdout, *runs); err != nil {
+		if _, err := runBootBench(ctx, os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: boot: %v\n", err)
 			os.Exit(1)
 		}
