@@ -37,16 +37,39 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[int(float64(len(d)-1)*p)]
 }
 
-// runListBench times GET /v1/vms over HTTP with 1,000 VM records in the store.
+// listResult is what timing GET /v1/vms measured.
+type listResult struct {
+	vms      int
+	bytes    int64 // one response's body
+	p50, p99 time.Duration
+	n        int // requests timed
+}
+
+// runListBench prints the time of GET /v1/vms with 1,000 VM records.
 func runListBench(w io.Writer) error {
-	dir, err := os.MkdirTemp("", "fcm-bench-api-")
+	r, err := measureList()
 	if err != nil {
 		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "REQUEST\tVMS\tRESPONSE\tP50\tP99\tN\n")
+	fmt.Fprintf(tw, "GET /v1/vms\t%d\t%d KiB\t%s\t%s\t%d\n", r.vms, r.bytes>>10,
+		r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.n)
+	return tw.Flush()
+}
+
+// measureList times GET /v1/vms over HTTP with 1,000 VM records in the store:
+// 500 requests one after another, after 20 of warm-up.
+func measureList() (listResult, error) {
+	r := listResult{vms: 1000}
+	dir, err := os.MkdirTemp("", "fcm-bench-api-")
+	if err != nil {
+		return r, err
 	}
 	defer os.RemoveAll(dir)
 	st, err := store.Open(filepath.Join(dir, "fcm.db"), time.Second)
 	if err != nil {
-		return err
+		return r, err
 	}
 	defer st.Close()
 	secret := store.NewSecret()
@@ -54,7 +77,7 @@ func runListBench(w io.Writer) error {
 		if err := tx.PutToken(secret, &store.Token{ID: "admin", Admin: true}); err != nil {
 			return err
 		}
-		for i := 0; i < 1000; i++ {
+		for i := 0; i < r.vms; i++ {
 			v := &store.VM{ID: fmt.Sprintf("v%07d", i), Name: fmt.Sprintf("vm-%04d", i), Owner: "admin",
 				State: "running", IP: fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255), CPUs: 1, MemoryMiB: 1024,
 				DiskBytes: 2 << 30, Port: 3000, Hypervisor: "qemu", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0Xyz fcm"}
@@ -65,31 +88,30 @@ func runListBench(w io.Writer) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return r, err
 	}
 	srv := httptest.NewServer((&daemon.Server{Store: st, Log: quiet}).Handler())
 	defer srv.Close()
 	var lat []time.Duration
-	var size int64
 	for i := 0; i < 520; i++ {
 		req, _ := http.NewRequest("GET", srv.URL+"/v1/vms", nil)
 		req.Header.Set("Authorization", "Bearer "+secret)
 		t := time.Now()
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return err
+			return r, err
 		}
-		size, _ = io.Copy(io.Discard, resp.Body)
+		r.bytes, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return r, fmt.Errorf("GET /v1/vms: %s", resp.Status)
+		}
 		if i >= 20 { // warm-up
 			lat = append(lat, time.Since(t))
 		}
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "REQUEST\tVMS\tRESPONSE\tP50\tP99\tN\n")
-	fmt.Fprintf(tw, "GET /v1/vms\t1000\t%d KiB\t%s\t%s\t%d\n", size>>10,
-		percentile(lat, 0.5).Round(10*time.Microsecond), percentile(lat, 0.99).Round(10*time.Microsecond), len(lat))
-	return tw.Flush()
+	r.p50, r.p99, r.n = percentile(lat, 0.5), percentile(lat, 0.99), len(lat)
+	return r, nil
 }
 
 // benchManager makes a Manager on a bridge of the bench's own, in its namespace.
@@ -104,37 +126,56 @@ func envOr(key, def string) string {
 	return def
 }
 
-// benchManagerImage is benchManager with VMs booting the image in imageDir.
-func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error, imageDir string) (*vm.Manager, *store.Store, error) {
+// benchManagerImage is benchManager with VMs booting the image in imageDir;
+// each tweak may change the manager's config before it is made.
+func benchManagerImage(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error, imageDir string, tweaks ...func(*vm.Config)) (*vm.Manager, *store.Store, error) {
 	// As the daemon does: each VM's unprivileged hypervisor user must reach its
 	// own directory, and its cgroup goes under a parent of this data dir's.
-	if err := os.Chmod(dataDir, 0o711); err != nil {
-		return nil, nil, err
+	for _, d := range []string{dataDir, filepath.Join(dataDir, "vms")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, nil, err
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return nil, nil, err
+		}
 	}
 	cgroup.SetParent(cgroup.ParentFor(dataDir, image.DefaultOutDir))
 	st, err := store.Open(filepath.Join(dataDir, "fcm.db"), time.Second)
 	if err != nil {
 		return nil, nil, err
 	}
+	m, err := newBenchManager(dataDir, driver, ready, imageDir, st, tweaks)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return m, st, nil
+}
+
+// newBenchManager is the Manager of benchManagerImage over st.
+func newBenchManager(dataDir string, driver vmm.Driver, ready func(context.Context, *store.VM) error, imageDir string, st *store.Store, tweaks []func(*vm.Config)) (*vm.Manager, error) {
 	subnet := netip.MustParsePrefix("172.21.0.0/24")
 	hostNet, err := network.Setup(context.Background(), network.Config{Bridge: "fcmb0", Subnet: subnet})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	key, err := guest.LoadOrCreateKey(filepath.Join(dataDir, "id_ed25519"))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	bases, err := base.Open(dataDir, base.Source{Kernel: filepath.Join(imageDir, image.KernelFile),
 		Initrd: filepath.Join(imageDir, image.InitrdFile), Rootfs: filepath.Join(imageDir, image.RootfsFile)})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	m, err := vm.New(vm.Config{
+	cfg := vm.Config{
 		DataDir: dataDir, Driver: driver, Network: hostNet, Subnet: subnet, Store: st, Key: key, Log: quiet, Ready: ready,
 		Bases: bases,
-	})
-	return m, st, err
+	}
+	for _, t := range tweaks {
+		t(&cfg)
+	}
+	return vm.New(cfg)
 }
 
 // qemuManager is a Manager with the real QEMU driver on dataDir; accel says

@@ -104,7 +104,7 @@ func diskBenchPayload(dir string) error {
 // image in it and times each copy method there. The filesystem is unmounted
 // and its loop device detached before it returns.
 func diskBenchFS(ctx context.Context, tmp, fstype, payload string) (rows []diskBenchRow, err error) {
-	mnt, cleanup, err := diskBenchMount(ctx, tmp, fstype)
+	mnt, cleanup, err := diskBenchMount(ctx, tmp, fstype, diskBenchFSSize)
 	if err != nil {
 		return nil, err
 	}
@@ -205,14 +205,14 @@ func diskBenchTime(mnt, dst string, do func() error) (diskBenchRow, error) {
 	return row, nil
 }
 
-// diskBenchMount makes a sparse diskBenchFSSize file in tmp, formats it as
+// diskBenchMount makes a sparse file of size bytes in tmp, formats it as
 // fstype, attaches a loop device and mounts it; cleanup undoes all that.
-func diskBenchMount(ctx context.Context, tmp, fstype string) (mnt string, cleanup func() error, err error) {
+func diskBenchMount(ctx context.Context, tmp, fstype string, size int64) (mnt string, cleanup func() error, err error) {
 	backing := filepath.Join(tmp, fstype+".img")
 	if err := os.WriteFile(backing, nil, 0o600); err != nil {
 		return "", nil, err
 	}
-	if err := os.Truncate(backing, diskBenchFSSize); err != nil {
+	if err := os.Truncate(backing, size); err != nil {
 		return "", nil, err
 	}
 	switch fstype {

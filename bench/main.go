@@ -1,8 +1,10 @@
 // Command bench measures fcm's speed and memory targets and prints tables: disk
 // clones (fcm vs cp on ext4 and XFS), boot to the SSH banner under the accelerator
-// in use, graceful power-off, QEMU's memory for a 512 MiB guest, the API, the
-// steps of create, HTTPS through Caddy, git push deploys, and the console against
-// direct ssh. It needs root
+// in use and where its time goes (stage lines on the guest's console), graceful
+// power-off, QEMU's memory for a 512 MiB guest, the API, the steps of create,
+// the issue's targets in one table (create overhead and host disk per VM on ext4
+// and XFS, parallel creates, list latency, fcm's share of boot), HTTPS through
+// Caddy, git push deploys, and the console against direct ssh. It needs root
 // and the minimal image (`make bench` builds it); VMs run in a network namespace
 // of its own with no route out.
 package main
@@ -18,7 +20,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, edge, deploy or console")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy or console")
 	runs := flag.Int("runs", 5, "boots to time")
 	keystrokes := flag.Int("keystrokes", 200, "keystrokes to time per console path")
 	flag.Parse()
@@ -41,6 +43,7 @@ func main() {
 		os.Exit(1)
 	}
 	ctx := context.Background()
+	var boots []bootSample // the boot bench's, for the targets'
 	if *only == "" || *only == "disk" {
 		fmt.Println("== clone of a 2 GiB base image")
 		if err := runDiskBench(ctx, os.Stdout); err != nil {
@@ -51,7 +54,8 @@ func main() {
 	}
 	if *only == "" || *only == "boot" {
 		fmt.Println("== boot to SSH, power-off, memory (QEMU, 1 vCPU, 512 MiB)")
-		if err := runBootBench(ctx, os.Stdout, *runs); err != nil {
+		var err error
+		if boots, err = runBootBench(ctx, os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: boot: %v\n", err)
 			os.Exit(1)
 		}
@@ -69,6 +73,14 @@ func main() {
 		fmt.Println("== create")
 		if err := runCreateBench(os.Stdout, *runs); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: create: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "targets" {
+		fmt.Println("== targets (one run; create overhead = Manager.Create with a no-op Ready, the guest's boot not counted)")
+		if err := runTargetsBench(ctx, os.Stdout, boots); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: targets: %v\n", err)
 			os.Exit(1)
 		}
 		fmt.Println()
