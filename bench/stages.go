@@ -136,7 +136,8 @@ var bootStages = []bootStage{
 	{"kernel start -> initrd", "kernel", false, between("", "initrd")},
 	{"initrd: modules", "fcm initrd", true, between("initrd", "modules")},
 	{"initrd: root mount (overlay)", "fcm initrd", true, between("modules", "root mounted")},
-	{"initrd -> fcm-init", "fcm initrd + fcm-init", true, between("root mounted", "init")},
+	{"root mounted -> fcm-init running", "switch_root, exec, Go start-up", true, between("root mounted", "started")},
+	{"fcm-init: mounts", "fcm-init", true, between("started", "init")},
 	{"fcm-init -> network (config drive, keys)", "fcm-init", true, between("init", "network")},
 	{"network -> sshd started (swap, host key)", "fcm-init", true, between("network", "sshd started")},
 	{"sshd started -> listening", "sshd", false, between("sshd started", "sshd listening")},
@@ -209,8 +210,8 @@ func printBootStages(w io.Writer, samples []bootSample, accel string) error {
  console.log, polled every 2 ms) - (the uptime it carries), an upper bound off by about the poll interval:
  "hypervisor start -> kernel start" runs from just before the driver's Start call to it (QEMU's exec, firmware,
  kernel load and early boot until its clock starts). "listening -> banner" is the host's time to the banner
- minus that and the guest's uptime at "sshd listening" (the guest notes that by dialling its own port every
- 5 ms; the host dials every 20 ms and waits for the banner sshd sends from a fresh re-exec'd process).
+ minus that and the guest's uptime at "sshd listening" (the guest sees the listening socket in /proc/net/tcp,
+ polled every 10 ms; the host dials every 20 ms and waits for the banner sshd sends from a fresh re-exec'd process).
  The two together are host wall time to the banner minus the guest uptime at "sshd listening".
  * = fcm's own code (initrd script, fcm-init): the part fcm can cut. Medians are per row, so rows need not add up.)
 `)

@@ -11,6 +11,7 @@ func TestParseStages(t *testing.T) {
 		"fcm-initrd: boot 1.61s modules\n" +
 		"[    1.700000] random kernel line\n" +
 		"fcm-initrd: boot 1.80s root mounted\n" +
+		"fcm-init: boot 2.4s started\n" +
 		"fcm-init: boot 2.412s init\n" +
 		"fcm-init: boot 2.5s network\n" +
 		"fcm-init: boot 2.6s sshd started\n" +
@@ -19,7 +20,7 @@ func TestParseStages(t *testing.T) {
 	got := parseStages(console)
 	want := map[string]time.Duration{
 		"initrd": 1230 * time.Millisecond, "modules": 1610 * time.Millisecond, "root mounted": 1800 * time.Millisecond,
-		"init": 2412 * time.Millisecond, "network": 2500 * time.Millisecond, "sshd started": 2600 * time.Millisecond,
+		"started": 2400 * time.Millisecond, "init": 2412 * time.Millisecond, "network": 2500 * time.Millisecond, "sshd started": 2600 * time.Millisecond,
 		"sshd listening": 3900 * time.Millisecond,
 	}
 	if len(got) != len(want) {
