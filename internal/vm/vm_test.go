@@ -61,3 +61,11 @@ func TestMACAndBootArgs(t *testing.T) {
 		t.Errorf("bootArgs = %q", got)
 	}
 }
+
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[int64]string{2 << 30: "2 GiB", 3 << 29: "1536 MiB", 512 << 20: "512 MiB", 110592: "108 KiB", 512: "512 B"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
