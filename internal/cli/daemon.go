@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/daemon"
 	"github.com/fcmhost/fcm/internal/edge"
@@ -108,6 +109,7 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
 	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
+	f.DurationVar(&o.BootTimeout, "boot-timeout", 2*time.Minute, "how long create and start wait for a VM to boot and answer on SSH before giving up (and undoing a create)")
 	f.StringVar(&o.Login.Issuer, "oidc-issuer", "https://accounts.google.com", "OpenID provider people log in with (its issuer URL, exactly as its discovery document says)")
 	f.StringVar(&o.Login.ClientID, "oidc-client-id", "", "OAuth client id at the provider; enables fcm login (default $GOOGLE_CLIENT_ID)")
 	f.StringVar(&o.Login.ClientSecret, "oidc-client-secret", "", "OAuth client secret (default $GOOGLE_CLIENT_SECRET; the environment keeps it out of ps)")

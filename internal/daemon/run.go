@@ -59,6 +59,9 @@ type Options struct {
 	MaxCPUs      int
 	MaxMemoryMiB int
 	MaxDiskBytes int64
+	// BootTimeout is how long create and start wait for a booted VM's SSH
+	// (--boot-timeout); zero: vm's default.
+	BootTimeout time.Duration
 
 	Login LoginOptions
 
@@ -190,7 +193,7 @@ func Run(ctx context.Context, o Options) error {
 	mgr, err := vm.New(vm.Config{
 		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
-		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes,
+		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout,
 	})
 	if err != nil {
 		return err

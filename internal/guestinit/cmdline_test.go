@@ -53,18 +53,3 @@ func TestParseCmdline(t *testing.T) {
 		})
 	}
 }
-
-func TestListening(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if !listening(port) {
-		t.Errorf("port %d listens but listening says no", port)
-	}
-	ln.Close()
-	if listening(port) {
-		t.Errorf("port %d closed but listening says yes", port)
-	}
-}

@@ -97,7 +97,6 @@ func (in *initProc) boot() {
 	ensureHostKey()
 	in.startSSHD()
 	stage("sshd started")
-	go reportListening()
 	in.startSupervisor()
 	go watchPowerButton()
 }
@@ -235,17 +234,26 @@ func writeFile(path, content string, mode os.FileMode) {
 // spawn starts a process in its own session with the console as its output; init
 // reaps it in loop, never through os.Process.Wait.
 func spawn(argv []string, env []string) (int, error) {
+	return spawnTo(argv, env, nil)
+}
+
+// spawnTo is spawn with the process's standard error going to stderr (nil:
+// the console).
+func spawnTo(argv []string, env []string, stderr *os.File) (int, error) {
 	console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
 	if err != nil {
 		console, _ = os.OpenFile("/dev/null", os.O_WRONLY, 0)
 	}
 	defer console.Close()
+	if stderr == nil {
+		stderr = console
+	}
 	devnull, _ := os.Open("/dev/null")
 	defer devnull.Close()
 	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{
 		Dir:   "/",
 		Env:   env,
-		Files: []*os.File{devnull, console, console},
+		Files: []*os.File{devnull, console, stderr},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {
@@ -258,13 +266,23 @@ func spawn(argv []string, env []string) (int, error) {
 
 var baseEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"}
 
+// startSSHD starts sshd, its log (-e: standard error) passed on to the
+// console by watchSSHD.
 func (in *initProc) startSSHD() {
-	pid, err := spawn([]string{"/usr/sbin/sshd", "-D", "-e"}, baseEnv)
+	r, w, err := os.Pipe()
 	if err != nil {
 		log.Printf("sshd: %v", err)
 		return
 	}
+	pid, err := spawnTo([]string{"/usr/sbin/sshd", "-D", "-e"}, baseEnv, w)
+	w.Close()
+	if err != nil {
+		r.Close()
+		log.Printf("sshd: %v", err)
+		return
+	}
 	in.sshd = pid
+	go watchSSHD(r)
 }
 
 // startSupervisor starts the app supervisor: the app's processes, and the

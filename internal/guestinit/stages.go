@@ -1,11 +1,11 @@
 package guestinit
 
 import (
-	"fmt"
+	"bufio"
+	"io"
 	"log"
 	"os"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,34 +22,23 @@ func stage(name string) {
 	log.Printf("boot %.3fs %s", float64(ts.Nano())/1e9, name)
 }
 
-// reportListening logs the stage "sshd listening" once sshd listens (or
-// gives up after a minute). It reads the kernel's socket tables instead of
-// connecting: a connection would make sshd fork and exec a session process,
-// costing the boot the very time it measures.
-func reportListening() {
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if listening(22) {
+// watchSSHD copies sshd's log to the console and logs the stage "sshd
+// listening" at its "Server listening on" line: no polling and no connection
+// (which would make sshd fork and exec a session process mid-boot).
+func watchSSHD(r io.ReadCloser) {
+	defer r.Close()
+	console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
+	if err != nil {
+		console, _ = os.OpenFile("/dev/null", os.O_WRONLY, 0)
+	}
+	defer console.Close()
+	sc := bufio.NewScanner(r)
+	seen := false
+	for sc.Scan() {
+		console.Write(append(sc.Bytes(), '\n'))
+		if !seen && strings.HasPrefix(sc.Text(), "Server listening on") {
+			seen = true
 			stage("sshd listening")
-			return
 		}
 	}
-}
-
-// listening reports whether a TCP socket listens on port (IPv4 or IPv6).
-func listening(port int) bool {
-	want := fmt.Sprintf(":%04X ", port)
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(table)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			// sl local_address rem_address st ...: state 0A is LISTEN.
-			f := strings.Fields(line)
-			if len(f) > 3 && strings.HasSuffix(f[1]+" ", want) && f[3] == "0A" {
-				return true
-			}
-		}
-	}
-	return false
 }
