@@ -210,8 +210,8 @@ func printBootStages(w io.Writer, samples []bootSample, accel string) error {
  console.log, polled every 2 ms) - (the uptime it carries), an upper bound off by about the poll interval:
  "hypervisor start -> kernel start" runs from just before the driver's Start call to it (QEMU's exec, firmware,
  kernel load and early boot until its clock starts). "listening -> banner" is the host's time to the banner
- minus that and the guest's uptime at "sshd listening" (the guest sees the listening socket in /proc/net/tcp,
- polled every 10 ms; the host dials every 20 ms and waits for the banner sshd sends from a fresh re-exec'd process).
+ minus that and the guest's uptime at "sshd listening" (fcm-init notes it at sshd's own "Server listening" log
+ line; the host dials every 20 ms and waits for the banner sshd sends from a fresh re-exec'd process).
  The two together are host wall time to the banner minus the guest uptime at "sshd listening".
  * = fcm's own code (initrd script, fcm-init): the part fcm can cut. Medians are per row, so rows need not add up.)
 `)
