@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/deploy"
@@ -202,7 +201,6 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	go mgr.KeepConsoleLogsTrimmed(ctx)
-	go mgr.WarmTemplate(ctx, api.DefaultDiskBytes)
 
 	var rec *edge.Reconciler
 	if edgeCfg != nil {

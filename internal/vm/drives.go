@@ -89,11 +89,3 @@ func MakeDisks(ctx context.Context, dir string, tpls *disk.Templates, diskBytes 
 	return fmt.Sprintf("%s disk (%s clone), %d MiB swap, keys: %s of host disk in %s",
 		humanBytes(diskBytes), method, swapMiB, humanBytes(used), time.Since(t).Round(time.Millisecond)), nil
 }
-
-// WarmTemplate makes the empty disk of size ahead of the first create that
-// needs it.
-func (m *Manager) WarmTemplate(ctx context.Context, size int64) {
-	if _, err := m.cfg.Templates.Get(ctx, size); err != nil {
-		m.log.Warn("disk template", "size", humanBytes(size), "err", err)
-	}
-}
