@@ -59,7 +59,7 @@ func runDeployBench(w io.Writer, runs int) error {
 	appURL := fmt.Sprintf("http://%s:%d/", v.IP, v.Port)
 	svc := &deploy.Service{DataDir: dataDir, Store: st, Guests: m, HookBin: fcmBin, Log: quiet,
 		URL: func(*store.VM) string { return appURL }}
-	if err := svc.Prepare(ctx, func(string) bool { return true }); err != nil {
+	if err := svc.Prepare(ctx); err != nil {
 		return err
 	}
 	srv := httptest.NewServer((&daemon.Server{Store: st, VMs: m, Guests: m, Log: quiet, Deploys: svc}).Handler())

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/vm"
@@ -17,7 +18,7 @@ import (
 
 func newDaemonCmd() *cobra.Command {
 	o := daemon.Options{}
-	var maxDisk string
+	var maxDisk, maxBuildOutput string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
@@ -72,6 +73,9 @@ The guest image must exist first: sudo fcm image build.`,
 				return fmt.Errorf("--max-disk %q: want a size of at least 1G, like 64G", maxDisk)
 			}
 			o.MaxDiskBytes = n
+			if o.MaxBuildOutput, err = parseSize(maxBuildOutput); err != nil || o.MaxBuildOutput < 1<<20 {
+				return fmt.Errorf("--max-build-output %q: want a size of at least 1M, like 256M", maxBuildOutput)
+			}
 			o.Version = Version
 			if o.Login.ClientID == "" {
 				o.Login.ClientID = os.Getenv("GOOGLE_CLIENT_ID")
@@ -109,6 +113,8 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
 	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
+	f.DurationVar(&o.BuildTimeout, "build-timeout", deploy.DefaultBuildTimeout, "how long one release of an app (build, release command, switch) may take before it is stopped and fails")
+	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
 	f.DurationVar(&o.BootTimeout, "boot-timeout", 2*time.Minute, "how long create and start wait for a VM to boot and answer on SSH before giving up (and undoing a create)")
 	f.StringVar(&o.Login.Issuer, "oidc-issuer", "https://accounts.google.com", "OpenID provider people log in with (its issuer URL, exactly as its discovery document says)")
 	f.StringVar(&o.Login.ClientID, "oidc-client-id", "", "OAuth client id at the provider; enables fcm login (default $GOOGLE_CLIENT_ID)")

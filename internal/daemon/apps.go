@@ -4,8 +4,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/store"
 )
 
@@ -17,7 +19,7 @@ func (s *Server) listReleases(w http.ResponseWriter, r *http.Request, tok *store
 	if !ok {
 		return
 	}
-	rels, err := s.Deploys.Releases(v.Name)
+	rels, err := s.Deploys.Releases(v)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -36,13 +38,15 @@ func (s *Server) releaseOutput(w http.ResponseWriter, r *http.Request, tok *stor
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "a release is v1, v2, ...")
 		return
 	}
-	out, err := s.Deploys.Output(v.Name, version)
+	f, err := s.Deploys.Output(v, version)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
+	defer f.Close()
+	// From the file, in pieces (and ranges): never the whole in memory.
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write(out)
+	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request, tok *store.Token) {
@@ -54,7 +58,7 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request, tok *store.Tok
 	if !ok {
 		return
 	}
-	rel, err := s.Deploys.Rollback(r.Context(), v, tok.Name, req.Version)
+	rel, err := s.Deploys.Rollback(r.Context(), v, deploy.Person(s.Store, tok), req.Version)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -67,7 +71,7 @@ func (s *Server) getConfig(w http.ResponseWriter, r *http.Request, tok *store.To
 	if !ok {
 		return
 	}
-	cfg, err := s.Deploys.Config(v.Name)
+	cfg, err := s.Deploys.Config(v)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -84,7 +88,7 @@ func (s *Server) changeConfig(w http.ResponseWriter, r *http.Request, tok *store
 	if !ok {
 		return
 	}
-	cfg, err := s.Deploys.SetConfig(r.Context(), v, tok.Name, req)
+	cfg, err := s.Deploys.SetConfig(r.Context(), v, deploy.Person(s.Store, tok), req)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -139,7 +143,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, tok *store.Token) 
 	follow := r.URL.Query().Get("follow") == "1"
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	if err := s.Deploys.Logs(r.Context(), v, n, follow, flusher{w}); err != nil {
+	if err := s.Deploys.Logs(r.Context(), v, n, follow, deploy.ClientWriter{W: w}); err != nil {
 		s.logger().Warn("logs", "vm", v.Name, "err", err)
 	}
 }
@@ -161,20 +165,10 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Trailer", "Fcm-Exit")
 	w.WriteHeader(http.StatusOK)
-	code, err := s.Deploys.Run(r.Context(), v, req.Command, flusher{w})
+	code, err := s.Deploys.Run(r.Context(), v, req.Command, deploy.ClientWriter{W: w})
 	if err != nil {
 		s.logger().Warn("run", "vm", v.Name, "err", err)
 		code = 255
 	}
 	w.Header().Set("Fcm-Exit", strconv.Itoa(code))
-}
-
-type flusher struct{ w http.ResponseWriter }
-
-func (f flusher) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if fl, ok := f.w.(http.Flusher); ok {
-		fl.Flush()
-	}
-	return n, err
 }

@@ -61,6 +61,10 @@ type Options struct {
 	// BootTimeout is how long create and start wait for a booted VM's SSH
 	// (--boot-timeout); zero: vm's default.
 	BootTimeout time.Duration
+	// MaxBuildOutput and BuildTimeout bound each release of an app: what it
+	// may print, how long it may take (--max-build-output, --build-timeout).
+	MaxBuildOutput int64
+	BuildTimeout   time.Duration
 
 	Login LoginOptions
 
@@ -81,6 +85,7 @@ func Run(ctx context.Context, o Options) error {
 		o.Log = slog.Default()
 	}
 	slog.SetDefault(o.Log) // drivers log through the default logger
+	protectFromOOM(o.Log)
 	subnet, err := netip.ParsePrefix(o.Subnet)
 	if err != nil {
 		return fmt.Errorf("--subnet %q: %w", o.Subnet, err)
@@ -226,8 +231,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self,
-		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) }}
-	if err := server.Deploys.Prepare(ctx, func(name string) bool { _, err := st.GetVM(name); return err == nil }); err != nil {
+		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
+		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout}
+	if err := server.Deploys.Prepare(ctx); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}
 	var gitLn net.Listener
@@ -343,4 +349,17 @@ func openDriver(name string) (vmm.Driver, string, error) {
 		return nil, "", fmt.Errorf("--hypervisor: %w", err)
 	}
 	return d, why, nil
+}
+
+// DaemonOOMScoreAdj is the daemon's own oom_score_adj, set at start however it
+// was started (fcm.service says the same): the kernel's OOM killer takes a
+// VM's hypervisor (500) before the daemon. What a guest makes the daemon hold
+// is bounded (release output, transcripts, streams), so a guest cannot grow
+// the daemon to use this.
+const DaemonOOMScoreAdj = -900
+
+func protectFromOOM(log *slog.Logger) {
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(DaemonOOMScoreAdj)), 0); err != nil {
+		log.Warn("oom_score_adj", "err", err)
+	}
 }

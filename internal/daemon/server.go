@@ -246,7 +246,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Tok
 	st := newStream(w, r)
 	v, err := s.VMs.Create(ctx, tok.Owner(), req, st.progress)
 	if err == nil && s.Deploys != nil {
-		if rerr := s.Deploys.EnsureRepo(ctx, v.Name); rerr != nil {
+		if rerr := s.Deploys.EnsureRepo(ctx, v.ID); rerr != nil {
 			s.logger().Error("git repository", "vm", v.Name, "err", rerr)
 		}
 	}
@@ -362,7 +362,7 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeInsufficientCapacity
 	case errors.Is(err, store.ErrExhausted):
 		return http.StatusConflict, api.CodeExhausted
-	case errors.Is(err, store.ErrExists), errors.Is(err, vm.ErrBusy), errors.Is(err, vm.ErrBadState):
+	case errors.Is(err, store.ErrExists), errors.Is(err, vm.ErrBusy), errors.Is(err, vm.ErrBadState), errors.Is(err, deploy.ErrBusy):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, vm.ErrInvalid), errors.Is(err, deploy.ErrInvalid):
 		return http.StatusBadRequest, api.CodeBadRequest

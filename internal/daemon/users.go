@@ -311,7 +311,7 @@ func (s *Server) destroy(ctx context.Context, v *store.VM) error {
 	}
 	s.closeConsoles(v, "the VM was destroyed")
 	if s.Deploys != nil {
-		if err := s.Deploys.Forget(v.Name); err != nil {
+		if err := s.Deploys.Forget(v.ID); err != nil {
 			s.logger().Error("forget the app", "vm", v.Name, "err", err)
 		}
 	}

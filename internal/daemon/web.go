@@ -115,9 +115,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request, _ *store.Tok
 		}
 		row := vmRow{VM: s.toAPI(v), Admin: tok.Admin}
 		row.Owner = owners(v)
-		if rels := s.releases(v.Name); len(rels) > 0 {
-			row.Release = &rels[0]
-		}
+		row.Release = s.lastRelease(v)
 		p.VMs = append(p.VMs, row)
 	}
 	s.render(w, "index", p)
@@ -130,10 +128,10 @@ func (s *Server) vmPage(w http.ResponseWriter, r *http.Request, tok *store.Token
 	if !ok {
 		return
 	}
-	p := vmPage{Title: v.Name + " · fcm", Who: s.who(tok), VM: s.toAPI(v), Releases: s.releases(v.Name)}
+	p := vmPage{Title: v.Name + " · fcm", Who: s.who(tok), VM: s.toAPI(v), Releases: s.releases(v)}
 	p.VM.Owner = s.ownerNames(tok)(v)
 	if s.Deploys != nil {
-		cfg, err := s.Deploys.Config(v.Name)
+		cfg, err := s.Deploys.Config(v)
 		if err != nil {
 			s.fail(w, err)
 			return
@@ -148,15 +146,28 @@ func (s *Server) vmPage(w http.ResponseWriter, r *http.Request, tok *store.Token
 
 // releases are a VM's releases, newest first; none when deploys are off or
 // the store fails (the page shows the rest).
-func (s *Server) releases(vm string) []api.Release {
+func (s *Server) releases(vm *store.VM) []api.Release {
 	if s.Deploys == nil {
 		return nil
 	}
 	rels, err := s.Deploys.Releases(vm)
 	if err != nil {
-		s.logger().Warn("releases for the status page", "vm", vm, "err", err)
+		s.logger().Warn("releases for the status page", "vm", vm.Name, "err", err)
 	}
 	return rels
+}
+
+// lastRelease is a VM's newest release, nil for none (or when deploys are off
+// or the store fails): all the status page's list shows, read alone.
+func (s *Server) lastRelease(vm *store.VM) *api.Release {
+	if s.Deploys == nil {
+		return nil
+	}
+	rel, err := s.Deploys.LastRelease(vm)
+	if err != nil {
+		s.logger().Warn("release for the status page", "vm", vm.Name, "err", err)
+	}
+	return rel
 }
 
 // render writes a page with the headers every page has.

@@ -50,7 +50,7 @@ func withBobsVM(t *testing.T, p *people) {
 		if err := tx.InsertVM(&store.VM{ID: "bbbb2222", Name: "bob-vm", Owner: p.bobID, State: "stopped", IP: "172.16.0.51", Port: 3000, CPUs: 2, MemoryMiB: 2048, DiskBytes: 4 << 30}); err != nil {
 			return err
 		}
-		return tx.PutRelease(&store.Release{VM: "bob-vm", Version: 3, Description: "Deploy 9f8e7d6", Commit: "9f8e7d6c5b4a", User: "bob@example.com",
+		return tx.PutRelease(&store.Release{VM: "bbbb2222", Version: 3, Description: "Deploy 9f8e7d6", Commit: "9f8e7d6c5b4a", User: "bob@example.com",
 			Status: "succeeded", CreatedAt: time.Date(2026, 11, 2, 10, 30, 0, 0, time.UTC)})
 	})
 	if err != nil {
@@ -151,7 +151,7 @@ func TestStatusPage_AdminSeesAllWithOwners(t *testing.T) {
 func TestVMPage(t *testing.T) {
 	p := newPeople(t)
 	err := p.store.Update(func(tx *store.Tx) error {
-		return tx.PutConfig("alice-vm", map[string]string{"DATABASE_URL": "postgres://secret-password@db", "API_KEY": "sk-very-secret"})
+		return tx.PutConfig("aaaa1111", map[string]string{"DATABASE_URL": "postgres://secret-password@db", "API_KEY": "sk-very-secret"})
 	})
 	if err != nil {
 		t.Fatal(err)

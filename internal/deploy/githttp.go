@@ -50,12 +50,12 @@ func (s *Service) GitHandler() http.Handler {
 			gitError(w, service, fmt.Sprintf("no app named %q", name))
 			return
 		}
-		if err := s.EnsureRepo(r.Context(), name); err != nil {
+		if err := s.EnsureRepo(r.Context(), vm.ID); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		if action == "info/refs" {
-			s.advertise(w, r, service, name)
+			s.advertise(w, r, service, vm.ID)
 			return
 		}
 		s.serviceRPC(w, r, service, vm, tok)
@@ -84,8 +84,8 @@ func gitError(w http.ResponseWriter, service, msg string) {
 	io.WriteString(w, pktLine("# service="+service+"\n")+"0000"+pktLine("ERR "+msg+"\n"))
 }
 
-func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service, name string) {
-	cmd := exec.CommandContext(r.Context(), "git", strings.TrimPrefix(service, "git-"), "--stateless-rpc", "--advertise-refs", s.RepoPath(name))
+func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service, vmID string) {
+	cmd := exec.CommandContext(r.Context(), "git", strings.TrimPrefix(service, "git-"), "--stateless-rpc", "--advertise-refs", s.RepoPath(vmID))
 	cmd.Env = gitEnv(r)
 	out, err := cmd.Output()
 	if err != nil {

@@ -43,7 +43,7 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	if g.Stateless {
 		args = append(args, "--stateless-rpc")
 	}
-	args = append(args, s.RepoPath(g.VM.Name))
+	args = append(args, s.RepoPath(g.VM.ID))
 	env := os.Environ()
 	if g.Protocol != "" {
 		env = append(env, "GIT_PROTOCOL="+g.Protocol)
@@ -51,7 +51,7 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	var p *push
 	if g.Service == "git-receive-pack" {
 		args = append([]string{"-c", "core.hooksPath=" + s.hooksDir()}, args...)
-		p = s.newPush(g.VM.Name, g.Token)
+		p = s.newPush(g.VM, g.Token, cancel)
 		defer s.endPush(p)
 		env = append(env, "FCM_PUSH_TOKEN="+p.token, "FCM_DAEMON_URL="+s.DaemonURL)
 	}
@@ -98,7 +98,7 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	}
 	if ref != "" {
 		// Clones check out what runs.
-		exec.Command("git", "-C", s.RepoPath(g.VM.Name), "symbolic-ref", "HEAD", ref).Run()
+		exec.Command("git", "-C", s.RepoPath(g.VM.ID), "symbolic-ref", "HEAD", ref).Run()
 	}
 	return err
 }

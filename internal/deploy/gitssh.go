@@ -196,7 +196,7 @@ func (s *Service) sshExec(ctx context.Context, ch ssh.Channel, command, protocol
 		fmt.Fprintf(stderr, "no app named %q\n", name)
 		return 1
 	}
-	if err := s.EnsureRepo(ctx, name); err != nil {
+	if err := s.EnsureRepo(ctx, vm.ID); err != nil {
 		s.Log.Error("git repository", "vm", name, "err", err)
 		fmt.Fprintf(stderr, "fcm: the repository of %s is not available\n", name)
 		return 1

@@ -103,7 +103,7 @@ func newSSHFixture(t *testing.T) *sshFixture {
 	os.WriteFile(hook, []byte("#!/bin/sh\nenv | grep ^FCM_ > '"+dir+"/hookenv'\ncat >/dev/null\necho hook ran\n"), 0o755)
 	f.svc = &Service{DataDir: filepath.Join(dir, "data"), Store: st, HookBin: hook, DaemonURL: "http://127.0.0.1:9",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if err := f.svc.Prepare(context.Background(), func(string) bool { return true }); err != nil {
+	if err := f.svc.Prepare(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	_, hostKey, err := guest.NewKey()
@@ -177,7 +177,7 @@ func TestGitSSH_Auth(t *testing.T) {
 				}
 			}
 		}
-		if _, err := os.Stat(f.svc.RepoPath("bobs")); err == nil {
+		if _, err := os.Stat(f.svc.RepoPath("bbbb2222")); err == nil {
 			t.Error("bob's repository was made for alice's request")
 		}
 	})
@@ -282,7 +282,7 @@ func TestGitSSH_ClosedChannelKillsGit(t *testing.T) {
 	if _, err := io.ReadFull(stdout, buf); err != nil {
 		t.Fatal(err)
 	}
-	pattern := "receive-pack " + f.svc.RepoPath("app")
+	pattern := "receive-pack " + f.svc.RepoPath("aaaa1111")
 	if exec.Command("pgrep", "-f", pattern).Run() != nil {
 		t.Fatal("receive-pack is not running")
 	}

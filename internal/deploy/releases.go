@@ -12,8 +12,10 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/release"
 	"github.com/fcmhost/fcm/internal/store"
 	"golang.org/x/crypto/ssh"
@@ -24,12 +26,13 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	ErrFailed  = errors.New("release failed")
 	ErrNone    = errors.New("no release")
+	ErrBusy    = errors.New("busy")
 )
 
 // Releases lists vm's releases, newest first, marking the current one.
-func (s *Service) Releases(vm string) ([]api.Release, error) {
+func (s *Service) Releases(vm *store.VM) ([]api.Release, error) {
 	var all []*store.Release
-	if err := s.Store.View(func(tx *store.Tx) (err error) { all, err = tx.Releases(vm); return }); err != nil {
+	if err := s.Store.View(func(tx *store.Tx) (err error) { all, err = tx.Releases(vm.ID); return }); err != nil {
 		return nil, err
 	}
 	cur := current(all)
@@ -38,6 +41,18 @@ func (s *Service) Releases(vm string) ([]api.Release, error) {
 		out = append(out, toAPI(all[i], cur))
 	}
 	return out, nil
+}
+
+// LastRelease is vm's newest release (nil for none), read alone: what the
+// status page shows of each VM. Current is set when it is the one serving.
+func (s *Service) LastRelease(vm *store.VM) (*api.Release, error) {
+	var last *store.Release
+	if err := s.Store.View(func(tx *store.Tx) (err error) { last, err = tx.LastRelease(vm.ID); return }); err != nil || last == nil {
+		return nil, err
+	}
+	a := toAPI(last, nil)
+	a.Current = last.Status == store.ReleaseSucceeded
+	return &a, nil
 }
 
 func toAPI(r, cur *store.Release) api.Release {
@@ -58,8 +73,13 @@ func current(all []*store.Release) *store.Release {
 // Rollback makes a new release that runs an earlier release's build with that
 // release's config vars (version 0: the one before the current).
 func (s *Service) Rollback(ctx context.Context, vm *store.VM, user string, version int) (*api.Release, error) {
+	vm, unlock, err := s.lock(ctx, vm, "a rollback by "+user+" is in progress", io.Discard)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	var all []*store.Release
-	if err := s.Store.View(func(tx *store.Tx) (err error) { all, err = tx.Releases(vm.Name); return }); err != nil {
+	if err := s.Store.View(func(tx *store.Tx) (err error) { all, err = tx.Releases(vm.ID); return }); err != nil {
 		return nil, err
 	}
 	cur := current(all)
@@ -81,13 +101,17 @@ func (s *Service) Rollback(ctx context.Context, vm *store.VM, user string, versi
 	case target == nil && version == 0:
 		return nil, fmt.Errorf("%s has no earlier release to roll back to: %w", vm.Name, ErrNone)
 	case target == nil:
-		return nil, fmt.Errorf("%s has no release v%d: %w", vm.Name, version, store.ErrNotFound)
+		return nil, fmt.Errorf("%s has no release v%d (the last %d are kept): %w", vm.Name, version, store.KeepReleases, store.ErrNotFound)
 	case target.Status != store.ReleaseSucceeded:
 		return nil, fmt.Errorf("v%d %s, so it cannot be rolled back to: %w", target.Version, target.Status, ErrInvalid)
 	}
+	var env map[string]string
+	if err := s.Store.View(func(tx *store.Tx) (err error) { env, err = tx.ReleaseEnv(target); return }); err != nil {
+		return nil, err
+	}
 	return s.activate(ctx, vm, true, func(r *store.Release, _ map[string]string) {
-		r.Description, r.Commit, r.Build, r.Env, r.User = fmt.Sprintf("Rollback to v%d", target.Version), target.Commit, target.Build, target.Env, user
-	}, target.Env)
+		r.Description, r.Commit, r.Build, r.Env, r.User = fmt.Sprintf("Rollback to v%d", target.Version), target.Commit, target.Build, env, user
+	}, env)
 }
 
 // configKeyRE is what a config var may be called: a letter or _ first, then
@@ -95,13 +119,40 @@ func (s *Service) Rollback(ctx context.Context, vm *store.VM, user string, versi
 // (bundler's BUNDLE_MIRROR__HTTPS://RUBYGEMS__ORG/).
 var configKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.:/-]*$`)
 
+// Bounds on an app's config vars: each is passed in every release's
+// environment and stored with it.
+const (
+	MaxConfigVars  = 1000
+	MaxConfigValue = 64 << 10
+	MaxConfigSize  = 1 << 20 // names and values together
+	maxConfigName  = 256
+)
+
+// checkConfig refuses vars beyond the bounds.
+func checkConfig(c map[string]string) error {
+	if len(c) > MaxConfigVars {
+		return fmt.Errorf("%d config vars: an app may have at most %d: %w", len(c), MaxConfigVars, ErrInvalid)
+	}
+	total := 0
+	for k, v := range c {
+		if len(v) > MaxConfigValue {
+			return fmt.Errorf("config var %s is %d KiB: a value may be at most %d KiB: %w", k, len(v)>>10, MaxConfigValue>>10, ErrInvalid)
+		}
+		total += len(k) + len(v)
+	}
+	if total > MaxConfigSize {
+		return fmt.Errorf("config vars of %d KiB: an app's may total at most %d KiB: %w", total>>10, MaxConfigSize>>10, ErrInvalid)
+	}
+	return nil
+}
+
 // SetConfig changes vm's config vars; when the app has a release, it makes a
 // new one with them and restarts the processes into it.
 func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, change api.ConfigChange) (*api.Config, error) {
 	var names []string
 	for k := range change.Set {
-		if !configKeyRE.MatchString(k) {
-			return nil, fmt.Errorf("config var name %q: use letters, digits, _ and . : / - (a letter or _ first): %w", k, ErrInvalid)
+		if !configKeyRE.MatchString(k) || len(k) > maxConfigName {
+			return nil, fmt.Errorf("config var name %q: use letters, digits, _ and . : / - (a letter or _ first, at most %d): %w", k, maxConfigName, ErrInvalid)
 		}
 		if k == "PORT" {
 			return nil, fmt.Errorf("PORT is set by fcm (the VM's port): %w", ErrInvalid)
@@ -109,7 +160,7 @@ func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, chan
 		names = append(names, k)
 	}
 	for _, k := range change.Unset {
-		if !configKeyRE.MatchString(k) {
+		if !configKeyRE.MatchString(k) || len(k) > maxConfigName {
 			return nil, fmt.Errorf("config var name %q: %w", k, ErrInvalid)
 		}
 		names = append(names, k)
@@ -122,14 +173,15 @@ func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, chan
 	if len(change.Set) == 0 {
 		verb = "Unset"
 	}
-	unlock, err := s.lock(ctx, vm.Name, "a config change by "+user+" is in progress", io.Discard)
+	vm, unlock, err := s.lock(ctx, vm, "a config change by "+user+" is in progress", io.Discard)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	var cfg map[string]string
-	var hasRelease bool
+	var cur *store.Release
 	err = s.Store.Update(func(tx *store.Tx) error {
-		c, err := tx.Config(vm.Name)
+		c, err := tx.Config(vm.ID)
 		if err != nil {
 			return err
 		}
@@ -139,21 +191,20 @@ func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, chan
 		for _, k := range change.Unset {
 			delete(c, k)
 		}
+		if err := checkConfig(c); err != nil {
+			return err
+		}
 		cfg = c
-		all, err := tx.Releases(vm.Name)
-		hasRelease = current(all) != nil
-		if err != nil || hasRelease {
+		all, err := tx.Releases(vm.ID)
+		cur = current(all)
+		if err != nil || cur != nil {
 			return err // the release below stores the vars once it succeeded
 		}
-		return tx.PutConfig(vm.Name, c)
+		return tx.PutConfig(vm.ID, c)
 	})
-	unlock()
-	if err != nil || !hasRelease {
+	if err != nil || cur == nil {
 		return &api.Config{Vars: cfg}, err
 	}
-	var all []*store.Release
-	s.Store.View(func(tx *store.Tx) (err error) { all, err = tx.Releases(vm.Name); return })
-	cur := current(all)
 	rel, err := s.activate(ctx, vm, true, func(r *store.Release, _ map[string]string) {
 		r.Description, r.Commit, r.Build, r.Env, r.User = fmt.Sprintf("%s %s config vars", verb, strings.Join(names, ", ")), cur.Commit, cur.Build, cfg, user
 	}, cfg)
@@ -164,37 +215,33 @@ func (s *Service) SetConfig(ctx context.Context, vm *store.VM, user string, chan
 }
 
 // Config returns vm's config vars.
-func (s *Service) Config(vm string) (map[string]string, error) {
+func (s *Service) Config(vm *store.VM) (map[string]string, error) {
 	var cfg map[string]string
-	err := s.Store.View(func(tx *store.Tx) (err error) { cfg, err = tx.Config(vm); return })
+	err := s.Store.View(func(tx *store.Tx) (err error) { cfg, err = tx.Config(vm.ID); return })
 	return cfg, err
 }
 
 // activate records a release made by fill (no build: it runs an existing one),
-// switches the VM to it and, when it succeeds, makes cfg the app's config vars.
+// switches the VM to it and, when it succeeds, makes cfg the app's config
+// vars. The caller holds the app's lock, and vm is as read under it.
 func (s *Service) activate(ctx context.Context, vm *store.VM, runRelease bool, fill func(*store.Release, map[string]string), cfg map[string]string) (*api.Release, error) {
 	if vm.State != api.StateRunning {
 		return nil, fmt.Errorf("%s is %s: start it first (fcm start %s): %w", vm.Name, vm.State, vm.Name, ErrInvalid)
 	}
-	var buf bytes.Buffer
-	out := &lineWriter{w: &buf}
-	unlock, err := s.lock(ctx, vm.Name, "another release is in progress", io.Discard)
+	last := &tail{size: 64 << 10}
+	out := &lineWriter{w: last}
+	rel, prev, err := s.newRelease(vm.ID, fill)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	rel, prev, err := s.newRelease(vm.Name, fill)
-	if err != nil {
-		return nil, err
-	}
-	defer out.record(s, vm.Name, rel.Version)()
+	defer out.record(s, vm.ID, rel.Version)()
 	fmt.Fprintf(out, "-----> %s: %s v%d\n", rel.Description, vm.Name, rel.Version)
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: rel.Commit, Port: vm.Port, Env: rel.Env, RunRelease: runRelease}
 	runErr := s.runGuest(context.WithoutCancel(ctx), vm, release.DeployRequest{Spec: spec}, nil, out)
 	if err := s.finish(vm, rel, prev, runErr, out); err != nil {
-		return nil, fmt.Errorf("v%d failed: %s (%s): %w", rel.Version, rel.Reason, tailOf(buf.String()), ErrFailed)
+		return nil, fmt.Errorf("v%d failed: %s (%s): %w", rel.Version, guest.Truncate([]byte(rel.Reason), 512), tailOf(last.String()), ErrFailed)
 	}
-	if err := s.Store.Update(func(tx *store.Tx) error { return tx.PutConfig(vm.Name, cfg) }); err != nil {
+	if err := s.Store.Update(func(tx *store.Tx) error { return tx.PutConfig(vm.ID, cfg) }); err != nil {
 		return nil, err
 	}
 	a := toAPI(rel, rel)
@@ -206,7 +253,7 @@ func tailOf(s string) string {
 	var lines []string
 	for _, l := range strings.Split(s, "\n") {
 		if strings.HasPrefix(l, "       ") {
-			lines = append(lines, strings.TrimSpace(l))
+			lines = append(lines, guest.Truncate([]byte(strings.TrimSpace(l)), 200))
 		}
 	}
 	if len(lines) > 5 {
@@ -221,6 +268,7 @@ func (s *Service) PS(ctx context.Context, vm *store.VM) ([]api.Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer c.Close()
 	out, err := c.Run(ctx, "/usr/sbin/fcm-init guest ps")
 	if err != nil {
 		return nil, err
@@ -231,7 +279,7 @@ func (s *Service) PS(ctx context.Context, vm *store.VM) ([]api.Process, error) {
 
 // Restart starts the current release again beside itself and switches to it.
 func (s *Service) Restart(ctx context.Context, vm *store.VM) error {
-	unlock, err := s.lock(ctx, vm.Name, "a release is in progress", io.Discard)
+	vm, unlock, err := s.lock(ctx, vm, "a restart is in progress", io.Discard)
 	if err != nil {
 		return err
 	}
@@ -240,6 +288,7 @@ func (s *Service) Restart(ctx context.Context, vm *store.VM) error {
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	if out, err := c.Run(ctx, "/usr/sbin/fcm-init guest restart"); err != nil {
 		return fmt.Errorf("restart %s: %v: %s: %w", vm.Name, err, bytes.TrimSpace(out), ErrFailed)
 	}
@@ -278,10 +327,19 @@ func (s *Service) Run(ctx context.Context, vm *store.VM, argv []string, w io.Wri
 // stream runs cmd in the VM with its output (stdout and stderr) written to w as
 // it comes, and returns its exit status; ctx ending stops it.
 func (s *Service) stream(ctx context.Context, vm *store.VM, cmd string, stdin io.Reader, w io.Writer) (int, error) {
+	if !s.startStream(vm) {
+		return 0, fmt.Errorf("%s already streams %d logs or commands: end one first: %w", vm.Name, MaxStreams, ErrBusy)
+	}
+	defer s.endStream(vm)
 	c, err := s.Guests.Client(vm)
 	if err != nil {
 		return 0, err
 	}
+	defer c.Close()
+	// A write that fails (the client went away or stopped reading) ends it.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w = &aliveWriter{w: w, gone: cancel}
 	sess, err := c.Session(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("connect to %s: %w", vm.Name, err)
@@ -301,35 +359,36 @@ func (s *Service) stream(ctx context.Context, vm *store.VM, cmd string, stdin io
 	return 0, err
 }
 
-// keepOutputs is how many release transcripts the host keeps per app.
-const keepOutputs = 20
-
-func (s *Service) outputDir(vm string) string { return filepath.Join(s.DataDir, "releases", vm) }
-
-// createOutput makes the transcript file of a release, dropping the oldest
-// beyond keepOutputs.
-func (s *Service) createOutput(vm string, version int) (*os.File, error) {
-	dir := s.outputDir(vm)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+// Output opens what a release printed (its build, release command, switch),
+// at most MaxTranscript; the caller closes it.
+func (s *Service) Output(vm *store.VM, version int) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(s.outputDir(vm.ID), fmt.Sprintf("v%d.log", version)), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s has no output of v%d (the last %d releases' are kept): %w", vm.Name, version, keepOutputs, store.ErrNotFound)
 	}
-	if old := version - keepOutputs; old > 0 {
-		matches, _ := filepath.Glob(filepath.Join(dir, "v*.log"))
-		for _, m := range matches {
-			var n int
-			if _, err := fmt.Sscanf(filepath.Base(m), "v%d.log", &n); err == nil && n <= old {
-				os.Remove(m)
-			}
-		}
-	}
-	return os.OpenFile(filepath.Join(dir, fmt.Sprintf("v%d.log", version)), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	return f, err
 }
 
-// Output returns what a release printed (its build, release command, switch).
-func (s *Service) Output(vm string, version int) ([]byte, error) {
-	data, err := os.ReadFile(filepath.Join(s.outputDir(vm), fmt.Sprintf("v%d.log", version)))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s has no output of v%d (the last %d releases' are kept): %w", vm, version, keepOutputs, store.ErrNotFound)
+// MaxStreams bounds the logs and one-off commands streaming from one VM at once.
+const MaxStreams = 16
+
+func (s *Service) startStream(vm *store.VM) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams == nil {
+		s.streams = map[string]int{}
 	}
-	return data, err
+	if s.streams[vm.ID] >= MaxStreams {
+		return false
+	}
+	s.streams[vm.ID]++
+	return true
+}
+
+func (s *Service) endStream(vm *store.VM) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[vm.ID]--; s.streams[vm.ID] <= 0 {
+		delete(s.streams, vm.ID)
+	}
 }

@@ -12,14 +12,22 @@ import (
 	"github.com/fcmhost/fcm/internal/store"
 )
 
-// RepoPath is where VM name's bare repository lives.
-func (s *Service) RepoPath(name string) string { return filepath.Join(s.DataDir, "repos", name+".git") }
+// Each app's host side lives in <data>/apps/<vm id>/: its bare repository
+// (repo.git) and its releases' transcripts (releases/). Keyed by the VM's id,
+// never its name: a destroyed VM's name may be someone else's next.
+
+func (s *Service) appDir(vmID string) string { return filepath.Join(s.DataDir, "apps", vmID) }
+
+// RepoPath is where the bare repository of the VM with id vmID lives.
+func (s *Service) RepoPath(vmID string) string { return filepath.Join(s.appDir(vmID), "repo.git") }
 
 func (s *Service) hooksDir() string { return filepath.Join(s.DataDir, "git-hooks") }
 
 // Prepare writes the hooks every repository uses (they call back into this
-// binary) and removes repositories and releases whose VM no longer exists.
-func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error {
+// binary), marks releases a daemon stop cut short as failed, moves what was
+// kept by VM name before apps were keyed by id, and removes the apps of VMs
+// that no longer exist.
+func (s *Service) Prepare(ctx context.Context) error {
 	if err := os.MkdirAll(s.hooksDir(), 0o755); err != nil {
 		return err
 	}
@@ -29,6 +37,7 @@ func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error
 	}
 	// A release still pending was cut short by the daemon stopping: its push
 	// failed with it, and the release before it kept serving.
+	var apps []string
 	err := s.Store.Update(func(tx *store.Tx) error {
 		var cut []*store.Release
 		err := tx.AllReleases(func(r *store.Release) error {
@@ -39,30 +48,68 @@ func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error
 		})
 		for _, r := range cut {
 			r.Status, r.Reason, r.FinishedAt = store.ReleaseFailed, "interrupted: the daemon stopped during the release", time.Now().UTC()
-			s.Log.Info("release interrupted by a daemon stop", "vm", r.VM, "version", r.Version)
+			s.Log.Info("release interrupted by a daemon stop", "vm_id", r.VM, "version", r.Version)
 			if err := tx.PutRelease(r); err != nil {
 				return err
 			}
 		}
+		if err != nil {
+			return err
+		}
+		apps, err = tx.Apps()
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	entries, _ := os.ReadDir(filepath.Join(s.DataDir, "repos"))
+	vms, err := s.Store.ListVMs()
+	if err != nil {
+		return err
+	}
+	byID := map[string]bool{}
+	for _, v := range vms {
+		byID[v.ID] = true
+		s.moveLegacy(v)
+	}
+	// Repositories kept by name whose VM is gone.
+	os.RemoveAll(filepath.Join(s.DataDir, "repos"))
+	entries, _ := os.ReadDir(filepath.Join(s.DataDir, "apps"))
 	for _, e := range entries {
-		name := strings.TrimSuffix(e.Name(), ".git")
-		if !vmExists(name) {
-			s.Log.Info("removing the repository of a VM that no longer exists", "vm", name)
-			s.Forget(name)
+		apps = append(apps, e.Name())
+	}
+	for _, id := range apps {
+		if !byID[id] {
+			s.Log.Info("removing the app of a VM that no longer exists", "vm_id", id)
+			s.Forget(id)
 		}
 	}
 	return nil
 }
 
-// EnsureRepo makes VM name's bare repository if it does not exist yet.
-func (s *Service) EnsureRepo(ctx context.Context, name string) error {
-	p := s.RepoPath(name)
+// moveLegacy moves v's repository and transcripts from where they were kept
+// by name (repos/<name>.git, releases/<name>/) to its app directory.
+func (s *Service) moveLegacy(v *store.VM) {
+	moves := [][2]string{
+		{filepath.Join(s.DataDir, "repos", v.Name+".git"), s.RepoPath(v.ID)},
+		{filepath.Join(s.DataDir, "releases", v.Name), s.outputDir(v.ID)},
+	}
+	for _, m := range moves {
+		if fi, err := os.Lstat(m[0]); err != nil || !fi.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(m[1]); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(m[1]), 0o700); err == nil {
+			err = os.Rename(m[0], m[1])
+			s.Log.Info("moved to the app's directory", "vm", v.Name, "from", m[0], "to", m[1], "err", err)
+		}
+	}
+}
+
+// EnsureRepo makes the bare repository of the VM with id vmID if it does not exist yet.
+func (s *Service) EnsureRepo(ctx context.Context, vmID string) error {
+	p := s.RepoPath(vmID)
 	if _, err := os.Stat(filepath.Join(p, "HEAD")); err == nil {
 		return nil
 	}
@@ -85,9 +132,11 @@ func (s *Service) EnsureRepo(ctx context.Context, name string) error {
 	return os.Rename(tmp, p)
 }
 
-// Forget removes VM name's repository, releases and config vars.
-func (s *Service) Forget(name string) error {
-	os.RemoveAll(s.RepoPath(name))
-	os.RemoveAll(s.outputDir(name))
-	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(name) })
+// Forget removes the app of the VM with id vmID: its repository, releases,
+// transcripts and config vars; work waiting for it gives up and pushes to it
+// in progress end.
+func (s *Service) Forget(vmID string) error {
+	s.release(vmID)
+	os.RemoveAll(s.appDir(vmID))
+	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(vmID) })
 }

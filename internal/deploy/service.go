@@ -24,6 +24,7 @@ import (
 	"github.com/fcmhost/fcm/internal/release"
 	"github.com/fcmhost/fcm/internal/store"
 	fcmvm "github.com/fcmhost/fcm/internal/vm"
+	"golang.org/x/crypto/ssh"
 )
 
 // Guests opens SSH connections to VMs.
@@ -40,32 +41,33 @@ type Service struct {
 	DaemonURL string                 // where the hook calls back, e.g. http://127.0.0.1:7777
 	URL       func(*store.VM) string // the app's public URL, "" for none
 	Log       *slog.Logger
+	// MaxOutput and BuildTimeout bound each release: what it may print, how
+	// long it may take (zero: DefaultMaxOutput, DefaultBuildTimeout).
+	MaxOutput    int64
+	BuildTimeout time.Duration
 
-	mu     sync.Mutex
-	pushes map[string]*push    // push token -> push
-	locks  map[string]*appLock // vm name -> its deploy lock
+	mu      sync.Mutex
+	pushes  map[string]*push    // push token -> push
+	locks   map[string]*appLock // vm id -> its deploy lock
+	streams map[string]int      // vm id -> logs and commands streaming from it
 }
 
 // push is one receive-pack in progress; its hook proves itself with token.
 type push struct {
 	token       string
-	vm          string
-	user        string
+	vm          *store.VM // the VM as authorized when the push began
+	user        string    // who pushes: an email, or "admin"
+	tokenID     string
+	owner       string
+	cancel      func() // ends the push: its git, hook and deploy
 	deployedRef string // set under Service.mu once the deploy succeeded
 	unlock      func() // the app's deploy lock, held until receive-pack is done
 }
 
-// appLock serializes what changes an app's release, saying who holds it.
-type appLock struct {
-	ch     chan struct{}
-	holder string
-	since  time.Time
-}
-
-func (s *Service) newPush(vm string, tok *store.Token) *push {
+func (s *Service) newPush(vm *store.VM, tok *store.Token, cancel func()) *push {
 	b := make([]byte, 24)
 	rand.Read(b)
-	p := &push{token: hex.EncodeToString(b), vm: vm, user: tok.Name}
+	p := &push{token: hex.EncodeToString(b), vm: vm, user: Person(s.Store, tok), tokenID: tok.ID, owner: tok.Owner(), cancel: cancel}
 	s.mu.Lock()
 	if s.pushes == nil {
 		s.pushes = map[string]*push{}
@@ -88,35 +90,20 @@ func (s *Service) endPush(p *push) {
 	}
 }
 
-// lock takes VM name's deploy lock, telling out when it has to wait.
-func (s *Service) lock(ctx context.Context, name, what string, out io.Writer) (func(), error) {
-	s.mu.Lock()
-	if s.locks == nil {
-		s.locks = map[string]*appLock{}
-	}
-	l := s.locks[name]
-	if l == nil {
-		l = &appLock{ch: make(chan struct{}, 1)}
-		s.locks[name] = l
-	}
-	s.mu.Unlock()
-	select {
-	case l.ch <- struct{}{}:
-	default:
-		s.mu.Lock()
-		holder, since := l.holder, l.since
-		s.mu.Unlock()
-		fmt.Fprintf(out, "-----> Waiting: %s (%s ago); this one goes next\n", holder, time.Since(since).Round(time.Second))
-		select {
-		case l.ch <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+// Person names who tok acts for in an app's records: the user's email, or
+// "admin" for the admin token.
+func Person(st *store.Store, tok *store.Token) string {
+	if tok.User == "" {
+		if tok.Admin {
+			return "admin"
 		}
+		return tok.Name
 	}
-	s.mu.Lock()
-	l.holder, l.since = what, time.Now()
-	s.mu.Unlock()
-	return func() { <-l.ch }, nil
+	var u *store.User
+	if err := st.View(func(tx *store.Tx) (err error) { u, err = tx.User(tok.User); return }); err != nil || u.Email == "" {
+		return tok.User
+	}
+	return u.Email
 }
 
 // PushHandler answers the pre-receive hook (POST /internal/push): the body is
@@ -139,18 +126,19 @@ func (s *Service) PushHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Trailer", "Fcm-Exit")
 		w.WriteHeader(http.StatusOK)
-		// The pusher going away (the hook's connection closing) cancels the
-		// deploy: found by the request's context, or by a write failing; quiet
-		// steps get a sign of life every KeepAlive, so a write comes soon.
+		// The pusher going away (the hook's connection closing, or a write
+		// not taken within WriteTimeout) cancels the deploy: found by the
+		// request's context, or by a write failing; quiet steps get a sign of
+		// life every KeepAlive, so a write comes soon.
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
-		out := &lineWriter{w: &aliveWriter{w: flushWriter{w}, gone: cancel}}
+		out := &lineWriter{w: &aliveWriter{w: ClientWriter{w}, gone: cancel}}
 		stopAlive := out.keepAlive(ctx, KeepAlive)
 		upd := RefUpdate{Old: r.Header.Get("Fcm-Old"), New: r.Header.Get("Fcm-Commit"), Ref: r.Header.Get("Fcm-Ref")}
 		err := s.deploy(ctx, p, upd, r.Body, out)
 		stopAlive()
 		if ctx.Err() != nil {
-			s.Log.Info("push canceled: the pusher went away", "vm", p.vm)
+			s.Log.Info("push canceled: the pusher went away", "vm", p.vm.Name, "vm_id", p.vm.ID)
 		}
 		code := "0"
 		if err != nil {
@@ -167,92 +155,6 @@ func (s *Service) PushHandler() http.Handler {
 // KeepAlive is how long a deploy may be quiet before it prints a sign of life.
 var KeepAlive = 20 * time.Second
 
-// lineWriter remembers the last " !" line written, the reason a deploy failed,
-// and when anything was last written.
-type lineWriter struct {
-	w      io.Writer
-	mu     sync.Mutex
-	reason string
-	last   time.Time
-	tee    io.Writer // the release's transcript on the host, once it has one
-}
-
-// record copies what follows into the release's transcript; the returned func
-// closes it.
-func (l *lineWriter) record(s *Service, vm string, version int) func() {
-	f, err := s.createOutput(vm, version)
-	if err != nil {
-		s.Log.Warn("release output", "vm", vm, "version", version, "err", err)
-		return func() {}
-	}
-	l.mu.Lock()
-	l.tee = f
-	l.mu.Unlock()
-	return func() {
-		l.mu.Lock()
-		l.tee = nil
-		l.mu.Unlock()
-		f.Close()
-	}
-}
-
-func (l *lineWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.last = time.Now()
-	for _, line := range strings.Split(string(p), "\n") {
-		if r, ok := strings.CutPrefix(line, " !     "); ok && !strings.HasPrefix(r, "The app's last lines") {
-			l.reason = strings.TrimSpace(r)
-		}
-	}
-	if l.tee != nil {
-		l.tee.Write(p)
-	}
-	l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-// keepAlive prints a line whenever nothing was written for every; the
-// returned func stops it.
-func (l *lineWriter) keepAlive(ctx context.Context, every time.Duration) func() {
-	ctx, cancel := context.WithCancel(ctx)
-	start := time.Now()
-	l.mu.Lock()
-	l.last = start
-	l.mu.Unlock()
-	go func() {
-		tick := time.NewTicker(every / 4)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			l.mu.Lock()
-			quiet := time.Since(l.last)
-			l.mu.Unlock()
-			if quiet >= every {
-				fmt.Fprintf(l, "       ... still working (%s)\n", time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	return cancel
-}
-
-// aliveWriter calls gone once a write fails: the reader went away.
-type aliveWriter struct {
-	w    io.Writer
-	gone func()
-}
-
-func (a *aliveWriter) Write(p []byte) (int, error) {
-	n, err := a.w.Write(p)
-	if err != nil {
-		a.gone()
-	}
-	return n, err
-}
-
 func short(commit string) string {
 	if len(commit) > 7 {
 		return commit[:7]
@@ -263,8 +165,13 @@ func short(commit string) string {
 // deploy builds tree in the VM as a new release and switches to it.
 func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Reader, out *lineWriter) error {
 	commit, ref := upd.New, upd.Ref
-	unlock, err := s.lock(ctx, p.vm, fmt.Sprintf("a deploy of %s by %s is in progress", short(commit), p.user), out)
+	vm, unlock, err := s.lock(ctx, p.vm, fmt.Sprintf("a deploy of %s by %s is in progress", short(commit), p.user), out)
+	if errors.Is(err, store.ErrNotFound) {
+		fmt.Fprintf(out, " !     no app named %q\n", p.vm.Name)
+		return err
+	}
 	if err != nil {
+		fmt.Fprintf(out, " !     %v\n", err)
 		return err
 	}
 	// Held until receive-pack has moved the branch (endPush), so that a push
@@ -274,15 +181,10 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 	s.mu.Unlock()
 	// A push that waited for another must not undo it: git would refuse to move
 	// the branch afterwards anyway, and the app would run what no branch holds.
-	if now := s.refValue(p.vm, ref); upd.Old != "" && now != upd.Old {
+	if now := s.refValue(vm.ID, ref); upd.Old != "" && now != upd.Old {
 		fmt.Fprintf(out, " !     %s moved to %s while this push waited (another deploy): fetch, merge or rebase, and push again\n",
 			strings.TrimPrefix(ref, "refs/heads/"), short(now))
 		return fmt.Errorf("ref moved")
-	}
-	vm, err := s.Store.GetVM(p.vm)
-	if err != nil {
-		fmt.Fprintf(out, " !     no app named %q\n", p.vm)
-		return err
 	}
 	if vm.State != api.StateRunning {
 		fmt.Fprintf(out, " !     %s is %s: start it with 'fcm start %s', then push again\n", vm.Name, vm.State, vm.Name)
@@ -292,50 +194,47 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 		fmt.Fprintf(out, " !     %v: free some space on the host, then push again\n", err)
 		return err
 	}
-	rel, prev, err := s.newRelease(vm.Name, func(r *store.Release, cfg map[string]string) {
+	rel, prev, err := s.newRelease(vm.ID, func(r *store.Release, cfg map[string]string) {
 		r.Description, r.Commit, r.Build, r.User, r.Env = "Deploy "+short(commit), commit, r.Version, p.user, cfg
 	})
 	if err != nil {
 		return err
 	}
-	defer out.record(s, vm.Name, rel.Version)()
+	defer out.record(s, vm.ID, rel.Version)()
 	fmt.Fprintf(out, "-----> Building %s v%d from %s (%s)\n", vm.Name, rel.Version, short(commit), strings.TrimPrefix(ref, "refs/heads/"))
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: commit, Port: vm.Port, Env: rel.Env, RunRelease: true}
 	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
 	return s.finish(vm, rel, prev, err, out)
 }
 
-// refValue is ref's commit in vm's repository, the zero id when it has none.
-func (s *Service) refValue(vm, ref string) string {
-	out, err := exec.Command("git", "-C", s.RepoPath(vm), "rev-parse", "--verify", "-q", ref).Output()
+// refValue is ref's commit in the repository of app vmID, the zero id when it has none.
+func (s *Service) refValue(vmID, ref string) string {
+	out, err := exec.Command("git", "-C", s.RepoPath(vmID), "rev-parse", "--verify", "-q", ref).Output()
 	if err != nil {
 		return zeroRev
 	}
 	return strings.TrimSpace(string(out))
 }
 
-// newRelease records the next release of vm as pending; fill sets what it is.
-// It also returns the current (last succeeded) release, nil if none.
-func (s *Service) newRelease(vm string, fill func(r *store.Release, cfg map[string]string)) (*store.Release, *store.Release, error) {
+// newRelease records the next release of app vmID as pending; fill sets what
+// it is, given the app's config vars. It also returns the current (last
+// succeeded) release, nil if none.
+func (s *Service) newRelease(vmID string, fill func(r *store.Release, cfg map[string]string)) (*store.Release, *store.Release, error) {
 	var rel, prev *store.Release
 	err := s.Store.Update(func(tx *store.Tx) error {
-		all, err := tx.Releases(vm)
+		all, err := tx.Releases(vmID)
 		if err != nil {
 			return err
 		}
-		cfg, err := tx.Config(vm)
+		cfg, err := tx.Config(vmID)
 		if err != nil {
 			return err
 		}
-		rel = &store.Release{VM: vm, Version: 1, Status: store.ReleasePending, CreatedAt: time.Now().UTC()}
+		rel = &store.Release{VM: vmID, Version: 1, Status: store.ReleasePending, CreatedAt: time.Now().UTC()}
 		if len(all) > 0 {
 			rel.Version = all[len(all)-1].Version + 1
 		}
-		for _, r := range all {
-			if r.Status == store.ReleaseSucceeded {
-				prev = r
-			}
-		}
+		prev = current(all)
 		fill(rel, cfg)
 		return tx.PutRelease(rel)
 	})
@@ -349,7 +248,7 @@ func (s *Service) finish(vm *store.VM, rel, prev *store.Release, runErr error, o
 	if runErr != nil {
 		rel.Status = store.ReleaseFailed
 		rel.Reason = out.reason
-		if rel.Reason == "" {
+		if rel.Reason == "" || errors.Is(runErr, ErrOutputTooLarge) {
 			rel.Reason = runErr.Error()
 		}
 	}
@@ -372,12 +271,16 @@ func (s *Service) finish(vm *store.VM, rel, prev *store.Release, runErr error, o
 }
 
 // runGuest runs the guest agent with req and (for a build) the tree, streaming
-// its output; ctx ending cancels it in the guest.
+// its output to out; ctx ending, BuildTimeout passing or the output going
+// over MaxOutput stops it in the guest.
 func (s *Service) runGuest(ctx context.Context, vm *store.VM, req release.DeployRequest, tree io.Reader, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, s.buildTimeout())
+	defer cancel()
 	c, err := s.Guests.Client(vm)
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	sess, err := c.Session(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", vm.Name, err)
@@ -387,7 +290,9 @@ func (s *Service) runGuest(ctx context.Context, vm *store.VM, req release.Deploy
 	if err != nil {
 		return err
 	}
-	sess.Stdout, sess.Stderr = out, out
+	over := make(chan struct{})
+	lim := &limited{w: out, max: s.maxOutput(), over: func() { close(over) }}
+	sess.Stdout, sess.Stderr = lim, lim
 	if err := sess.Start("/usr/sbin/fcm-init guest deploy"); err != nil {
 		return err
 	}
@@ -402,15 +307,25 @@ func (s *Service) runGuest(ctx context.Context, vm *store.VM, req release.Deploy
 			io.Copy(stdin, tree)
 		}
 	}()
+	stop := func() {
+		stdin.Close()
+		sess.Signal(ssh.SIGKILL)
+		sess.Close()
+	}
 	select {
 	case err := <-done:
 		if err != nil {
 			return fmt.Errorf("the build in %s failed: %w", vm.Name, err)
 		}
 		return nil
+	case <-over:
+		stop()
+		return fmt.Errorf("the release printed more than %d MiB, so it was stopped: %w", s.maxOutput()>>20, ErrOutputTooLarge)
 	case <-ctx.Done():
-		stdin.Close()
-		sess.Close()
+		stop()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("the release took longer than %s, so it was stopped", s.buildTimeout())
+		}
 		return errors.New("canceled: the pusher went away")
 	}
 }

@@ -30,7 +30,7 @@ var (
 	bucketLeases = []byte("leases") // ip -> vm id
 	bucketTokens = []byte("tokens") // sha256(secret) hex -> Token
 	bucketOps    = []byte("ops")    // op id -> Op
-	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketKeys, bucketUsers, bucketAccess}
+	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketEnvs, bucketKeys, bucketUsers, bucketAccess}
 )
 
 // VM is the stored record of one VM.
@@ -105,7 +105,7 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return migrateApps(tx)
 	})
 	if err != nil {
 		db.Close()
