@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/base"
@@ -360,6 +361,8 @@ const DaemonOOMScoreAdj = -900
 
 func protectFromOOM(log *slog.Logger) {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(DaemonOOMScoreAdj)), 0); err != nil {
-		log.Warn("oom_score_adj", "err", err)
+		// Lowering it takes CAP_SYS_RESOURCE, which some containers drop.
+		cur, _ := os.ReadFile("/proc/self/oom_score_adj")
+		log.Warn("the daemon's oom_score_adj stays "+strings.TrimSpace(string(cur))+": it may not be lowered here (CAP_SYS_RESOURCE)", "err", err)
 	}
 }
