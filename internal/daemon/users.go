@@ -11,6 +11,7 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // whoami is GET /v1/whoami.
@@ -292,16 +293,15 @@ func (s *Server) vmsOf(owner string) []string {
 	return out
 }
 
-// quotaLeft refuses a create when the caller, a user, has MaxVMsPerUser VMs.
-func (s *Server) quotaLeft(w http.ResponseWriter, tok *store.Token) bool {
-	if tok.Admin || s.MaxVMsPerUser <= 0 {
-		return true
+// ownerOf is who a create by tok is for: a user, held to the per-user quotas
+// (checked by the vm manager as it reserves the VM), or the admin, held to
+// none.
+func (s *Server) ownerOf(tok *store.Token) vm.Owner {
+	if tok.Admin {
+		return vm.Owner{ID: tok.Owner()}
 	}
-	if n := len(s.vmsOf(tok.Owner())); n >= s.MaxVMsPerUser {
-		writeError(w, http.StatusForbidden, api.CodeQuota, fmt.Sprintf("you have %d VMs, the most this host allows per user: destroy one first (fcm destroy <vm>), or ask its admin", n))
-		return false
-	}
-	return true
+	return vm.Owner{ID: tok.Owner(), User: true,
+		Quota: vm.Quota{VMs: s.MaxVMsPerUser, MemoryMiB: s.MaxMemoryPerUser, CPUs: s.MaxCPUsPerUser}}
 }
 
 // destroy destroys v and forgets what hangs on it: consoles, its app, its route.

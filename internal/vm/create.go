@@ -66,9 +66,17 @@ func bootArgs(vm *store.VM, subnet netip.Prefix) string {
 	})
 }
 
-// Create makes and boots a VM for owner, reporting each step to progress, and
-// returns it running with SSH ready. On any error everything made is undone.
+// Create makes and boots a VM owned by owner, held to no quota (the admin's,
+// or a tool's, create); see CreateFor.
 func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
+	return m.CreateFor(ctx, Owner{ID: owner}, req, progress)
+}
+
+// CreateFor makes and boots a VM for owner, reporting each step to progress,
+// and returns it running with SSH ready. A user's create is refused when it
+// would go beyond their quota, or they are gone, as the VM is reserved. On any
+// error everything made is undone.
+func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
@@ -115,13 +123,13 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	return vm, nil
 }
 
-// reserve picks the name and id, marks the name busy, checks the host's
-// memory, leases the address, and records the VM and the operation, all in one
+// reserve picks the name and id, marks the name busy, checks the owner's
+// quota and the host's memory, leases the address, and records the VM and the operation, all in one
 // transaction; the caller must end() the name. The name is marked busy inside
 // the transaction (and unmarked if it fails), so a create racing a destroy of
 // the same name either waits for nothing (ErrBusy) or finds it free: it never
 // leaves a record nothing works on.
-func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
+func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
 	var vm *store.VM
 	var op *store.Op
 	busy := ""
@@ -136,6 +144,9 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, 
 			return err
 		}
 		busy = name
+		if err := checkOwner(tx, owner, req); err != nil {
+			return err
+		}
 		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
 			return err
 		}
@@ -154,7 +165,7 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, 
 		}
 		now := time.Now().UTC()
 		vm = &store.VM{
-			ID: id, Name: name, Owner: owner, State: api.StateCreating,
+			ID: id, Name: name, Owner: owner.ID, State: api.StateCreating,
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
 			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),
