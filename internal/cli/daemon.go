@@ -30,7 +30,8 @@ the next start re-adopts them and finishes or undoes whatever a crash interrupte
 
 Guests are isolated: each VM sends only from its own MAC and IPv4 address (no
 IPv6), cannot talk to other VMs directly (--guest-to-guest allows it), reaches
-the host only on TCP 80/443 (Caddy, for the VMs' public URLs) and by ping, and
+the host only on TCP 80/443 of its routable addresses (Caddy, for the VMs'
+public URLs; not on a loopback or link-local address of the host) and by ping, and
 reaches the internet but not link-local (cloud metadata), private, CGNAT or
 multicast ranges nor the host's own networks (--allow-egress CIDR opens one).
 IPv4 forwarding is turned on for the bridge and the interfaces guest traffic
