@@ -25,6 +25,8 @@ type fakeVMs struct {
 	start   func(ctx context.Context, name string, p vm.Progress) (*store.VM, error)
 	stop    func(ctx context.Context, name string) (*store.VM, error)
 	destroy func(ctx context.Context, name string) error
+
+	destroyed []string // name/id of each Destroy
 }
 
 var _ Lifecycle = (*fakeVMs)(nil)
@@ -38,7 +40,10 @@ func (f *fakeVMs) Start(ctx context.Context, name, _ string, p vm.Progress) (*st
 func (f *fakeVMs) Stop(ctx context.Context, name, _ string) (*store.VM, error) {
 	return f.stop(ctx, name)
 }
-func (f *fakeVMs) Destroy(ctx context.Context, name, _ string) error { return f.destroy(ctx, name) }
+func (f *fakeVMs) Destroy(ctx context.Context, name, id string) error {
+	f.destroyed = append(f.destroyed, name+"/"+id)
+	return f.destroy(ctx, name)
+}
 
 type fixture struct {
 	srv    *httptest.Server
