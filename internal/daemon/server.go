@@ -65,6 +65,7 @@ type Server struct {
 	Log              *slog.Logger
 
 	consolesOnce sync.Once
+	live         liveConns // console WebSockets and log follows, ended on revocation
 }
 
 // Handler returns the API's routes: the table in routes, each under its rule.

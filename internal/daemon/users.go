@@ -92,6 +92,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, tok *store.
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no token %q", id))
 	default:
 		s.logger().Info("token revoked", "token", id, "by", tok.ID)
+		s.endRevoked() // its consoles and log follows end now
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -195,6 +196,7 @@ func (s *Server) setAccess(w http.ResponseWriter, r *http.Request, allow bool) {
 		return
 	}
 	s.logger().Info("allow-list", "pattern", pattern, "allow", allow)
+	s.endRevoked() // a user it keeps out loses their consoles and log follows now
 	out, err := s.usersList()
 	if err != nil {
 		s.fail(w, err)
@@ -267,6 +269,7 @@ func (s *Server) removeUser(w http.ResponseWriter, r *http.Request, tok *store.T
 		return
 	}
 	s.logger().Warn("user removed", "user", u.Email, "user_id", u.ID, "tokens_revoked", out.TokensRevoked, "vms", choice)
+	s.endRevoked() // their consoles and log follows end now
 	for _, v := range owned {
 		// The ex-user's consoles into it end with the ownership.
 		s.closeConsoles(v, "its owner was removed")
