@@ -135,10 +135,13 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 	busy := ""
 	err := m.cfg.Store.Update(func(tx *store.Tx) error {
 		name := req.Name
+		now := time.Now().UTC()
 		if name == "" {
-			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) })
+			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) || tombstoned(tx, n, now) })
 		} else if tx.NameTaken(name) {
 			return fmt.Errorf("vm %q: %w", name, store.ErrExists)
+		} else if err := checkTombstone(tx, owner, name, now); err != nil {
+			return err
 		}
 		if err := m.begin(name, "creating"); err != nil {
 			return err
@@ -163,7 +166,9 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 		if err != nil {
 			return err
 		}
-		now := time.Now().UTC()
+		if err := tx.DeleteTombstone(name); err != nil {
+			return err
+		}
 		vm = &store.VM{
 			ID: id, Name: name, Owner: owner.ID, State: api.StateCreating,
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
@@ -186,6 +191,28 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 		return nil, nil, err
 	}
 	return vm, op, nil
+}
+
+// tombstoned reports whether a VM of this name was destroyed less than
+// store.TombstoneAge ago.
+func tombstoned(tx *store.Tx, name string, now time.Time) bool {
+	_, err := tx.Tombstone(name, now)
+	return err == nil
+}
+
+// checkTombstone refuses a name a VM had until it was destroyed less than
+// store.TombstoneAge ago to anyone but its last owner and the admin: links to
+// https://<name>.<domain> (OAuth redirects, webhooks, reset links) may still
+// be out there, and must not reach someone else's app. It says when the name
+// frees, not whose it was.
+func checkTombstone(tx *store.Tx, owner Owner, name string, now time.Time) error {
+	ts, err := tx.Tombstone(name, now)
+	if err != nil || !owner.User || ts.Owner == owner.ID {
+		return nil
+	}
+	return &roomError{kind: store.ErrExists,
+		msg: fmt.Sprintf("vm %q: the name was given up on %s and stays reserved for its last owner until %s (a destroyed VM's name is held %d days): pick another name",
+			name, ts.DestroyedAt.Format("2006-01-02"), ts.Frees().Format("2006-01-02 15:04 UTC"), int(store.TombstoneAge.Hours()/24))}
 }
 
 func (m *Manager) isBusy(name string) bool {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/guest"
@@ -174,4 +175,89 @@ func reserveFor(t *testing.T, m *Manager, owner Owner, req api.CreateVMRequest) 
 		return nil, nil, err
 	}
 	return m.reserve(owner, req, b.ID, ident)
+}
+
+// TestReserve_Tombstone (L7): a destroyed VM's name may be taken again for
+// 30 days only by its last owner or the admin; others get a conflict saying
+// when it frees, and generated names avoid it. A failed create leaves none,
+// and an old tombstone is pruned.
+func TestReserve_Tombstone(t *testing.T) {
+	ctx := context.Background()
+	m, _, _ := testManager(t)
+	m.memTotal = func() (int, error) { return 1 << 30, nil }
+	addUser(t, m, "u_alice", "alice@example.com")
+	addUser(t, m, "u_bob", "bob@example.com")
+	alice := Owner{ID: "u_alice", User: true}
+	bob := Owner{ID: "u_bob", User: true}
+	destroyed := func(name string, owner Owner) {
+		t.Helper()
+		vm, _, err := reserveFor(t, m, owner, validReq(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.end(vm.Name)
+		if err := m.Destroy(ctx, name, vm.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	destroyed("shop", alice)
+	_, _, err := reserveFor(t, m, bob, validReq("shop"))
+	frees := time.Now().UTC().Add(store.TombstoneAge).Format("2006-01-02")
+	if !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), `vm "shop": the name was given up on `) ||
+		!strings.Contains(err.Error(), "stays reserved for its last owner until "+frees) || strings.Contains(err.Error(), "alice") {
+		t.Fatalf("bob takes alice's destroyed name: %v", err)
+	}
+	// Its last owner may take it back; then it is simply hers.
+	vm, _, err := reserveFor(t, m, alice, validReq("shop"))
+	if err != nil {
+		t.Fatalf("alice takes back her name: %v", err)
+	}
+	m.end(vm.Name)
+	m.cfg.Store.View(func(tx *store.Tx) error {
+		if _, err := tx.Tombstone("shop", time.Now()); err == nil {
+			t.Error("the tombstone outlived the name's new VM")
+		}
+		return nil
+	})
+	// The admin may take any.
+	destroyed("cafe", alice)
+	if vm, _, err := reserveFor(t, m, Owner{ID: "admin"}, validReq("cafe")); err != nil {
+		t.Errorf("the admin takes a tombstoned name: %v", err)
+	} else {
+		m.end(vm.Name)
+	}
+
+	// A failed create leaves no tombstone (it served nothing).
+	vm, op, err := reserveFor(t, m, alice, validReq("failed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.undoCreate(ctx, op); err != nil {
+		t.Fatal(err)
+	}
+	m.end(vm.Name)
+	if _, _, err := reserveFor(t, m, bob, validReq("failed")); err != nil {
+		t.Errorf("a failed create's name: %v", err)
+	}
+
+	// After 30 days the name is anyone's, and the tombstone is pruned.
+	destroyed("old", alice)
+	later := time.Now().Add(store.TombstoneAge + time.Minute)
+	m.cfg.Store.Update(func(tx *store.Tx) error {
+		if _, err := tx.Tombstone("old", later); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("tombstone 30 days on: %v", err)
+		}
+		if err := tx.PruneTombstones(later); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Tombstone("old", time.Now()); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("tombstone after the prune: %v", err)
+		}
+		return nil
+	})
+	if vm, _, err := reserveFor(t, m, bob, validReq("old")); err != nil {
+		t.Errorf("bob takes a name freed after 30 days: %v", err)
+	} else {
+		m.end(vm.Name)
+	}
 }
