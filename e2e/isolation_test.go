@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,7 +32,9 @@ func answer(ln net.Listener, text string) {
 // checks from inside it what it reaches: its gateway by ping, Caddy's port on
 // the host and the internet, but not the host's API port (as if the API
 // listened on every address), a UDP service on the host, nor the cloud
-// metadata address.
+// metadata address, whether beyond the host or bound on the host itself (a
+// link-local address on its lo: the allowed ports are open on the host's
+// routable addresses only).
 func TestIsolation_GuestReachesOnlyWhatItShould(t *testing.T) {
 	inet := startInternet(t) // before the daemon, which picks its uplinks at start
 	answer(inet.listen(t, "198.51.100.1:80"), "internet")
@@ -116,4 +120,45 @@ print(s.recv(100).decode())' 2>/dev/null || echo blocked)"
 			t.Errorf("from the VM, %s = %q, want %q", k, got[k], want)
 		}
 	}
+
+	// Issue 20 (b): a service on 169.254.169.254:80 bound on the host itself
+	// (the kernel here has no dummy links: the address goes on lo). The host
+	// reaches it; the guest, through the 80/443 allow-list, does not, while
+	// the host's routable address's 80 stays open to it.
+	sh(t, "ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
+	t.Cleanup(func() { exec.Command("ip", "addr", "del", "169.254.169.254/32", "dev", "lo").Run() })
+	ln, err := net.Listen("tcp", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	answer(ln, "host-metadata")
+	if got := readLine(t, "169.254.169.254:80"); got != "host-metadata" {
+		t.Fatalf("host to its own 169.254.169.254:80 = %q; the setup is broken", got)
+	}
+	out, err = c.Run(ctx, `tcp() { timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2 && head -n1 <&3" 2>/dev/null || echo blocked; }
+echo "hostlocal=$(tcp 169.254.169.254 80)"
+echo "caddy=$(tcp 172.20.0.1 80)"
+`)
+	if err != nil {
+		t.Fatalf("checks in the VM: %v\n%s", err, out)
+	}
+	t.Logf("from the VM, with 169.254.169.254 on the host:\n%s", out)
+	if s := string(out); !strings.Contains(s, "hostlocal=blocked\n") || !strings.Contains(s, "caddy=caddy\n") {
+		t.Errorf("from the VM, want hostlocal=blocked and caddy=caddy:\n%s", s)
+	}
+}
+
+// readLine dials addr from the test's namespace and returns the first line
+// it sends.
+func readLine(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line)
 }

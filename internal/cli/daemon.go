@@ -31,7 +31,8 @@ the next start re-adopts them and finishes or undoes whatever a crash interrupte
 
 Guests are isolated: each VM sends only from its own MAC and IPv4 address (no
 IPv6), cannot talk to other VMs directly (--guest-to-guest allows it), reaches
-the host only on TCP 80/443 (Caddy, for the VMs' public URLs) and by ping, and
+the host only on TCP 80/443 of its routable addresses (Caddy, for the VMs'
+public URLs; not on a loopback or link-local address of the host) and by ping, and
 reaches the internet but not link-local (cloud metadata), private, CGNAT or
 multicast ranges nor the host's own networks (--allow-egress CIDR opens one).
 IPv4 forwarding is turned on for the bridge and the interfaces guest traffic
@@ -63,7 +64,11 @@ of ps). Register the redirect URL https://fcm.<domain>/oauth2/callback with
 the provider. --oidc-issuer picks another OpenID provider. Nobody may log in
 until allowed: --allow alice@example.com,@example.com (fixed while the daemon
 runs), or at run time fcm users allow. Each user sees only their own VMs,
-sessions, apps, logs and keys, and may have --max-vms-per-user VMs.
+sessions, apps, logs and keys. A user may have --max-vms-per-user VMs (10),
+with --max-memory-per-user MiB (16384) and --max-cpus-per-user vCPUs (16) in
+all, counting every VM they own whether running or stopped; a create beyond
+is refused (403 quota_exceeded) saying what they have and what is allowed. The
+admin token has no quota.
 
 The guest image must exist first: sudo fcm image build.`,
 		Args: noArgs,
@@ -122,6 +127,8 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringArrayVar(&o.Login.Allow, "allow", nil, "who may log in: emails, @domains, or * for anyone with a verified email; comma-separated or repeated (fcm users allow adds more at run time)")
 	f.StringVar(&o.Login.PublicURL, "public-url", "", "the daemon's URL as browsers reach it, for the login redirect (default https://fcm.<domain>, or http://<listen> without an edge)")
 	f.StringVar(&o.ReleasesDir, "releases-dir", "", "client tarballs served at /releases/fcm-<os>-<arch>.tar.gz and by /install.sh (default <data-dir>/releases; make release RELEASES=<dir> fills it)")
-	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", 10, "most VMs one user may have (the admin token has no limit); 0: no limit")
+	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", vm.DefaultMaxVMsPerUser, "most VMs one user may have (the admin token has no limit); 0: no limit")
+	f.IntVar(&o.MaxMemoryPerUser, "max-memory-per-user", vm.DefaultMaxMemoryMiBPerUser, "most memory in MiB all of one user's VMs, running or stopped, may have together (the admin token has no limit); 0: no limit")
+	f.IntVar(&o.MaxCPUsPerUser, "max-cpus-per-user", vm.DefaultMaxCPUsPerUser, "most vCPUs all of one user's VMs, running or stopped, may have together (the admin token has no limit); 0: no limit")
 	return cmd
 }

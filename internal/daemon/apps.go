@@ -143,7 +143,11 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, tok *store.Token) 
 	follow := r.URL.Query().Get("follow") == "1"
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	if err := s.Deploys.Logs(r.Context(), v, n, follow, deploy.ClientWriter{W: w}); err != nil {
+	// A follow ends once the token's access does (revoked, user removed or
+	// denied, the VM gone or given to another).
+	ctx, done := s.liveContext(r.Context(), tok, v.ID)
+	defer done()
+	if err := s.Deploys.Logs(ctx, v, n, follow, deploy.ClientWriter{W: w}); err != nil {
 		s.logger().Warn("logs", "vm", v.Name, "err", err)
 	}
 }

@@ -59,6 +59,10 @@ type Options struct {
 	MaxCPUs      int
 	MaxMemoryMiB int
 	MaxDiskBytes int64
+	// Per-user quotas over all of a user's VMs (--max-memory-per-user in MiB,
+	// --max-cpus-per-user); zero: no limit. The VM count is Login.MaxVMsPerUser.
+	MaxMemoryPerUser int
+	MaxCPUsPerUser   int
 	// BootTimeout is how long create and start wait for a booted VM's SSH
 	// (--boot-timeout); zero: vm's default.
 	BootTimeout time.Duration
@@ -111,6 +115,14 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if _, err := o.Login.enabled(); err != nil {
 		return err
+	}
+	switch {
+	case o.Login.MaxVMsPerUser < 0:
+		return fmt.Errorf("--max-vms-per-user %d: want 0 (no limit) or more", o.Login.MaxVMsPerUser)
+	case o.MaxMemoryPerUser < 0:
+		return fmt.Errorf("--max-memory-per-user %d: want MiB, or 0 (no limit)", o.MaxMemoryPerUser)
+	case o.MaxCPUsPerUser < 0:
+		return fmt.Errorf("--max-cpus-per-user %d: want 0 (no limit) or more", o.MaxCPUsPerUser)
 	}
 	gitPort, err := gitSSHPort(o.GitListen)
 	if err != nil {
@@ -226,6 +238,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
+		MaxMemoryPerUser: o.MaxMemoryPerUser, MaxCPUsPerUser: o.MaxCPUsPerUser,
 		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}
 	self, err := os.Executable()
 	if err != nil {

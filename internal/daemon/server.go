@@ -28,7 +28,9 @@ import (
 // Lifecycle is what the handlers need of the vm manager (a narrow interface so
 // the handlers can be tested without VMs).
 type Lifecycle interface {
-	Create(ctx context.Context, owner string, req api.CreateVMRequest, progress vm.Progress) (*store.VM, error)
+	// CreateFor holds a user's create to their quota, checked as the VM is
+	// reserved (so concurrent creates cannot all pass).
+	CreateFor(ctx context.Context, owner vm.Owner, req api.CreateVMRequest, progress vm.Progress) (*store.VM, error)
 	// Start, Stop and Destroy act on the VM named name only while it has the id
 	// the handler looked up (and checked the owner of); "" is any.
 	Start(ctx context.Context, name, id string, progress vm.Progress) (*store.VM, error)
@@ -52,13 +54,18 @@ type Server struct {
 	// ReleasesDir holds the client downloads (make release's tarballs and
 	// SHA256SUMS) served at /releases/; "": none.
 	ReleasesDir string
-	// MaxVMsPerUser is how many VMs a user (not the admin) may have; 0: no limit.
-	MaxVMsPerUser int
-	Version       string
-	Hypervisor    string
-	Log           *slog.Logger
+	// MaxVMsPerUser is how many VMs a user (not the admin) may have, and
+	// MaxMemoryPerUser and MaxCPUsPerUser how much memory (MiB) and how many
+	// vCPUs all their VMs may have together; 0: no limit.
+	MaxVMsPerUser    int
+	MaxMemoryPerUser int
+	MaxCPUsPerUser   int
+	Version          string
+	Hypervisor       string
+	Log              *slog.Logger
 
 	consolesOnce sync.Once
+	live         liveConns // console WebSockets and log follows, ended on revocation
 }
 
 // Handler returns the API's routes: the table in routes, each under its rule.
@@ -237,14 +244,14 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request, tok *store.Token)
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	var req api.CreateVMRequest
-	if !decode(w, r, &req) || !s.quotaLeft(w, tok) {
+	if !decode(w, r, &req) {
 		return
 	}
 	// The create goes on if the client goes away: nothing is left half-made
 	// either way, and a finished VM is not thrown away for a dropped connection.
 	ctx := context.WithoutCancel(r.Context())
 	st := newStream(w, r)
-	v, err := s.VMs.Create(ctx, tok.Owner(), req, st.progress)
+	v, err := s.VMs.CreateFor(ctx, s.ownerOf(tok), req, st.progress)
 	if err == nil && s.Deploys != nil {
 		if rerr := s.Deploys.EnsureRepo(ctx, v.ID); rerr != nil {
 			s.logger().Error("git repository", "vm", v.Name, "err", rerr)
@@ -356,6 +363,10 @@ func classify(err error) (int, string) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, vm.ErrQuota):
+		return http.StatusForbidden, api.CodeQuota
+	case errors.Is(err, vm.ErrOwnerGone):
+		return http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, vm.ErrInsufficientStorage):
 		return http.StatusInsufficientStorage, api.CodeInsufficientStorage
 	case errors.Is(err, vm.ErrInsufficientCapacity):

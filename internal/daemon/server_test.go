@@ -25,12 +25,14 @@ type fakeVMs struct {
 	start   func(ctx context.Context, name string, p vm.Progress) (*store.VM, error)
 	stop    func(ctx context.Context, name string) (*store.VM, error)
 	destroy func(ctx context.Context, name string) error
+
+	destroyed []string // name/id of each Destroy
 }
 
 var _ Lifecycle = (*fakeVMs)(nil)
 
-func (f *fakeVMs) Create(ctx context.Context, owner string, req api.CreateVMRequest, p vm.Progress) (*store.VM, error) {
-	return f.create(ctx, owner, req, p)
+func (f *fakeVMs) CreateFor(ctx context.Context, owner vm.Owner, req api.CreateVMRequest, p vm.Progress) (*store.VM, error) {
+	return f.create(ctx, owner.ID, req, p)
 }
 func (f *fakeVMs) Start(ctx context.Context, name, _ string, p vm.Progress) (*store.VM, error) {
 	return f.start(ctx, name, p)
@@ -38,7 +40,10 @@ func (f *fakeVMs) Start(ctx context.Context, name, _ string, p vm.Progress) (*st
 func (f *fakeVMs) Stop(ctx context.Context, name, _ string) (*store.VM, error) {
 	return f.stop(ctx, name)
 }
-func (f *fakeVMs) Destroy(ctx context.Context, name, _ string) error { return f.destroy(ctx, name) }
+func (f *fakeVMs) Destroy(ctx context.Context, name, id string) error {
+	f.destroyed = append(f.destroyed, name+"/"+id)
+	return f.destroy(ctx, name)
+}
 
 type fixture struct {
 	srv    *httptest.Server
@@ -140,6 +145,8 @@ func TestServer_ErrorsMapToStatus(t *testing.T) {
 		{fmt.Errorf("space: %w", vm.ErrInsufficientStorage), 507, api.CodeInsufficientStorage},
 		{fmt.Errorf("memory: %w", vm.ErrInsufficientCapacity), 409, api.CodeInsufficientCapacity},
 		{fmt.Errorf("x: %w", store.ErrNotFound), 404, api.CodeNotFound},
+		{fmt.Errorf("vms: %w", vm.ErrQuota), 403, api.CodeQuota},
+		{fmt.Errorf("user: %w", vm.ErrOwnerGone), 403, api.CodeForbidden},
 		{errors.New("disk full"), 500, api.CodeInternal},
 	}
 	for _, tt := range tests {

@@ -246,7 +246,16 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, tok *stor
 	// The hub keeps this connection to the VM if it is the session's first client.
 	kept := false
 	dial := func() (console.Conn, error) { kept = true; return c, nil }
-	err = s.consoles().Attach(context.WithoutCancel(r.Context()), ws, console.Key(v.ID, id), id, dial, o)
+	// The WebSocket outlives this request's authentication: it ends, saying
+	// why, once the token is revoked or its user removed or denied, or the VM
+	// changes hands.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	forget := s.track(tok, v.ID, func(reason string) {
+		go func() { ws.Close(websocket.StatusPolicyViolation, reason); cancel() }()
+	})
+	defer forget()
+	err = s.consoles().Attach(ctx, ws, console.Key(v.ID, id), id, dial, o)
 	if !kept {
 		c.Close()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // whoami is GET /v1/whoami.
@@ -91,6 +92,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, tok *store.
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no token %q", id))
 	default:
 		s.logger().Info("token revoked", "token", id, "by", tok.ID)
+		s.endRevoked() // its consoles and log follows end now
 		w.WriteHeader(http.StatusNoContent)
 	}
 }
@@ -194,6 +196,7 @@ func (s *Server) setAccess(w http.ResponseWriter, r *http.Request, allow bool) {
 		return
 	}
 	s.logger().Info("allow-list", "pattern", pattern, "allow", allow)
+	s.endRevoked() // a user it keeps out loses their consoles and log follows now
 	out, err := s.usersList()
 	if err != nil {
 		s.fail(w, err)
@@ -220,37 +223,65 @@ func (s *Server) removeUser(w http.ResponseWriter, r *http.Request, tok *store.T
 		}
 		return
 	}
-	owned := s.vmsOf(u.ID)
-	if len(owned) > 0 && choice == "" {
+	// In one transaction: the user, their tokens and keys go, and every VM
+	// they own, by id (one still being created too: a create reserved after
+	// this finds its user gone), is the admin's. Those to destroy are then
+	// destroyed by id: one that fails stays the admin's, not an orphan.
+	out := api.RemoveUserResponse{User: auth.APIUser(u)}
+	var owned []*store.VM
+	errHasVMs := errors.New("has vms")
+	err = s.Store.Update(func(tx *store.Tx) error {
+		vms, err := tx.VMs()
+		if err != nil {
+			return err
+		}
+		owned = owned[:0]
+		for _, v := range vms {
+			if v.Owner == u.ID {
+				owned = append(owned, v)
+			}
+		}
+		if len(owned) > 0 && choice == "" {
+			return errHasVMs
+		}
+		if out.TokensRevoked, err = tx.DeleteUser(u.ID); err != nil {
+			return err
+		}
+		for _, v := range owned {
+			v.Owner = "admin"
+			if err := tx.PutVM(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, errHasVMs) {
+		var names []string
+		for _, v := range owned {
+			names = append(names, v.Name)
+		}
 		writeError(w, http.StatusConflict, api.CodeHasVMs, fmt.Sprintf("%s owns %d VMs (%s): say whether to destroy them or keep them (the admin will own them): vms=destroy or vms=keep",
-			u.Email, len(owned), strings.Join(owned, ", ")))
+			u.Email, len(owned), strings.Join(names, ", ")))
 		return
 	}
-	out := api.RemoveUserResponse{User: auth.APIUser(u)}
-	if err := s.Store.Update(func(tx *store.Tx) (err error) { out.TokensRevoked, err = tx.DeleteUser(u.ID); return }); err != nil {
+	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	s.logger().Warn("user removed", "user", u.Email, "user_id", u.ID, "tokens_revoked", out.TokensRevoked, "vms", choice)
-	// Listed again: a VM made in between is dealt with too.
-	for _, name := range s.vmsOf(u.ID) {
-		if choice == "destroy" {
-			v, err := s.Store.GetVM(name)
-			if err == nil {
-				err = s.destroy(r.Context(), v)
-			}
-			if err != nil {
-				s.fail(w, fmt.Errorf("user %s removed, but destroying vm %s failed: %w", u.Email, name, err))
-				return
-			}
-			out.VMsDestroyed = append(out.VMsDestroyed, name)
+	s.endRevoked() // their consoles and log follows end now
+	for _, v := range owned {
+		// The ex-user's consoles into it end with the ownership.
+		s.closeConsoles(v, "its owner was removed")
+		if choice == "keep" {
+			out.VMsKept = append(out.VMsKept, v.Name)
 			continue
 		}
-		if _, err := s.Store.UpdateVM(name, func(v *store.VM) error { v.Owner = "admin"; return nil }); err != nil {
-			s.fail(w, err)
+		if err := s.destroy(r.Context(), v); err != nil {
+			s.fail(w, fmt.Errorf("user %s removed, but destroying vm %s failed (the admin owns it now): %w", u.Email, v.Name, err))
 			return
 		}
-		out.VMsKept = append(out.VMsKept, name)
+		out.VMsDestroyed = append(out.VMsDestroyed, v.Name)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -280,28 +311,15 @@ func (s *Server) findUser(key string) (*store.User, error) {
 	return nil, fmt.Errorf("%d users have the email %s: name one by id: %s", len(found), key, strings.Join(ids, ", "))
 }
 
-// vmsOf lists the names of the VMs owner owns.
-func (s *Server) vmsOf(owner string) []string {
-	vms, _ := s.Store.ListVMs()
-	var out []string
-	for _, v := range vms {
-		if v.Owner == owner {
-			out = append(out, v.Name)
-		}
+// ownerOf is who a create by tok is for: a user, held to the per-user quotas
+// (checked by the vm manager as it reserves the VM), or the admin, held to
+// none.
+func (s *Server) ownerOf(tok *store.Token) vm.Owner {
+	if tok.Admin {
+		return vm.Owner{ID: tok.Owner()}
 	}
-	return out
-}
-
-// quotaLeft refuses a create when the caller, a user, has MaxVMsPerUser VMs.
-func (s *Server) quotaLeft(w http.ResponseWriter, tok *store.Token) bool {
-	if tok.Admin || s.MaxVMsPerUser <= 0 {
-		return true
-	}
-	if n := len(s.vmsOf(tok.Owner())); n >= s.MaxVMsPerUser {
-		writeError(w, http.StatusForbidden, api.CodeQuota, fmt.Sprintf("you have %d VMs, the most this host allows per user: destroy one first (fcm destroy <vm>), or ask its admin", n))
-		return false
-	}
-	return true
+	return vm.Owner{ID: tok.Owner(), User: true,
+		Quota: vm.Quota{VMs: s.MaxVMsPerUser, MemoryMiB: s.MaxMemoryPerUser, CPUs: s.MaxCPUsPerUser}}
 }
 
 // destroy destroys v and forgets what hangs on it: consoles, its app, its route.

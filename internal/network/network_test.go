@@ -219,7 +219,8 @@ func TestSetup_Idempotent(t *testing.T) {
 		`oifname "fcm0" ct state established,related accept`,
 		`iifname "fcm0" oifname "fcm0" drop`,
 		`iifname "fcm0" ip daddr @egress_allow accept`, `iifname "fcm0" ip daddr @egress_block drop`,
-		"type filter hook input priority filter", `iifname "fcm0" tcp dport { 80, 443 } accept`,
+		"type filter hook input priority filter", `iifname "fcm0" meta nfproto ipv4 tcp dport { 80, 443 } accept`,
+		`iifname "fcm0" ip daddr @host_local drop`, "0.0.0.0/8, 127.0.0.0/8,\n\t\t\t     169.254.0.0/16, 224.0.0.0/3 }",
 		`iifname "fcm0" icmp type echo-request accept`,
 	} {
 		if !strings.Contains(first, want) {

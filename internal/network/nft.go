@@ -19,7 +19,20 @@ const (
 	fwdSet    = "fwd"          // interfaces whose forwarding fcm turned on
 	allowSet  = "egress_allow" // AllowEgress
 	blockSet  = "egress_block" // blocked ranges and the host's networks
+	localSet  = "host_local"   // host addresses guests never reach: loopback, link-local
 )
+
+// hostLocal are the host's addresses that are not routable, which guests
+// reach on no port (HostPorts are open only on the host's routable
+// addresses): a service bound to 127.0.0.1 or to a link-local address such as
+// 169.254.169.254 is meant for the host alone. This network (0/8), multicast,
+// reserved and broadcast are never a host service a guest should open.
+var hostLocal = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/3"),
+}
 
 // table is fcm's nftables table for routed traffic. The family is inet so the
 // input rules also cover IPv6.
@@ -100,6 +113,10 @@ func addInet(c *nftables.Conn, cfg Config, elems []nftables.SetElement, blocked,
 	if err := c.AddSet(block, intervalElements(blocked)); err != nil {
 		return fmt.Errorf("nftables set %s: %w", blockSet, err)
 	}
+	local := &nftables.Set{Table: table, Name: localSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(local, intervalElements(mergePrefixes(hostLocal))); err != nil {
+		return fmt.Errorf("nftables set %s: %w", localSet, err)
+	}
 	br := ifname(cfg.Bridge)
 	fromGuests := metaName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br)
 	toGuests := metaName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br)
@@ -163,7 +180,7 @@ func addInet(c *nftables.Conn, cfg Config, elems []nftables.SetElement, blocked,
 	}
 
 	// input: from the guests, the host accepts only replies, ping and the
-	// allowed TCP ports, on any of its addresses.
+	// allowed TCP ports over IPv4, on its routable addresses only.
 	in := c.AddChain(&nftables.Chain{
 		Name: "input", Table: table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
@@ -171,6 +188,8 @@ func addInet(c *nftables.Conn, cfg Config, elems []nftables.SetElement, blocked,
 	rules := [][]expr.Any{
 		// iifname "fcm0" ct state established,related accept
 		join(fromGuests, ctEstablished(), accept),
+		// iifname "fcm0" ip daddr @host_local drop
+		join(fromGuests, ipField(16), []expr.Any{&expr.Lookup{SourceRegister: 1, SetName: local.Name, SetID: local.ID}}, drop),
 		// iifname "fcm0" icmp type echo-request accept
 		join(fromGuests, isIPv4(), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -188,8 +207,8 @@ func addInet(c *nftables.Conn, cfg Config, elems []nftables.SetElement, blocked,
 		if err := c.AddSet(portSet, pe); err != nil {
 			return fmt.Errorf("nftables set of host ports: %w", err)
 		}
-		// iifname "fcm0" tcp dport { ... } accept
-		rules = append(rules, join(fromGuests, []expr.Any{
+		// iifname "fcm0" meta nfproto ipv4 tcp dport { ... } accept
+		rules = append(rules, join(fromGuests, isIPv4(), []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},

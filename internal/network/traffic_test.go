@@ -196,6 +196,22 @@ func TestTraffic_GuestThroughBridge(t *testing.T) {
 			t.Errorf("guest cannot ping its gateway: %v", err)
 		}
 	})
+	// Issue 20 (b): the allowed ports are open on the host's routable
+	// addresses only, not on a link-local address of the host (a metadata-like
+	// service, as clouds bind).
+	t.Run("HostLocalAddressesUnreachable", func(t *testing.T) {
+		run(t, "ip", "addr", "add", "169.254.170.2/32", "dev", "lo")
+		t.Cleanup(func() { exec.Command("ip", "addr", "del", "169.254.170.2/32", "dev", "lo").Run() })
+		if got, err := dialFrom("", "", "169.254.170.2:80"); err != nil || got != "web" {
+			t.Fatalf("host to its own 169.254.170.2:80 = %q, %v; the setup is broken", got, err)
+		}
+		if got, err := dialFrom(g.ns, "", "169.254.170.2:80"); err == nil {
+			t.Errorf("guest reached host TCP 169.254.170.2:80 (got %q)", got)
+		}
+		if got, err := dialFrom(g.ns, "", "172.16.0.1:80"); err != nil || got != "web" {
+			t.Errorf("guest to the gateway's 80 = %q, %v; want web", got, err)
+		}
+	})
 	t.Run("HostPortsOutsideAllowListUnreachable", func(t *testing.T) {
 		for _, dst := range []string{"172.16.0.1:8080", "10.99.0.1:8080", "172.16.0.1:7777", "203.0.113.1:7777"} {
 			if got, err := dialFrom(g.ns, "", dst); err == nil {

@@ -25,11 +25,43 @@ const (
 	DefaultMemoryReserveMiB = 1 << 10
 )
 
-// Errors of admission: the host has not the room for what was asked.
+// Defaults of the per-user quotas (fcm daemon --max-vms-per-user,
+// --max-memory-per-user, --max-cpus-per-user): ten VMs of the default size, or
+// one of the per-VM maximum, fit.
+const (
+	DefaultMaxVMsPerUser       = 10
+	DefaultMaxMemoryMiBPerUser = 16 << 10
+	DefaultMaxCPUsPerUser      = 16
+)
+
+// Errors of admission: the host has not the room for what was asked, the
+// owner's quota is used up, or the owner is gone.
 var (
 	ErrInsufficientStorage  = errors.New("insufficient storage")
 	ErrInsufficientCapacity = errors.New("insufficient capacity")
+	ErrQuota                = errors.New("quota exceeded")
+	ErrOwnerGone            = errors.New("owner removed")
 )
+
+// Quota is what one user may have in all, summed over every VM they own in
+// any state (a stopped VM may be started again without asking); a zero field
+// is no limit.
+type Quota struct {
+	VMs       int
+	MemoryMiB int
+	CPUs      int
+}
+
+// Owner is who a VM is created for.
+type Owner struct {
+	// ID is what the VM's record names as its owner: the user's id, or the
+	// admin token's.
+	ID string
+	// User marks a person's create: the user must still exist and be allowed
+	// when the VM is reserved, and is held to Quota. The admin is not.
+	User  bool
+	Quota Quota
+}
 
 // roomError is a refusal for want of room whose message stands alone;
 // errors.Is matches it to its kind.
@@ -137,6 +169,61 @@ func (m *Manager) checkMemory(tx *store.Tx, self string, memMiB int) error {
 		return &roomError{kind: ErrInsufficientCapacity,
 			msg: fmt.Sprintf("not enough memory: vms that are not stopped have %d MiB, this one needs %d MiB, and the host has %d MiB for vms (MemTotal %d MiB less a %d MiB reserve)",
 				used, memMiB, max(avail, 0), total, m.cfg.MemoryReserveMiB)}
+	}
+	return nil
+}
+
+// checkOwner refuses, inside the transaction that reserves a VM, a create for
+// a user who was removed or is no longer allowed since the request was
+// authenticated, or whose VMs (every one, whatever its state, with those still
+// being created) would go beyond their quota with one more of req's size.
+func checkOwner(tx *store.Tx, o Owner, req api.CreateVMRequest) error {
+	if !o.User {
+		return nil
+	}
+	u, err := tx.User(o.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return &roomError{kind: ErrOwnerGone, msg: "your user was removed while the vm was being created: nothing was made"}
+	}
+	if err != nil {
+		return err
+	}
+	if ok, err := tx.Allowed(u.Email); err != nil {
+		return err
+	} else if !ok {
+		return &roomError{kind: ErrOwnerGone, msg: fmt.Sprintf("%s may no longer use this host (fcm users deny): nothing was made", u.Email)}
+	}
+	vms, err := tx.VMs()
+	if err != nil {
+		return err
+	}
+	var have Quota
+	for _, v := range vms {
+		if v.Owner == o.ID {
+			have.VMs++
+			have.MemoryMiB += v.MemoryMiB
+			have.CPUs += v.CPUs
+		}
+	}
+	return overQuota(have, o.Quota, req)
+}
+
+// overQuota says, in a refusal that names what is used and what is allowed,
+// whether a VM of req's size on top of have goes beyond q.
+func overQuota(have, q Quota, req api.CreateVMRequest) error {
+	const ask = "destroy one first (fcm destroy <vm>), or ask this host's admin"
+	switch {
+	case q.VMs > 0 && have.VMs+1 > q.VMs:
+		return &roomError{kind: ErrQuota,
+			msg: fmt.Sprintf("you have %d VMs, the most this host allows per user (%d, fcm daemon --max-vms-per-user): %s", have.VMs, q.VMs, ask)}
+	case q.MemoryMiB > 0 && have.MemoryMiB+req.MemoryMiB > q.MemoryMiB:
+		return &roomError{kind: ErrQuota,
+			msg: fmt.Sprintf("your VMs have %d MiB of memory and this one asks for %d MiB: this host allows %d MiB per user in all (fcm daemon --max-memory-per-user): %s, or ask for less (--memory)",
+				have.MemoryMiB, req.MemoryMiB, q.MemoryMiB, ask)}
+	case q.CPUs > 0 && have.CPUs+req.CPUs > q.CPUs:
+		return &roomError{kind: ErrQuota,
+			msg: fmt.Sprintf("your VMs have %d vCPUs and this one asks for %d: this host allows %d vCPUs per user in all (fcm daemon --max-cpus-per-user): %s, or ask for fewer (--cpus)",
+				have.CPUs, req.CPUs, q.CPUs, ask)}
 	}
 	return nil
 }

@@ -66,9 +66,17 @@ func bootArgs(vm *store.VM, subnet netip.Prefix) string {
 	})
 }
 
-// Create makes and boots a VM for owner, reporting each step to progress, and
-// returns it running with SSH ready. On any error everything made is undone.
+// Create makes and boots a VM owned by owner, held to no quota (the admin's,
+// or a tool's, create); see CreateFor.
 func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
+	return m.CreateFor(ctx, Owner{ID: owner}, req, progress)
+}
+
+// CreateFor makes and boots a VM for owner, reporting each step to progress,
+// and returns it running with SSH ready. A user's create is refused when it
+// would go beyond their quota, or they are gone, as the VM is reserved. On any
+// error everything made is undone.
+func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
@@ -115,27 +123,33 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 	return vm, nil
 }
 
-// reserve picks the name and id, marks the name busy, checks the host's
-// memory, leases the address, and records the VM and the operation, all in one
+// reserve picks the name and id, marks the name busy, checks the owner's
+// quota and the host's memory, leases the address, and records the VM and the operation, all in one
 // transaction; the caller must end() the name. The name is marked busy inside
 // the transaction (and unmarked if it fails), so a create racing a destroy of
 // the same name either waits for nothing (ErrBusy) or finds it free: it never
 // leaves a record nothing works on.
-func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
+func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
 	var vm *store.VM
 	var op *store.Op
 	busy := ""
 	err := m.cfg.Store.Update(func(tx *store.Tx) error {
 		name := req.Name
+		now := time.Now().UTC()
 		if name == "" {
-			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) })
+			name = names.Generate(func(n string) bool { return tx.NameTaken(n) || m.isBusy(n) || tombstoned(tx, n, now) })
 		} else if tx.NameTaken(name) {
 			return fmt.Errorf("vm %q: %w", name, store.ErrExists)
+		} else if err := checkTombstone(tx, owner, name, now); err != nil {
+			return err
 		}
 		if err := m.begin(name, "creating"); err != nil {
 			return err
 		}
 		busy = name
+		if err := checkOwner(tx, owner, req); err != nil {
+			return err
+		}
 		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
 			return err
 		}
@@ -152,9 +166,11 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, 
 		if err != nil {
 			return err
 		}
-		now := time.Now().UTC()
+		if err := tx.DeleteTombstone(name); err != nil {
+			return err
+		}
 		vm = &store.VM{
-			ID: id, Name: name, Owner: owner, State: api.StateCreating,
+			ID: id, Name: name, Owner: owner.ID, State: api.StateCreating,
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
 			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),
@@ -175,6 +191,28 @@ func (m *Manager) reserve(owner string, req api.CreateVMRequest, baseID string, 
 		return nil, nil, err
 	}
 	return vm, op, nil
+}
+
+// tombstoned reports whether a VM of this name was destroyed less than
+// store.TombstoneAge ago.
+func tombstoned(tx *store.Tx, name string, now time.Time) bool {
+	_, err := tx.Tombstone(name, now)
+	return err == nil
+}
+
+// checkTombstone refuses a name a VM had until it was destroyed less than
+// store.TombstoneAge ago to anyone but its last owner and the admin: links to
+// https://<name>.<domain> (OAuth redirects, webhooks, reset links) may still
+// be out there, and must not reach someone else's app. It says when the name
+// frees, not whose it was.
+func checkTombstone(tx *store.Tx, owner Owner, name string, now time.Time) error {
+	ts, err := tx.Tombstone(name, now)
+	if err != nil || !owner.User || ts.Owner == owner.ID {
+		return nil
+	}
+	return &roomError{kind: store.ErrExists,
+		msg: fmt.Sprintf("vm %q: the name was given up on %s and stays reserved for its last owner until %s (a destroyed VM's name is held %d days): pick another name",
+			name, ts.DestroyedAt.Format("2006-01-02"), ts.Frees().Format("2006-01-02 15:04 UTC"), int(store.TombstoneAge.Hours()/24))}
 }
 
 func (m *Manager) isBusy(name string) bool {

@@ -367,6 +367,13 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *sto
 			if err := tx.DeleteVM(cur.Name); err != nil {
 				return err
 			}
+			// A destroyed VM's name stays its owner's a while (L7); a
+			// failed create's never served anything.
+			if op.Kind == "destroy" {
+				if err := tx.PutTombstone(cur, time.Now()); err != nil {
+					return err
+				}
+			}
 		}
 		return tx.DeleteOp(op.ID)
 	})

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"golang.org/x/sys/unix"
@@ -198,6 +199,12 @@ func openTun() error {
 	return os.Chmod("/dev/net/tun", st.Mode().Perm()|0o666)
 }
 
+// How long SetTapOwner waits for a tap another fd is attached to.
+const (
+	tapBusyTries = 100
+	tapBusyWait  = 20 * time.Millisecond
+)
+
 // SetTapOwner gives the persistent tap name to uid and gid, so a process of
 // theirs (and no other unprivileged one) may attach to it: TUNSETIFF on the
 // existing tap with the flags it was made with, then TUNSETOWNER/TUNSETGROUP.
@@ -214,8 +221,19 @@ func SetTapOwner(name string, uid, gid int) error {
 	// internal/network makes taps with IFF_VNET_HDR; TUNSETIFF sets the flags it
 	// is given on the device, so keep that one.
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return fmt.Errorf("tap %s: attach to set its owner: %w", name, err)
+	// EBUSY: another fd is still attached to the tap. The one that made it
+	// (closed before this) can live on for a moment in a child the daemon
+	// forked meanwhile on another thread, until that child execs and its
+	// close-on-exec fds go: so wait for that, briefly.
+	for try := 0; ; try++ {
+		err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) || try >= tapBusyTries {
+			return fmt.Errorf("tap %s: attach to set its owner: %w", name, err)
+		}
+		time.Sleep(tapBusyWait)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
 		return fmt.Errorf("tap %s: set owner %d: %w", name, uid, err)
