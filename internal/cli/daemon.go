@@ -12,6 +12,7 @@ import (
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/spf13/cobra"
 )
@@ -120,6 +121,7 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
 	f.DurationVar(&o.BuildTimeout, "build-timeout", deploy.DefaultBuildTimeout, "how long one release of an app (build, release command, switch) may take before it is stopped and fails")
 	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
+	f.DurationVar(&o.NameHold, "name-hold", store.TombstoneAge, "how long a destroyed VM's name (and its URL) stays its last owner's: links to it may still be out there; 0 frees names at once")
 	f.DurationVar(&o.BootTimeout, "boot-timeout", 2*time.Minute, "how long create and start wait for a VM to boot and answer on SSH before giving up (and undoing a create)")
 	f.StringVar(&o.Login.Issuer, "oidc-issuer", "https://accounts.google.com", "OpenID provider people log in with (its issuer URL, exactly as its discovery document says)")
 	f.StringVar(&o.Login.ClientID, "oidc-client-id", "", "OAuth client id at the provider; enables fcm login (default $GOOGLE_CLIENT_ID)")

@@ -29,6 +29,10 @@ func (noGuests) Client(*store.VM) (*guest.Client, error) {
 	return nil, errors.New("guest unreachable (test)")
 }
 
+func (noGuests) Shared(*store.VM) (*guest.Client, error) {
+	return nil, errors.New("guest unreachable (test)")
+}
+
 // people is a store with the admin, two users (alice, bob) with a token each,
 // and a VM of alice's.
 type people struct {

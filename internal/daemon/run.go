@@ -66,6 +66,8 @@ type Options struct {
 	// BootTimeout is how long create and start wait for a booted VM's SSH
 	// (--boot-timeout); zero: vm's default.
 	BootTimeout time.Duration
+	// NameHold is how long a destroyed VM's name stays its last owner's (--name-hold).
+	NameHold time.Duration
 	// MaxBuildOutput and BuildTimeout bound each release of an app: what it
 	// may print, how long it may take (--max-build-output, --build-timeout).
 	MaxBuildOutput int64
@@ -210,7 +212,7 @@ func Run(ctx context.Context, o Options) error {
 	mgr, err := vm.New(vm.Config{
 		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
-		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout,
+		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
 	})
 	if err != nil {
 		return err
@@ -246,7 +248,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
-		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout}
+		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track}
 	if err := server.Deploys.Prepare(ctx); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}

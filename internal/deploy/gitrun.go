@@ -39,6 +39,10 @@ func mayUse(tok *store.Token, vm *store.VM) bool { return tok.Admin || vm.Owner 
 func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.Live != nil {
+		// Revoking the token (or its user, or the VM changing hands) ends it.
+		defer s.Live(g.Token, g.VM.ID, func(string) { cancel() })()
+	}
 	args := []string{strings.TrimPrefix(g.Service, "git-")}
 	if g.Stateless {
 		args = append(args, "--stateless-rpc")

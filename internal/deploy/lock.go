@@ -103,18 +103,3 @@ func (s *Service) release(id string) {
 		}
 	}
 }
-
-// EndPushes cancels the pushes in progress whose token end says to (its
-// token was revoked, its user denied or removed).
-func (s *Service) EndPushes(end func(tokenID, owner string) bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for token, p := range s.pushes {
-		if end(p.tokenID, p.owner) {
-			delete(s.pushes, token)
-			if p.cancel != nil {
-				p.cancel()
-			}
-		}
-	}
-}

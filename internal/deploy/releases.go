@@ -264,11 +264,10 @@ func tailOf(s string) string {
 
 // PS lists the app's processes.
 func (s *Service) PS(ctx context.Context, vm *store.VM) ([]api.Process, error) {
-	c, err := s.Guests.Client(vm)
+	c, err := s.Guests.Shared(vm)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
 	out, err := c.Run(ctx, "/usr/sbin/fcm-init guest ps")
 	if err != nil {
 		return nil, err
@@ -284,11 +283,10 @@ func (s *Service) Restart(ctx context.Context, vm *store.VM) error {
 		return err
 	}
 	defer unlock()
-	c, err := s.Guests.Client(vm)
+	c, err := s.Guests.Shared(vm)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
 	if out, err := c.Run(ctx, "/usr/sbin/fcm-init guest restart"); err != nil {
 		return fmt.Errorf("restart %s: %v: %s: %w", vm.Name, err, bytes.TrimSpace(out), ErrFailed)
 	}
@@ -331,11 +329,10 @@ func (s *Service) stream(ctx context.Context, vm *store.VM, cmd string, stdin io
 		return 0, fmt.Errorf("%s already streams %d logs or commands: end one first: %w", vm.Name, MaxStreams, ErrBusy)
 	}
 	defer s.endStream(vm)
-	c, err := s.Guests.Client(vm)
+	c, err := s.Guests.Shared(vm)
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
 	// A write that fails (the client went away or stopped reading) ends it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -27,9 +27,11 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Guests opens SSH connections to VMs.
+// Guests gives SSH connections to VMs.
 type Guests interface {
-	Client(vm *store.VM) (*guest.Client, error)
+	// Shared returns the client a running VM's commands share (one
+	// connection per VM, closed with the VM); callers do not close it.
+	Shared(vm *store.VM) (*guest.Client, error)
 }
 
 // Service runs deploys.
@@ -45,6 +47,10 @@ type Service struct {
 	// long it may take (zero: DefaultMaxOutput, DefaultBuildTimeout).
 	MaxOutput    int64
 	BuildTimeout time.Duration
+	// Live, when set, records a git push or fetch of tok on VM vmID as a live
+	// connection: end is called once the token may no longer act on it
+	// (revoked, its user denied or removed); the returned func forgets it.
+	Live func(tok *store.Token, vmID string, end func(reason string)) (forget func())
 
 	mu      sync.Mutex
 	pushes  map[string]*push    // push token -> push
@@ -57,8 +63,6 @@ type push struct {
 	token       string
 	vm          *store.VM // the VM as authorized when the push began
 	user        string    // who pushes: an email, or "admin"
-	tokenID     string
-	owner       string
 	cancel      func() // ends the push: its git, hook and deploy
 	deployedRef string // set under Service.mu once the deploy succeeded
 	unlock      func() // the app's deploy lock, held until receive-pack is done
@@ -67,7 +71,7 @@ type push struct {
 func (s *Service) newPush(vm *store.VM, tok *store.Token, cancel func()) *push {
 	b := make([]byte, 24)
 	rand.Read(b)
-	p := &push{token: hex.EncodeToString(b), vm: vm, user: Person(s.Store, tok), tokenID: tok.ID, owner: tok.Owner(), cancel: cancel}
+	p := &push{token: hex.EncodeToString(b), vm: vm, user: Person(s.Store, tok), cancel: cancel}
 	s.mu.Lock()
 	if s.pushes == nil {
 		s.pushes = map[string]*push{}
@@ -276,11 +280,10 @@ func (s *Service) finish(vm *store.VM, rel, prev *store.Release, runErr error, o
 func (s *Service) runGuest(ctx context.Context, vm *store.VM, req release.DeployRequest, tree io.Reader, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, s.buildTimeout())
 	defer cancel()
-	c, err := s.Guests.Client(vm)
+	c, err := s.Guests.Shared(vm)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
 	sess, err := c.Session(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", vm.Name, err)

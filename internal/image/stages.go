@@ -337,7 +337,8 @@ const sshdConfig = "# fcm: key login only; the host key and the daemon's key com
 	"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n" +
 	"UsePAM no\nHostKey " + vmconf.HostKeyPath + "\n" +
 	"AuthorizedKeysFile .ssh/authorized_keys " + vmconf.AuthorizedKeysDir + "/%u\n" +
-	"UseDNS no\nPrintMotd no\nAcceptEnv LANG LC_* TERM COLORTERM\n"
+	"UseDNS no\nPrintMotd no\nAcceptEnv LANG LC_* TERM COLORTERM\n" +
+	"# The daemon's commands share one connection per VM (ps, logs, run, releases).\nMaxSessions 64\n"
 
 // configureRootfs makes the debootstrapped tree an fcm guest: no host keys (each
 // VM gets its own at create time; sshdConfig is written with the init), and no

@@ -8,9 +8,9 @@ import (
 
 var bucketTombstones = []byte("tombstones") // vm name -> Tombstone
 
-// TombstoneAge is how long a destroyed VM's name stays its last owner's: its
-// URL https://<name>.<domain> may still be linked from elsewhere (OAuth
-// redirects, webhooks, reset links), so nobody else may take it at once.
+// TombstoneAge is how long a destroyed VM's name stays its last owner's by
+// default: its URL https://<name>.<domain> may still be linked from elsewhere
+// (OAuth redirects, webhooks, reset links), so nobody else may take it at once.
 const TombstoneAge = 30 * 24 * time.Hour
 
 // Tombstone records that a VM of this name was destroyed, whose it was and
@@ -20,18 +20,20 @@ type Tombstone struct {
 	Owner       string    `json:"owner"` // as VM.Owner: a user's id, or the admin token's
 	VMID        string    `json:"vm_id"`
 	DestroyedAt time.Time `json:"destroyed_at"`
+	Until       time.Time `json:"until"` // when anyone may take the name
 }
 
 // Frees is when the name may be taken by anyone.
-func (ts *Tombstone) Frees() time.Time { return ts.DestroyedAt.Add(TombstoneAge) }
+func (ts *Tombstone) Frees() time.Time { return ts.Until }
 
-// PutTombstone records the destroy of vm at now and prunes tombstones older
-// than TombstoneAge.
-func (t *Tx) PutTombstone(vm *VM, now time.Time) error {
+// PutTombstone records the destroy of vm at now, its name held for hold, and
+// prunes tombstones no longer in force.
+func (t *Tx) PutTombstone(vm *VM, now time.Time, hold time.Duration) error {
 	if err := t.PruneTombstones(now); err != nil {
 		return err
 	}
-	return putJSON(t.tx.Bucket(bucketTombstones), vm.Name, &Tombstone{Name: vm.Name, Owner: vm.Owner, VMID: vm.ID, DestroyedAt: now.UTC()})
+	return putJSON(t.tx.Bucket(bucketTombstones), vm.Name, &Tombstone{Name: vm.Name, Owner: vm.Owner, VMID: vm.ID,
+		DestroyedAt: now.UTC(), Until: now.Add(hold).UTC()})
 }
 
 // Tombstone returns the tombstone of name that is still in force at now, or

@@ -194,14 +194,14 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 }
 
 // tombstoned reports whether a VM of this name was destroyed less than
-// store.TombstoneAge ago.
+// its hold ago.
 func tombstoned(tx *store.Tx, name string, now time.Time) bool {
 	_, err := tx.Tombstone(name, now)
 	return err == nil
 }
 
 // checkTombstone refuses a name a VM had until it was destroyed less than
-// store.TombstoneAge ago to anyone but its last owner and the admin: links to
+// its hold (Config.NameHold) ago to anyone but its last owner and the admin: links to
 // https://<name>.<domain> (OAuth redirects, webhooks, reset links) may still
 // be out there, and must not reach someone else's app. It says when the name
 // frees, not whose it was.
@@ -211,8 +211,8 @@ func checkTombstone(tx *store.Tx, owner Owner, name string, now time.Time) error
 		return nil
 	}
 	return &roomError{kind: store.ErrExists,
-		msg: fmt.Sprintf("vm %q: the name was given up on %s and stays reserved for its last owner until %s (a destroyed VM's name is held %d days): pick another name",
-			name, ts.DestroyedAt.Format("2006-01-02"), ts.Frees().Format("2006-01-02 15:04 UTC"), int(store.TombstoneAge.Hours()/24))}
+		msg: fmt.Sprintf("vm %q: the name was given up on %s and stays reserved for its last owner until %s (a destroyed VM's name is held a while): pick another name",
+			name, ts.DestroyedAt.Format("2006-01-02"), ts.Frees().Format("2006-01-02 15:04 UTC"))}
 }
 
 func (m *Manager) isBusy(name string) bool {

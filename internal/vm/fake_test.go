@@ -100,7 +100,7 @@ func testManager(t *testing.T) (*Manager, *fakeDriver, *fakeNet) {
 		t.Fatal(err)
 	}
 	m, err := New(Config{DataDir: dir, Driver: d, Network: n, Store: st,
-		Subnet: netip.MustParsePrefix("172.30.0.0/24"), StopTimeout: time.Second,
+		Subnet: netip.MustParsePrefix("172.30.0.0/24"), StopTimeout: time.Second, NameHold: store.TombstoneAge,
 		Bases: basetest.Store(t, dir, "a"), Key: key,
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Ready: func(context.Context, *store.VM) error { return nil }})

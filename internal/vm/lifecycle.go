@@ -369,8 +369,8 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *sto
 			}
 			// A destroyed VM's name stays its owner's a while (L7); a
 			// failed create's never served anything.
-			if op.Kind == "destroy" {
-				if err := tx.PutTombstone(cur, time.Now()); err != nil {
+			if op.Kind == "destroy" && m.cfg.NameHold > 0 {
+				if err := tx.PutTombstone(cur, time.Now(), m.cfg.NameHold); err != nil {
 					return err
 				}
 			}

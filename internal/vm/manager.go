@@ -19,6 +19,7 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/base"
 	"github.com/fcmhost/fcm/internal/disk"
+	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"golang.org/x/crypto/ssh"
@@ -52,6 +53,9 @@ type Config struct {
 	Store       *store.Store
 	Key         ssh.Signer    // the daemon's key, authorized in every VM
 	BootTimeout time.Duration // create/start: from hypervisor start to SSH ready
+	// NameHold is how long a destroyed VM's name stays its last owner's (and
+	// the admin's); 0: anyone may take it at once.
+	NameHold    time.Duration
 	StopTimeout time.Duration // graceful stop before the hypervisor is killed
 	Log         *slog.Logger
 	// Bridge is the bridge fcm's taps join: a tap_<id> enslaved to it is fcm's
@@ -78,8 +82,9 @@ type Manager struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	busy      map[string]string       // vm name -> operation in progress
-	instances map[string]vmm.Instance // vm id -> running hypervisor
+	busy      map[string]string        // vm name -> operation in progress
+	instances map[string]vmm.Instance  // vm id -> running hypervisor
+	shared    map[string]*guest.Client // vm id -> the SSH connection its commands share
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
@@ -176,14 +181,46 @@ func (m *Manager) instance(id string) vmm.Instance {
 func (m *Manager) setInstance(id string, inst vmm.Instance) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if old := m.instances[id]; old != nil && old != inst {
+	old := m.instances[id]
+	if old != nil && old != inst {
 		vmm.Close(old)
+	}
+	if old != inst {
+		// The guest it spoke to is gone (or booted again).
+		if c := m.shared[id]; c != nil {
+			delete(m.shared, id)
+			go c.Close()
+		}
 	}
 	if inst == nil {
 		delete(m.instances, id)
 	} else {
 		m.instances[id] = inst
 	}
+}
+
+// Shared returns the SSH client that commands to a running VM share (ps,
+// logs, run, releases): one connection per VM, its sessions multiplexed on
+// it, closed when the VM's hypervisor stops or is replaced. Callers must not
+// close it.
+func (m *Manager) Shared(vm *store.VM) (*guest.Client, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.instances[vm.ID] == nil {
+		return nil, fmt.Errorf("vm %s is not running: %w", vm.Name, ErrBadState)
+	}
+	if c := m.shared[vm.ID]; c != nil {
+		return c, nil
+	}
+	c, err := m.Client(vm)
+	if err != nil {
+		return nil, err
+	}
+	if m.shared == nil {
+		m.shared = map[string]*guest.Client{}
+	}
+	m.shared[vm.ID] = c
+	return c, nil
 }
 
 // dir is a VM's directory; ids are validated before they get here.

@@ -240,6 +240,16 @@ func TestReserve_Tombstone(t *testing.T) {
 		t.Errorf("a failed create's name: %v", err)
 	}
 
+	// With no hold (fcm daemon --name-hold 0) a name is free at once.
+	m.cfg.NameHold = 0
+	destroyed("free", alice)
+	if vm, _, err := reserveFor(t, m, bob, validReq("free")); err != nil {
+		t.Errorf("bob takes a name destroyed with no hold: %v", err)
+	} else {
+		m.end(vm.Name)
+	}
+	m.cfg.NameHold = store.TombstoneAge
+
 	// After 30 days the name is anyone's, and the tombstone is pruned.
 	destroyed("old", alice)
 	later := time.Now().Add(store.TombstoneAge + time.Minute)
