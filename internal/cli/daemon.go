@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/daemon"
+	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/vm"
@@ -17,7 +18,7 @@ import (
 
 func newDaemonCmd() *cobra.Command {
 	o := daemon.Options{}
-	var maxDisk string
+	var maxDisk, maxPush, maxRepos string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
@@ -72,6 +73,12 @@ The guest image must exist first: sudo fcm image build.`,
 				return fmt.Errorf("--max-disk %q: want a size of at least 1G, like 64G", maxDisk)
 			}
 			o.MaxDiskBytes = n
+			if o.Git.MaxPushBytes, err = parseSize(maxPush); err != nil || o.Git.MaxPushBytes < 1<<20 {
+				return fmt.Errorf("--max-push-size %q: want a size of at least 1M, like 1G", maxPush)
+			}
+			if o.Git.MaxRepoBytesPerUser, err = parseSize(maxRepos); err != nil || o.Git.MaxRepoBytesPerUser < 0 {
+				return fmt.Errorf("--max-repo-size-per-user %q: want a size like 5G, or 0 for no limit", maxRepos)
+			}
 			o.Version = Version
 			if o.Login.ClientID == "" {
 				o.Login.ClientID = os.Getenv("GOOGLE_CLIENT_ID")
@@ -116,6 +123,10 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringArrayVar(&o.Login.Allow, "allow", nil, "who may log in: emails, @domains, or * for anyone with a verified email; comma-separated or repeated (fcm users allow adds more at run time)")
 	f.StringVar(&o.Login.PublicURL, "public-url", "", "the daemon's URL as browsers reach it, for the login redirect (default https://fcm.<domain>, or http://<listen> without an edge)")
 	f.StringVar(&o.ReleasesDir, "releases-dir", "", "client tarballs served at /releases/fcm-<os>-<arch>.tar.gz and by /install.sh (default <data-dir>/releases; make release RELEASES=<dir> fills it)")
+	f.StringVar(&maxPush, "max-push-size", "1G", "largest pack one git push may send; git refuses a larger one before keeping any of it")
+	f.StringVar(&maxRepos, "max-repo-size-per-user", "5G", "most disk the git repositories of one user's apps may use; a push is refused beyond it; 0: no limit")
+	f.IntVar(&o.Git.MaxPushesPerUser, "max-pushes-per-user", deploy.DefaultMaxPushesPerUser, "git pushes at once to one user's apps (one at a time per app sends its pack); 0: no limit")
+	f.IntVar(&o.Git.MaxPushes, "max-pushes", deploy.DefaultMaxPushes, "git pushes at once on the host; 0: no limit")
 	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", 10, "most VMs one user may have (the admin token has no limit); 0: no limit")
 	return cmd
 }

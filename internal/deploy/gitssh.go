@@ -205,9 +205,12 @@ func (s *Service) sshExec(ctx context.Context, ch ssh.Channel, command, protocol
 	err = s.runGit(ctx, gitRun{Service: service, VM: vm, Token: tok, Protocol: protocol,
 		Stdin: ch, Stdout: ch, Stderr: stderr})
 	var ee *exec.ExitError
+	var refused *PushRefused
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &refused):
+		fmt.Fprintf(stderr, "fcm: %s\n", refused.Msg)
 	case errors.As(err, &ee) && ee.ExitCode() > 0:
 		return uint32(ee.ExitCode())
 	case errors.Is(err, errGitStart):

@@ -67,7 +67,11 @@ type sshFixture struct {
 	stranger  ssh.Signer
 }
 
-func newSSHFixture(t *testing.T) *sshFixture {
+func newSSHFixture(t *testing.T) *sshFixture { return newSSHFixtureWith(t, nil) }
+
+// newSSHFixtureWith is newSSHFixture with adjust called on the service
+// before it prepares its repositories and serves.
+func newSSHFixtureWith(t *testing.T, adjust func(*Service)) *sshFixture {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "fcm.db"), time.Second)
@@ -103,6 +107,9 @@ func newSSHFixture(t *testing.T) *sshFixture {
 	os.WriteFile(hook, []byte("#!/bin/sh\nenv | grep ^FCM_ > '"+dir+"/hookenv'\ncat >/dev/null\necho hook ran\n"), 0o755)
 	f.svc = &Service{DataDir: filepath.Join(dir, "data"), Store: st, HookBin: hook, DaemonURL: "http://127.0.0.1:9",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if adjust != nil {
+		adjust(f.svc)
+	}
 	if err := f.svc.Prepare(context.Background(), func(string) bool { return true }); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -25,6 +24,9 @@ func (s *Service) Prepare(ctx context.Context, vmExists func(string) bool) error
 	}
 	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", s.HookBin)
 	if err := os.WriteFile(filepath.Join(s.hooksDir(), "pre-receive"), []byte(hook), 0o755); err != nil {
+		return err
+	}
+	if err := s.prepareRepos(); err != nil { // gituser.go: the git user's
 		return err
 	}
 	// A release still pending was cut short by the daemon stopping: its push
@@ -68,18 +70,23 @@ func (s *Service) EnsureRepo(ctx context.Context, name string) error {
 	}
 	tmp := p + ".tmp"
 	os.RemoveAll(tmp)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := s.ensureReposDir(); err != nil {
 		return err
 	}
+	// Made by the git user, who owns every repository. A push's size limit
+	// and hooks are given on receive-pack's command line (runGit), where the
+	// repository's config cannot undo them; fsckObjects is also here for
+	// whoever runs git on it by hand.
 	cmds := [][]string{
-		{"git", "init", "-q", "--bare", "-b", "main", tmp},
-		{"git", "-C", tmp, "config", "receive.denyDeletes", "true"},
-		{"git", "-C", tmp, "config", "receive.denyNonFastForwards", "false"},
+		{"init", "-q", "--bare", "-b", "main", tmp},
+		{"-C", tmp, "config", "receive.denyDeletes", "true"},
+		{"-C", tmp, "config", "receive.denyNonFastForwards", "false"},
+		{"-C", tmp, "config", "receive.fsckObjects", "true"},
 	}
 	for _, c := range cmds {
-		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+		if out, err := s.gitCommand(c...).CombinedOutput(); err != nil {
 			os.RemoveAll(tmp)
-			return fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+			return fmt.Errorf("git %s: %w: %s", strings.Join(c, " "), err, out)
 		}
 	}
 	return os.Rename(tmp, p)

@@ -14,7 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +39,8 @@ type Service struct {
 	DaemonURL string                 // where the hook calls back, e.g. http://127.0.0.1:7777
 	URL       func(*store.VM) string // the app's public URL, "" for none
 	Log       *slog.Logger
+	Git       GitOptions // git's limits and unprivileged user (gitlimits.go)
+	gitState             // receive-packs and SSH handshakes in progress (gitlimits.go)
 
 	mu     sync.Mutex
 	pushes map[string]*push    // push token -> push
@@ -124,12 +125,9 @@ func (s *Service) lock(ctx context.Context, name, what string, out io.Writer) (f
 // with the trailer Fcm-Exit.
 func (s *Service) PushHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		s.mu.Lock()
-		p := s.pushes[token]
-		s.mu.Unlock()
-		if p == nil || token == "" {
-			http.Error(w, "unknown push", http.StatusForbidden)
+		p, upd, status, bad := s.takePush(r) // pushcheck.go: one-time token, checked headers
+		if bad != nil {
+			http.Error(w, bad.Error(), status)
 			return
 		}
 		// The tree is read while the output is written.
@@ -146,7 +144,6 @@ func (s *Service) PushHandler() http.Handler {
 		defer cancel()
 		out := &lineWriter{w: &aliveWriter{w: flushWriter{w}, gone: cancel}}
 		stopAlive := out.keepAlive(ctx, KeepAlive)
-		upd := RefUpdate{Old: r.Header.Get("Fcm-Old"), New: r.Header.Get("Fcm-Commit"), Ref: r.Header.Get("Fcm-Ref")}
 		err := s.deploy(ctx, p, upd, r.Body, out)
 		stopAlive()
 		if ctx.Err() != nil {
@@ -307,7 +304,7 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 
 // refValue is ref's commit in vm's repository, the zero id when it has none.
 func (s *Service) refValue(vm, ref string) string {
-	out, err := exec.Command("git", "-C", s.RepoPath(vm), "rev-parse", "--verify", "-q", ref).Output()
+	out, err := s.gitCommand("-C", s.RepoPath(vm), "rev-parse", "--verify", "-q", ref).Output()
 	if err != nil {
 		return zeroRev
 	}
