@@ -121,6 +121,9 @@ func (s *Service) serviceRPC(w http.ResponseWriter, r *http.Request, service str
 	}
 	w.Header().Set("Content-Type", "application/x-"+service+"-result")
 	w.Header().Set("Cache-Control", "no-cache")
+	// git's output (a refusal, a hook's) may come before the pack is read
+	// whole: reading must go on after the answer has begun.
+	http.NewResponseController(w).EnableFullDuplex()
 	err := s.runGit(r.Context(), gitRun{Service: service, VM: vm, Token: tok, Stateless: true,
 		Protocol: r.Header.Get("Git-Protocol"), Stdin: body, Stdout: flushWriter{w}})
 	var refused *PushRefused

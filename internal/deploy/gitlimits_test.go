@@ -140,23 +140,23 @@ func files(t *testing.T, dir string) []string {
 // TestGitPush_SizeLimit: a pack over --max-push-size is refused with git's
 // message, over HTTP and SSH, and nothing of it is kept.
 func TestGitPush_SizeLimit(t *testing.T) {
-	c := newLimitsFixture(t, func(s *Service) { s.Git.MaxPushBytes = 1 << 20 })
+	c := newLimitsFixture(t, func(s *Service) { s.Git.MaxPushBytes = 4 << 20 })
 	c.must(c.work, "push", c.http, "main")
 	objects := filepath.Join(c.f.svc.RepoPath("app"), "objects")
 	before := strings.Join(files(t, objects), "\n")
-	c.commit(c.work, "big.bin", random(t, 3<<20))
+	c.commit(c.work, "big.bin", random(t, 8<<20))
 	for _, remote := range []string{c.http, c.ssh} {
 		out, err := c.run(c.work, "push", remote, "main")
 		t.Logf("push over %s:\n%s", remote[:4], out)
-		if err == nil || !strings.Contains(out, "pack exceeds maximum allowed size") {
-			t.Errorf("push of 3 MiB over %s with a 1 MiB limit: %v:\n%s", remote[:4], err, out)
+		if err == nil || !strings.Contains(out, "remote: fatal: pack exceeds maximum allowed size") || !strings.Contains(out, "[remote rejected] main -> main") {
+			t.Errorf("push of 8 MiB over %s with a 4 MiB limit: %v:\n%s", remote[:4], err, out)
 		}
 		if after := strings.Join(files(t, objects), "\n"); after != before {
 			t.Errorf("after the refused push over %s, objects/ holds:\n%s\nwant what it held before:\n%s", remote[:4], after, before)
 		}
 	}
 	// Under the limit it goes.
-	c.f.svc.Git.MaxPushBytes = 8 << 20
+	c.f.svc.Git.MaxPushBytes = 16 << 20
 	if out := c.must(c.work, "push", c.ssh, "main"); !strings.Contains(out, "main -> main") {
 		t.Errorf("push under the limit:\n%s", out)
 	}

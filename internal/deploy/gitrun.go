@@ -45,12 +45,14 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	}
 	var args []string
 	var p *push
+	var limit int64
 	if g.Service == "git-receive-pack" {
 		adm, err := s.admitPush(ctx, g.VM)
 		if err != nil {
 			return err
 		}
 		defer adm.done()
+		limit = adm.Limit
 		// On the command line, so that no repository's config can undo them.
 		args = []string{"-c", "core.hooksPath=" + s.hooksDir(), "-c", "receive.fsckObjects=true",
 			"-c", fmt.Sprintf("receive.maxInputSize=%d", adm.Limit)}
@@ -96,6 +98,13 @@ func (s *Service) runGit(ctx context.Context, g gitRun) error {
 	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	defer stop()
 	err := cmd.Wait()
+	if g.Stateless && limit > 0 && ctx.Err() == nil {
+		// A pack over the limit ends receive-pack early, but HTTP clients read
+		// its answer only once they have sent their request: up to the limit
+		// (and a MiB) more is read and dropped, so that a push of up to twice
+		// the limit gets git's message; then the connection is closed.
+		io.Copy(io.Discard, io.LimitReader(g.Stdin, limit+1<<20))
+	}
 	if ctx.Err() != nil {
 		err = ctx.Err()
 	} else if err != nil {
