@@ -495,8 +495,9 @@ http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever(
 		}
 	})
 
+	id := d.vms(work)["hello"].ID
 	d.mustCLI(work, "destroy", "hello")
-	if _, err := os.Stat(filepath.Join(dataDir, "repos", "hello.git")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dataDir, "repos", id+".git")); !os.IsNotExist(err) {
 		t.Errorf("destroy left the repository: %v", err)
 	}
 }

@@ -100,6 +100,10 @@ func buildFCM() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The daemon's git user runs it as the pre-receive hook.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
 	bin := filepath.Join(dir, "fcm")
 	out, err := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/fcmhost/fcm/cmd/fcm").CombinedOutput()
 	if err != nil {

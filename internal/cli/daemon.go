@@ -19,7 +19,7 @@ import (
 
 func newDaemonCmd() *cobra.Command {
 	o := daemon.Options{}
-	var maxDisk, maxBuildOutput string
+	var maxDisk, maxBuildOutput, maxPush, maxRepos string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
@@ -82,6 +82,12 @@ The guest image must exist first: sudo fcm image build.`,
 			if o.MaxBuildOutput, err = parseSize(maxBuildOutput); err != nil || o.MaxBuildOutput < 1<<20 {
 				return fmt.Errorf("--max-build-output %q: want a size of at least 1M, like 256M", maxBuildOutput)
 			}
+			if o.Git.MaxPushBytes, err = parseSize(maxPush); err != nil || o.Git.MaxPushBytes < 1<<20 {
+				return fmt.Errorf("--max-push-size %q: want a size of at least 1M, like 1G", maxPush)
+			}
+			if o.Git.MaxRepoBytesPerUser, err = parseSize(maxRepos); err != nil || o.Git.MaxRepoBytesPerUser < 0 {
+				return fmt.Errorf("--max-repo-size-per-user %q: want a size like 5G, or 0 for no limit", maxRepos)
+			}
 			o.Version = Version
 			if o.Login.ClientID == "" {
 				o.Login.ClientID = os.Getenv("GOOGLE_CLIENT_ID")
@@ -132,5 +138,9 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.Login.MaxVMsPerUser, "max-vms-per-user", vm.DefaultMaxVMsPerUser, "most VMs one user may have (the admin token has no limit); 0: no limit")
 	f.IntVar(&o.MaxMemoryPerUser, "max-memory-per-user", vm.DefaultMaxMemoryMiBPerUser, "most memory in MiB all of one user's VMs, running or stopped, may have together (the admin token has no limit); 0: no limit")
 	f.IntVar(&o.MaxCPUsPerUser, "max-cpus-per-user", vm.DefaultMaxCPUsPerUser, "most vCPUs all of one user's VMs, running or stopped, may have together (the admin token has no limit); 0: no limit")
+	f.StringVar(&maxPush, "max-push-size", "1G", "largest pack one git push may send; git refuses a larger one before keeping any of it")
+	f.StringVar(&maxRepos, "max-repo-size-per-user", "5G", "most disk the git repositories of one user's apps may use; a push is refused beyond it; 0: no limit")
+	f.IntVar(&o.Git.MaxPushesPerUser, "max-pushes-per-user", deploy.DefaultMaxPushesPerUser, "git pushes at once to one user's apps (one at a time per app sends its pack); 0: no limit")
+	f.IntVar(&o.Git.MaxPushes, "max-pushes", deploy.DefaultMaxPushes, "git pushes at once on the host; 0: no limit")
 	return cmd
 }

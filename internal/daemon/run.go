@@ -77,6 +77,10 @@ type Options struct {
 
 	// ReleasesDir holds the client tarballs served at /releases/ (make release).
 	ReleasesDir string
+
+	// Git bounds git pushes (--max-push-size, --max-repo-size-per-user,
+	// --max-pushes-per-user, --max-pushes); its UID and GID are set by Run.
+	Git deploy.GitOptions
 }
 
 // TokenFile is where the admin token is written, in the data dir.
@@ -246,7 +250,8 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self,
+	o.Git.UID, o.Git.GID = deploy.DefaultGitUID, deploy.DefaultGitUID // git never runs as root
+	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
 		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track}
 	if err := server.Deploys.Prepare(ctx); err != nil {

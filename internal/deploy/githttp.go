@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
+	"strconv"
 	"strings"
 
 	"github.com/fcmhost/fcm/internal/store"
@@ -55,7 +54,15 @@ func (s *Service) GitHandler() http.Handler {
 			return
 		}
 		if action == "info/refs" {
-			s.advertise(w, r, service, vm.ID)
+			if service == "git-receive-pack" {
+				// Said now, before git sends its pack; the POST checks again.
+				var refused *PushRefused
+				if err := s.checkPush(vm); errors.As(err, &refused) {
+					gitError(w, service, "fcm: "+refused.Msg)
+					return
+				}
+			}
+			s.advertise(w, r, service, vm)
 			return
 		}
 		s.serviceRPC(w, r, service, vm, tok)
@@ -84,9 +91,11 @@ func gitError(w http.ResponseWriter, service, msg string) {
 	io.WriteString(w, pktLine("# service="+service+"\n")+"0000"+pktLine("ERR "+msg+"\n"))
 }
 
-func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service, vmID string) {
-	cmd := exec.CommandContext(r.Context(), "git", strings.TrimPrefix(service, "git-"), "--stateless-rpc", "--advertise-refs", s.RepoPath(vmID))
-	cmd.Env = gitEnv(r)
+func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service string, vm *store.VM) {
+	cmd := s.gitCommand(strings.TrimPrefix(service, "git-"), "--stateless-rpc", "--advertise-refs", s.repoOf(vm))
+	if p := r.Header.Get("Git-Protocol"); p != "" {
+		cmd.Env = append(cmd.Env, "GIT_PROTOCOL="+p)
+	}
 	out, err := cmd.Output()
 	if err != nil {
 		http.Error(w, "git: "+err.Error(), http.StatusInternalServerError)
@@ -96,14 +105,6 @@ func (s *Service) advertise(w http.ResponseWriter, r *http.Request, service, vmI
 	w.Header().Set("Cache-Control", "no-cache")
 	io.WriteString(w, pktLine("# service="+service+"\n")+"0000")
 	w.Write(out)
-}
-
-func gitEnv(r *http.Request) []string {
-	env := os.Environ()
-	if p := r.Header.Get("Git-Protocol"); p != "" {
-		env = append(env, "GIT_PROTOCOL="+p)
-	}
-	return env
 }
 
 // serviceRPC runs receive-pack or upload-pack with the request as its input
@@ -120,11 +121,40 @@ func (s *Service) serviceRPC(w http.ResponseWriter, r *http.Request, service str
 	}
 	w.Header().Set("Content-Type", "application/x-"+service+"-result")
 	w.Header().Set("Cache-Control", "no-cache")
+	// git's output (a refusal, a hook's) may come before the pack is read
+	// whole: reading must go on after the answer has begun.
+	http.NewResponseController(w).EnableFullDuplex()
 	err := s.runGit(r.Context(), gitRun{Service: service, VM: vm, Token: tok, Stateless: true,
 		Protocol: r.Header.Get("Git-Protocol"), Stdin: body, Stdout: flushWriter{w}})
-	if errors.Is(err, errGitStart) {
+	var refused *PushRefused
+	switch {
+	case errors.As(err, &refused):
+		refuseRPC(w, body, "fcm: "+refused.Msg)
+	case errors.Is(err, errGitStart):
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
+}
+
+// refuseRPC answers a receive-pack request git was not run for with msg, in
+// the protocol, so git prints it: on the side band's error channel when the
+// client asked for one in its first command (as every git since 1.6 does),
+// else as an ERR line.
+func refuseRPC(w http.ResponseWriter, body io.Reader, msg string) {
+	var caps string
+	var n [4]byte
+	if _, err := io.ReadFull(body, n[:]); err == nil {
+		if l, err := strconv.ParseUint(string(n[:]), 16, 16); err == nil && l > 4 {
+			line := make([]byte, l-4)
+			if _, err := io.ReadFull(body, line); err == nil {
+				_, caps, _ = strings.Cut(string(line), "\x00")
+			}
+		}
+	}
+	if strings.Contains(" "+caps+" ", " side-band-64k ") || strings.Contains(" "+caps+" ", " side-band ") {
+		io.WriteString(w, pktLine("\x03"+msg+"\n"))
+		return
+	}
+	io.WriteString(w, pktLine("ERR "+msg+"\n"))
 }
 
 type flushWriter struct{ w http.ResponseWriter }

@@ -48,7 +48,14 @@ func (s *Service) ServeSSH(ctx context.Context, ln net.Listener, hostKey ssh.Sig
 			}
 			return err
 		}
-		go s.sshConn(ctx, nc, cfg)
+		release, ok := s.startHandshake(nc.RemoteAddr())
+		if !ok {
+			// Too many unauthenticated connections: closed at once, before any
+			// key exchange.
+			nc.Close()
+			continue
+		}
+		go s.sshConn(ctx, nc, cfg, release)
 	}
 }
 
@@ -71,10 +78,13 @@ func (s *Service) sshAuth(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permis
 	return &ssh.Permissions{Extensions: map[string]string{extKey: fp, extTokenID: k.Owner}}, nil
 }
 
-func (s *Service) sshConn(ctx context.Context, nc net.Conn, cfg *ssh.ServerConfig) {
+// sshConn serves one connection; handshakeDone is called once its
+// handshake has ended, successful or not.
+func (s *Service) sshConn(ctx context.Context, nc net.Conn, cfg *ssh.ServerConfig, handshakeDone func()) {
 	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	nc.SetDeadline(time.Now().Add(SSHHandshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	handshakeDone()
 	if err != nil {
 		s.Log.Debug("git ssh: handshake", "remote", nc.RemoteAddr(), "err", err)
 		return
@@ -205,9 +215,12 @@ func (s *Service) sshExec(ctx context.Context, ch ssh.Channel, command, protocol
 	err = s.runGit(ctx, gitRun{Service: service, VM: vm, Token: tok, Protocol: protocol,
 		Stdin: ch, Stdout: ch, Stderr: stderr})
 	var ee *exec.ExitError
+	var refused *PushRefused
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &refused):
+		fmt.Fprintf(stderr, "fcm: %s\n", refused.Msg)
 	case errors.As(err, &ee) && ee.ExitCode() > 0:
 		return uint32(ee.ExitCode())
 	case errors.Is(err, errGitStart):

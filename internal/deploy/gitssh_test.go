@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -67,7 +68,11 @@ type sshFixture struct {
 	stranger  ssh.Signer
 }
 
-func newSSHFixture(t *testing.T) *sshFixture {
+func newSSHFixture(t *testing.T) *sshFixture { return newSSHFixtureWith(t, nil) }
+
+// newSSHFixtureWith is newSSHFixture with adjust called on the service
+// before it prepares its repositories and serves.
+func newSSHFixtureWith(t *testing.T, adjust func(*Service)) *sshFixture {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "fcm.db"), time.Second)
@@ -103,6 +108,9 @@ func newSSHFixture(t *testing.T) *sshFixture {
 	os.WriteFile(hook, []byte("#!/bin/sh\nenv | grep ^FCM_ > '"+dir+"/hookenv'\ncat >/dev/null\necho hook ran\n"), 0o755)
 	f.svc = &Service{DataDir: filepath.Join(dir, "data"), Store: st, HookBin: hook, DaemonURL: "http://127.0.0.1:9",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if adjust != nil {
+		adjust(f.svc)
+	}
 	if err := f.svc.Prepare(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -293,5 +301,79 @@ func TestGitSSH_ClosedChannelKillsGit(t *testing.T) {
 			t.Fatal("receive-pack still runs after its channel closed")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestGitSSH_HandshakeLimits: beyond the handshakes allowed at once, from one
+// address or in all, a new connection is closed at once, before the server
+// says anything; a finished handshake frees its place.
+func TestGitSSH_HandshakeLimits(t *testing.T) {
+	f := newSSHFixtureWith(t, func(s *Service) { s.Git.SSHHandshakes, s.Git.SSHHandshakesPerIP = 4, 2 })
+	// open connects from 127.0.0.<from> and returns the connection and the
+	// first line the server sent ("" when it closed the connection at once).
+	open := func(from int) (net.Conn, string) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(from))}, Timeout: 5 * time.Second}
+		nc, err := d.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, err := nc.Read(buf)
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("read from 127.0.0.%d: %v", from, err)
+		}
+		return nc, strings.TrimSpace(string(buf[:n]))
+	}
+	const banner = "SSH-2.0-fcm"
+	a1, l1 := open(1)
+	a2, l2 := open(1)
+	_, l3 := open(1)
+	if l1 != banner || l2 != banner || l3 != "" {
+		t.Errorf("three handshakes from one address, 2 allowed: the server said %q, %q, %q", l1, l2, l3)
+	}
+	a4, l4 := open(2)
+	a5, l5 := open(3)
+	_, l6 := open(4)
+	if l4 != banner || l5 != banner || l6 != "" {
+		t.Errorf("handshakes from other addresses, 4 allowed in all: the server said %q, %q, %q", l4, l5, l6)
+	}
+	// A handshake ending (the client went away) frees its place.
+	a1.Close()
+	var a6 net.Conn
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var l string
+		if a6, l = open(4); l == banner {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a closed handshake did not free its place")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Authenticated connections hold no place: three of alice's from one
+	// address, then one more handshake from it.
+	for _, c := range []net.Conn{a2, a4, a5, a6} {
+		c.Close()
+	}
+	for i := 0; i < 3; i++ {
+		var c *ssh.Client
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			var err error
+			if c, err = f.dial("git", f.alice); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("alice's connection %d: %v", i, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		defer c.Close()
+	}
+	if _, l := open(1); l != banner {
+		t.Errorf("with three authenticated connections from 127.0.0.1, a handshake from it: the server said %q", l)
 	}
 }

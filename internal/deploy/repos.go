@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -12,14 +11,15 @@ import (
 	"github.com/fcmhost/fcm/internal/store"
 )
 
-// Each app's host side lives in <data>/apps/<vm id>/: its bare repository
-// (repo.git) and its releases' transcripts (releases/). Keyed by the VM's id,
-// never its name: a destroyed VM's name may be someone else's next.
+// An app's host side is keyed by its VM's id, never its name (a destroyed
+// VM's name may be someone else's next): its bare repository is
+// <data>/repos/<vm id>.git (the git user's), its releases' transcripts are in
+// <data>/apps/<vm id>/ (root's).
 
 func (s *Service) appDir(vmID string) string { return filepath.Join(s.DataDir, "apps", vmID) }
 
 // RepoPath is where the bare repository of the VM with id vmID lives.
-func (s *Service) RepoPath(vmID string) string { return filepath.Join(s.appDir(vmID), "repo.git") }
+func (s *Service) RepoPath(vmID string) string { return filepath.Join(s.reposDir(), vmID+".git") }
 
 func (s *Service) hooksDir() string { return filepath.Join(s.DataDir, "git-hooks") }
 
@@ -33,6 +33,9 @@ func (s *Service) Prepare(ctx context.Context) error {
 	}
 	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", s.HookBin)
 	if err := os.WriteFile(filepath.Join(s.hooksDir(), "pre-receive"), []byte(hook), 0o755); err != nil {
+		return err
+	}
+	if err := s.prepareRepos(); err != nil { // gituser.go: the git user's
 		return err
 	}
 	// A release still pending was cut short by the daemon stopping: its push
@@ -71,8 +74,14 @@ func (s *Service) Prepare(ctx context.Context) error {
 		byID[v.ID] = true
 		s.moveLegacy(v)
 	}
-	// Repositories kept by name whose VM is gone.
-	os.RemoveAll(filepath.Join(s.DataDir, "repos"))
+	// Repositories of VMs that are gone (kept by id, or by name from before).
+	repos, _ := os.ReadDir(s.reposDir())
+	for _, e := range repos {
+		if id, ok := strings.CutSuffix(e.Name(), ".git"); !ok || !byID[id] {
+			s.Log.Info("removing the repository of a VM that no longer exists", "repo", e.Name())
+			os.RemoveAll(filepath.Join(s.reposDir(), e.Name()))
+		}
+	}
 	entries, _ := os.ReadDir(filepath.Join(s.DataDir, "apps"))
 	for _, e := range entries {
 		apps = append(apps, e.Name())
@@ -87,7 +96,7 @@ func (s *Service) Prepare(ctx context.Context) error {
 }
 
 // moveLegacy moves v's repository and transcripts from where they were kept
-// by name (repos/<name>.git, releases/<name>/) to its app directory.
+// by name (repos/<name>.git, releases/<name>/) to where they are by id.
 func (s *Service) moveLegacy(v *store.VM) {
 	moves := [][2]string{
 		{filepath.Join(s.DataDir, "repos", v.Name+".git"), s.RepoPath(v.ID)},
@@ -115,18 +124,23 @@ func (s *Service) EnsureRepo(ctx context.Context, vmID string) error {
 	}
 	tmp := p + ".tmp"
 	os.RemoveAll(tmp)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := s.ensureReposDir(); err != nil {
 		return err
 	}
+	// Made by the git user, who owns every repository. A push's size limit
+	// and hooks are given on receive-pack's command line (runGit), where the
+	// repository's config cannot undo them; fsckObjects is also here for
+	// whoever runs git on it by hand.
 	cmds := [][]string{
-		{"git", "init", "-q", "--bare", "-b", "main", tmp},
-		{"git", "-C", tmp, "config", "receive.denyDeletes", "true"},
-		{"git", "-C", tmp, "config", "receive.denyNonFastForwards", "false"},
+		{"init", "-q", "--bare", "-b", "main", tmp},
+		{"-C", tmp, "config", "receive.denyDeletes", "true"},
+		{"-C", tmp, "config", "receive.denyNonFastForwards", "false"},
+		{"-C", tmp, "config", "receive.fsckObjects", "true"},
 	}
 	for _, c := range cmds {
-		if out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput(); err != nil {
+		if out, err := s.gitCommand(c...).CombinedOutput(); err != nil {
 			os.RemoveAll(tmp)
-			return fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+			return fmt.Errorf("git %s: %w: %s", strings.Join(c, " "), err, out)
 		}
 	}
 	return os.Rename(tmp, p)
@@ -137,6 +151,7 @@ func (s *Service) EnsureRepo(ctx context.Context, vmID string) error {
 // in progress end.
 func (s *Service) Forget(vmID string) error {
 	s.release(vmID)
+	os.RemoveAll(s.RepoPath(vmID))
 	os.RemoveAll(s.appDir(vmID))
 	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(vmID) })
 }

@@ -14,7 +14,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -50,7 +49,9 @@ type Service struct {
 	// Live, when set, records a git push or fetch of tok on VM vmID as a live
 	// connection: end is called once the token may no longer act on it
 	// (revoked, its user denied or removed); the returned func forgets it.
-	Live func(tok *store.Token, vmID string, end func(reason string)) (forget func())
+	Live     func(tok *store.Token, vmID string, end func(reason string)) (forget func())
+	Git      GitOptions // git's limits and unprivileged user (gitlimits.go)
+	gitState            // receive-packs and SSH handshakes in progress (gitlimits.go)
 
 	mu      sync.Mutex
 	pushes  map[string]*push    // push token -> push
@@ -63,9 +64,9 @@ type push struct {
 	token       string
 	vm          *store.VM // the VM as authorized when the push began
 	user        string    // who pushes: an email, or "admin"
-	cancel      func() // ends the push: its git, hook and deploy
-	deployedRef string // set under Service.mu once the deploy succeeded
-	unlock      func() // the app's deploy lock, held until receive-pack is done
+	cancel      func()    // ends the push: its git, hook and deploy
+	deployedRef string    // set under Service.mu once the deploy succeeded
+	unlock      func()    // the app's deploy lock, held until receive-pack is done
 }
 
 func (s *Service) newPush(vm *store.VM, tok *store.Token, cancel func()) *push {
@@ -115,12 +116,9 @@ func Person(st *store.Store, tok *store.Token) string {
 // with the trailer Fcm-Exit.
 func (s *Service) PushHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		s.mu.Lock()
-		p := s.pushes[token]
-		s.mu.Unlock()
-		if p == nil || token == "" {
-			http.Error(w, "unknown push", http.StatusForbidden)
+		p, upd, status, bad := s.takePush(r) // pushcheck.go: one-time token, checked headers
+		if bad != nil {
+			http.Error(w, bad.Error(), status)
 			return
 		}
 		// The tree is read while the output is written.
@@ -138,7 +136,6 @@ func (s *Service) PushHandler() http.Handler {
 		defer cancel()
 		out := &lineWriter{w: &aliveWriter{w: ClientWriter{w}, gone: cancel}}
 		stopAlive := out.keepAlive(ctx, KeepAlive)
-		upd := RefUpdate{Old: r.Header.Get("Fcm-Old"), New: r.Header.Get("Fcm-Commit"), Ref: r.Header.Get("Fcm-Ref")}
 		err := s.deploy(ctx, p, upd, r.Body, out)
 		stopAlive()
 		if ctx.Err() != nil {
@@ -213,7 +210,7 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 
 // refValue is ref's commit in the repository of app vmID, the zero id when it has none.
 func (s *Service) refValue(vmID, ref string) string {
-	out, err := exec.Command("git", "-C", s.RepoPath(vmID), "rev-parse", "--verify", "-q", ref).Output()
+	out, err := s.gitCommand("-C", s.RepoPath(vmID), "rev-parse", "--verify", "-q", ref).Output()
 	if err != nil {
 		return zeroRev
 	}
