@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -175,21 +176,50 @@ func (s *Service) exchange(r *http.Request, code, verifier, nonce string) (*iden
 	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) != 1 {
 		return nil, errors.New("the ID token was refused: its nonce is not this login's")
 	}
-	var claims struct {
-		Email    string `json:"email"`
-		Verified *bool  `json:"email_verified"`
-		Name     string `json:"name"`
-	}
+	var claims identityClaims
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
 	if claims.Email == "" {
-		return nil, errors.New("the provider gave no email address (fcm asks for the email scope)")
+		// OIDC Core 5.4: a provider may keep the profile claims to its
+		// UserInfo endpoint. Those claims are about the ID token's subject
+		// only if UserInfo says the same sub (5.3.2).
+		if claims, err = s.userInfo(ctx, p, tok, idt.Subject); err != nil {
+			return nil, err
+		}
+	}
+	if claims.Email == "" {
+		return nil, errors.New("the provider gave no email address, in the ID token or from UserInfo (fcm asks for the email scope)")
 	}
 	if claims.Verified == nil || !*claims.Verified {
 		return nil, fmt.Errorf("the provider has not verified the email %s", claims.Email)
 	}
 	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name}, nil
+}
+
+// identityClaims are the claims fcm reads, from the ID token or UserInfo.
+type identityClaims struct {
+	Subject  string `json:"sub"`
+	Email    string `json:"email"`
+	Verified *bool  `json:"email_verified"`
+	Name     string `json:"name"`
+}
+
+// userInfo fetches the claims from the provider's UserInfo endpoint with the
+// access token, and refuses them unless they are about subject.
+func (s *Service) userInfo(ctx context.Context, p *oidc.Provider, tok *oauth2.Token, subject string) (identityClaims, error) {
+	var claims identityClaims
+	ui, err := p.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	if err != nil {
+		return claims, fmt.Errorf("the ID token has no email, and the provider's UserInfo failed: %w", err)
+	}
+	if err := ui.Claims(&claims); err != nil {
+		return claims, fmt.Errorf("the provider's UserInfo claims: %w", err)
+	}
+	if ui.Subject == "" || subtle.ConstantTimeCompare([]byte(ui.Subject), []byte(subject)) != 1 || claims.Subject != ui.Subject {
+		return identityClaims{}, fmt.Errorf("the provider's UserInfo is about another subject (%q, the ID token's is %q): refused", ui.Subject, subject)
+	}
+	return claims, nil
 }
 
 // Confirm is POST /login/{id}/confirm: the person saw the code and confirms

@@ -34,18 +34,40 @@ type loginRig struct {
 
 func newLoginRig(t *testing.T, allow ...string) *loginRig {
 	t.Helper()
-	p := newPeople(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + ln.Addr().String()
-	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-test", ClientSecret: "fcm-test-secret", RedirectURIs: []string{base + auth.CallbackPath}})
+	return newLoginRigWith(t, oidctest.Options{}, allow...)
+}
+
+// newLoginRigWith is newLoginRig with the test provider's options (its
+// client and redirect URI are the rig's).
+func newLoginRigWith(t *testing.T, o oidctest.Options, allow ...string) *loginRig {
+	t.Helper()
+	ln, base := listenLoopback(t)
+	o.ClientID, o.ClientSecret, o.RedirectURIs = "fcm-test", "fcm-test-secret", []string{base + auth.CallbackPath}
+	op, err := oidctest.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(op.Close)
-	logins, err := auth.New(auth.Config{Issuer: op.Issuer(), ClientID: "fcm-test", ClientSecret: "fcm-test-secret", PublicURL: base}, p.store, slogTo(io.Discard))
+	rig := startLoginRig(t, ln, auth.Config{Issuer: op.Issuer(), ClientID: o.ClientID, ClientSecret: o.ClientSecret, PublicURL: base}, allow)
+	rig.provider = op
+	return rig
+}
+
+// listenLoopback listens on a random loopback port for a rig's daemon.
+func listenLoopback(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, "http://" + ln.Addr().String()
+}
+
+// startLoginRig serves the daemon's API on ln with logins configured by cfg.
+func startLoginRig(t *testing.T, ln net.Listener, cfg auth.Config, allow []string, opts ...browsertest.Option) *loginRig {
+	t.Helper()
+	p := newPeople(t)
+	logins, err := auth.New(cfg, p.store, slogTo(io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +79,8 @@ func newLoginRig(t *testing.T, allow ...string) *loginRig {
 	srv.Listener = ln
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &loginRig{url: base, store: p.store, provider: op, browser: browsertest.New(t), anon: &client.Client{Host: base}}
+	base := "http://" + ln.Addr().String()
+	return &loginRig{url: base, store: p.store, browser: browsertest.New(t, opts...), anon: &client.Client{Host: base}}
 }
 
 func ctxFor(t *testing.T) context.Context {

@@ -170,7 +170,7 @@ func (b *Browser) Login(ctx context.Context, url, username, password string) (Pa
 	if err != nil {
 		return page, fmt.Errorf("browsertest: fill the login form at %s: %w", page.URL, err)
 	}
-	resp, err = chromedp.RunResponse(c, chromedp.Click(chromedp.CSS("#submit")))
+	resp, err = chromedp.RunResponse(c, chromedp.Click(chromedp.CSS(`button[type="submit"]`)))
 	if err != nil {
 		return page, fmt.Errorf("browsertest: submit the login form at %s: %w", page.URL, err)
 	}
