@@ -39,6 +39,7 @@ const (
 	CodeExpired       = "expired"        // the login expired or was already used (410)
 	CodeQuota         = "quota_exceeded" // the user has --max-vms-per-user VMs already (403)
 	CodeHasVMs        = "has_vms"        // users rm without saying what to do with the user's VMs (409)
+	CodeRateLimited   = "rate_limited"   // too many login requests from one address (429)
 	LoginPending      = "pending"        // LoginStatus.Status while the person has not confirmed
 )
 

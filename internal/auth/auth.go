@@ -41,11 +41,15 @@ type Config struct {
 	HTTPClient   *http.Client
 }
 
-// Limits of logins in progress.
+// Limits of logins in progress. A client address holds at most
+// maxPendingPerAddr of them and everyone together maxPending; past either,
+// the oldest goes to make room (a flood evicts its own, never refuses
+// another person's new login).
 const (
-	LoginTTL     = 10 * time.Minute
-	PollInterval = 2 * time.Second
-	maxPending   = 1000
+	LoginTTL          = 10 * time.Minute
+	PollInterval      = 2 * time.Second
+	maxPending        = 10000
+	maxPendingPerAddr = 10
 )
 
 // Service runs logins.
@@ -54,6 +58,8 @@ type Service struct {
 	store *store.Store
 	log   *slog.Logger
 	now   func() time.Time
+
+	limit *limiter // of the public login endpoints, per client address
 
 	mu       sync.Mutex
 	logins   map[string]*login // by id
@@ -64,6 +70,8 @@ type Service struct {
 // login is one `fcm login` in progress.
 type login struct {
 	id       string
+	addr     string // the client address that started it
+	started  time.Time
 	web      bool   // started by the status page's "Sign in", not by a CLI
 	code     string // shown by the CLI and by the page
 	pollHash [32]byte
@@ -112,7 +120,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Service, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{cfg: cfg, store: st, log: log, now: time.Now,
+	return &Service{cfg: cfg, store: st, log: log, now: time.Now, limit: newLimiter(),
 		logins: map[string]*login{}, states: map[string]string{}}, nil
 }
 
@@ -122,26 +130,78 @@ func (s *Service) RedirectURL() string { return s.cfg.PublicURL + CallbackPath }
 // Issuer is the provider's issuer.
 func (s *Service) Issuer() string { return s.cfg.Issuer }
 
-// Start begins a login for a CLI.
-func (s *Service) Start() (*api.LoginStart, *Failure) {
+// Start begins a login for a CLI at client address addr.
+func (s *Service) Start(addr string) (*api.LoginStart, *Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	l := s.add(addr, false)
+	l.code = userCode()
+	poll := random(32)
+	l.pollHash = sha256.Sum256([]byte(poll))
+	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, Code: l.code, PollToken: poll,
+		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
+}
+
+// add makes a new pending login for addr, first purging the expired ones and
+// making room: the oldest of addr's own past maxPendingPerAddr, the oldest
+// of all past maxPending. s.mu is held.
+func (s *Service) add(addr string, web bool) *login {
 	now := s.now()
+	s.purge(now)
+	var mine []*login
+	for _, l := range s.logins {
+		if l.addr == addr {
+			mine = append(mine, l)
+		}
+	}
+	for len(mine) >= maxPendingPerAddr {
+		i := oldest(mine)
+		s.drop(mine[i].id)
+		mine = append(mine[:i], mine[i+1:]...)
+	}
+	for len(s.logins) >= maxPending {
+		all := make([]*login, 0, len(s.logins))
+		for _, l := range s.logins {
+			all = append(all, l)
+		}
+		s.drop(all[oldest(all)].id)
+	}
+	l := &login{id: random(16), addr: addr, web: web, started: now, expires: now.Add(LoginTTL)}
+	s.logins[l.id] = l
+	return l
+}
+
+// oldest returns the index of the login started first.
+func oldest(ls []*login) int {
+	o := 0
+	for i, l := range ls {
+		if l.started.Before(ls[o].started) {
+			o = i
+		}
+	}
+	return o
+}
+
+// purge forgets the logins that expired; s.mu is held.
+func (s *Service) purge(now time.Time) {
 	for id, l := range s.logins {
 		if now.After(l.expires) {
 			s.drop(id)
 		}
 	}
-	if len(s.logins) >= maxPending {
-		return nil, &Failure{http.StatusServiceUnavailable, api.CodeUnavailable, "too many logins in progress: try again in a few minutes"}
-	}
-	l := &login{id: random(16), code: userCode(), expires: now.Add(LoginTTL)}
-	poll := random(32)
-	l.pollHash = sha256.Sum256([]byte(poll))
-	s.logins[l.id] = l
-	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, Code: l.code, PollToken: poll,
-		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
 }
+
+// Pending is how many logins are in progress (expired ones purged).
+func (s *Service) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.purge(s.now())
+	return len(s.logins)
+}
+
+// Limited reports whether addr has used up its share of the public login
+// endpoints for now (each call counts one request); the caller answers 429.
+func (s *Service) Limited(addr string) bool { return !s.limit.allow(addr, s.now()) }
 
 // Poll tells the CLI how its login goes: the new token once (the login ends),
 // nil and nil while the person has not confirmed, or why it failed.

@@ -44,21 +44,22 @@ func (s *Service) Begin(w http.ResponseWriter, r *http.Request) {
 // BeginWeb is GET /login: "Sign in" on the status page. The browser that
 // starts it is the one that ends it, so there is no code to confirm: the
 // callback gives it a session cookie.
-func (s *Service) BeginWeb(w http.ResponseWriter, r *http.Request) {
+func (s *Service) BeginWeb(w http.ResponseWriter, r *http.Request, addr string) {
 	s.mu.Lock()
-	if len(s.logins) >= maxPending {
-		s.mu.Unlock()
-		s.page(w, http.StatusServiceUnavailable, pageData{Error: "Too many logins in progress: try again in a few minutes."})
-		return
-	}
-	l := &login{id: random(16), web: true, expires: s.now().Add(LoginTTL)}
-	s.logins[l.id] = l
+	id := s.add(addr, true).id
 	s.mu.Unlock()
-	s.begin(w, r, l.id)
+	s.begin(w, r, id)
+}
+
+// TooMany is the page for a client over its limit of login requests.
+func (s *Service) TooMany(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "60")
+	s.page(w, http.StatusTooManyRequests, pageData{Error: "Too many sign-in attempts from your address: wait a minute and try again."})
 }
 
 func (s *Service) begin(w http.ResponseWriter, r *http.Request, id string) {
 	s.mu.Lock()
+	s.purge(s.now())
 	l, ok := s.logins[id]
 	if !ok || s.now().After(l.expires) {
 		s.mu.Unlock()

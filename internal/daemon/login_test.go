@@ -27,6 +27,7 @@ import (
 type loginRig struct {
 	url      string
 	store    *store.Store
+	logins   *auth.Service
 	provider *oidctest.Provider
 	browser  *browsertest.Browser
 	anon     *client.Client // no token
@@ -80,7 +81,7 @@ func startLoginRig(t *testing.T, ln net.Listener, cfg auth.Config, allow []strin
 	srv.Start()
 	t.Cleanup(srv.Close)
 	base := "http://" + ln.Addr().String()
-	return &loginRig{url: base, store: p.store, browser: browsertest.New(t, opts...), anon: &client.Client{Host: base}}
+	return &loginRig{url: base, store: p.store, logins: logins, browser: browsertest.New(t, opts...), anon: &client.Client{Host: base}}
 }
 
 func ctxFor(t *testing.T) context.Context {

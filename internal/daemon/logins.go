@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"net"
 	"net/http"
 	"strings"
 
@@ -25,7 +26,13 @@ func (s *Server) startLogin(w http.ResponseWriter, r *http.Request, _ *store.Tok
 	if !s.loginEnabled(w) {
 		return
 	}
-	start, f := s.Auth.Start()
+	addr := clientAddr(r)
+	if s.Auth.Limited(addr) {
+		w.Header().Set("Retry-After", "60")
+		writeError(w, http.StatusTooManyRequests, api.CodeRateLimited, "too many login requests from your address: wait a minute and try again")
+		return
+	}
+	start, f := s.Auth.Start(addr)
 	if f != nil {
 		writeError(w, f.Status, f.Code, f.Message)
 		return
@@ -55,15 +62,42 @@ func (s *Server) pollLogin(w http.ResponseWriter, r *http.Request, _ *store.Toke
 }
 
 func (s *Server) loginPage(w http.ResponseWriter, r *http.Request, _ *store.Token) {
-	if s.loginEnabled(w) {
+	if s.loginEnabled(w) && s.pageAllowed(w, r) {
 		s.Auth.Begin(w, r)
 	}
 }
 
 func (s *Server) loginCallback(w http.ResponseWriter, r *http.Request, _ *store.Token) {
-	if s.loginEnabled(w) {
+	if s.loginEnabled(w) && s.pageAllowed(w, r) {
 		s.Auth.Callback(w, r)
 	}
+}
+
+// pageAllowed counts a login page's request against its client's rate,
+// answering 429 when it is over.
+func (s *Server) pageAllowed(w http.ResponseWriter, r *http.Request) bool {
+	if s.Auth.Limited(clientAddr(r)) {
+		s.Auth.TooMany(w)
+		return false
+	}
+	return true
+}
+
+// clientAddr is the address of the person behind r: the one the local proxy
+// (Caddy) appended last to X-Forwarded-For, trusted from loopback only, else
+// the peer's.
+func clientAddr(r *http.Request) string {
+	if fwd := forwardedFor(r); fwd != "" {
+		parts := strings.Split(fwd, ",")
+		if a := strings.TrimSpace(parts[len(parts)-1]); net.ParseIP(a) != nil {
+			return a
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (s *Server) loginConfirm(w http.ResponseWriter, r *http.Request, _ *store.Token) {
@@ -78,7 +112,9 @@ func (s *Server) webLogin(w http.ResponseWriter, r *http.Request, _ *store.Token
 		http.Redirect(w, r, "/?error=login_disabled", http.StatusSeeOther)
 		return
 	}
-	s.Auth.BeginWeb(w, r)
+	if s.pageAllowed(w, r) {
+		s.Auth.BeginWeb(w, r, clientAddr(r))
+	}
 }
 
 // pasteToken is POST /session: the status page's form for a token (the admin
