@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -16,17 +17,20 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// Cookies are prefixed: on 127.0.0.1 browsers share them across ports.
+// The cookies fcm sets. Over HTTPS each has the __Host- prefix, so browsers
+// keep it to this very host, Secure and Path=/: no other subdomain (a VM's
+// app at <vm>.<domain>) can set, shadow or toss one. Plain HTTP (a daemon
+// on loopback) uses the names without the prefix; they are prefixed fcm_
+// because on 127.0.0.1 browsers share cookies across ports.
 const (
 	stateCookie   = "fcm_login_state"
 	confirmCookie = "fcm_login_confirm"
 	// SessionCookie holds a browser's token (a "web session" token of the
-	// user, or the admin token pasted on the page) over plain HTTP;
-	// SecureSessionCookie over HTTPS, where the __Host- prefix makes browsers
-	// keep it to this host, Secure and Path=/ (no other subdomain, such as a
-	// VM's, can set or shadow it).
+	// user) over plain HTTP; SecureSessionCookie over HTTPS, the only one read
+	// there.
 	SessionCookie       = "fcm_session"
 	SecureSessionCookie = "__Host-fcm_session"
+	hostPrefix          = "__Host-"
 )
 
 // WebSessionName names the tokens of browsers' sessions.
@@ -114,7 +118,7 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("login failed", "login", id, "code", f.Code, "err", f.Message)
 		s.page(w, f.Status, pageData{Error: f.Message})
 	}
-	if c, err := r.Cookie(stateCookie); err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(q.Get("state"))) != 1 {
+	if c, err := s.onlyCookie(r, stateCookie); err != nil || subtle.ConstantTimeCompare([]byte(c), []byte(q.Get("state"))) != 1 {
 		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: this sign-in was started in another browser (the state does not match this browser's). Open the URL fcm login printed in this browser."})
 		return
 	}
@@ -240,8 +244,8 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusGone, pageData{Error: "This login has ended or expired. Run fcm login again."})
 		return
 	}
-	c, err := r.Cookie(confirmCookie)
-	if err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(l.csrf)) != 1 ||
+	c, err := s.onlyCookie(r, confirmCookie)
+	if err != nil || subtle.ConstantTimeCompare([]byte(c), []byte(l.csrf)) != 1 ||
 		subtle.ConstantTimeCompare([]byte(r.PostForm.Get("csrf")), []byte(l.csrf)) != 1 {
 		s.mu.Unlock()
 		s.page(w, http.StatusForbidden, pageData{Error: "This confirmation did not come from the page fcm showed in this browser."})
@@ -326,14 +330,21 @@ func (s *Service) finishWeb(w http.ResponseWriter, r *http.Request, id string, i
 }
 
 // SetSession gives the browser its session: the token in an HttpOnly cookie
-// (Secure over HTTPS, SameSite=Lax), for ttl.
+// (Secure and __Host- over HTTPS, SameSite=Lax), for ttl.
 func (s *Service) SetSession(w http.ResponseWriter, secret string, ttl time.Duration) {
-	SetSessionCookie(w, secret, ttl, strings.HasPrefix(s.cfg.PublicURL, "https://"))
+	SetSessionCookie(w, secret, ttl, s.secure())
 }
 
-// SessionSecret returns the token in r's session cookie, "" for none.
+// SessionSecret returns the token in r's session cookie, "" for none. A
+// request that came over HTTPS (TLS, or Caddy's X-Forwarded-Proto from
+// loopback) is read only from the __Host- cookie: an unprefixed one may have
+// been planted by another subdomain.
 func SessionSecret(r *http.Request) string {
-	for _, name := range []string{SecureSessionCookie, SessionCookie} {
+	names := []string{SecureSessionCookie, SessionCookie}
+	if OverHTTPS(r) {
+		names = names[:1]
+	}
+	for _, name := range names {
 		if c, err := r.Cookie(name); err == nil && c.Value != "" {
 			return c.Value
 		}
@@ -341,28 +352,71 @@ func SessionSecret(r *http.Request) string {
 	return ""
 }
 
-// SetSessionCookie sets (ttl > 0) or clears (ttl <= 0) the session cookie.
+// OverHTTPS reports whether the browser reached the daemon over HTTPS: TLS
+// here, or the local proxy (Caddy, from loopback) says so.
+func OverHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback() && r.Header.Get("X-Forwarded-Proto") == "https"
+}
+
+// SetSessionCookie sets (ttl > 0) or clears (ttl <= 0) the session cookie;
+// clearing clears both names.
 func SetSessionCookie(w http.ResponseWriter, secret string, ttl time.Duration, secure bool) {
+	if ttl <= 0 {
+		http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure})
+		if secure {
+			http.SetCookie(w, &http.Cookie{Name: SecureSessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: true})
+		}
+		return
+	}
 	name := SessionCookie
 	if secure {
 		name = SecureSessionCookie
 	}
-	c := &http.Cookie{Name: name, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure}
-	if ttl <= 0 {
-		c.Value, c.MaxAge = "", -1
+	http.SetCookie(w, &http.Cookie{Name: name, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure})
+}
+
+// secure reports whether browsers reach the daemon over HTTPS.
+func (s *Service) secure() bool { return strings.HasPrefix(s.cfg.PublicURL, "https://") }
+
+// cookieName is name as set and read: with __Host- over HTTPS.
+func (s *Service) cookieName(name string) string {
+	if s.secure() {
+		return hostPrefix + name
 	}
-	http.SetCookie(w, c)
+	return name
+}
+
+// onlyCookie returns the value of the one cookie called name (with its
+// prefix over HTTPS); none, or more than one (a planted one beside the
+// real), is an error.
+func (s *Service) onlyCookie(r *http.Request, name string) (string, error) {
+	var found []string
+	for _, c := range r.CookiesNamed(s.cookieName(name)) {
+		found = append(found, c.Value)
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return "", errors.New("no cookie")
+	}
+	return "", errors.New("more than one cookie")
 }
 
 func (s *Service) setCookie(w http.ResponseWriter, name, value string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(LoginTTL.Seconds()),
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
+	http.SetCookie(w, &http.Cookie{Name: s.cookieName(name), Value: value, Path: "/", MaxAge: int(LoginTTL.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.secure()})
 }
 
 func (s *Service) clearCookie(w http.ResponseWriter, name string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
-		SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
+	http.SetCookie(w, &http.Cookie{Name: s.cookieName(name), Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+		SameSite: http.SameSiteLaxMode, Secure: s.secure()})
 }
 
 type pageData struct {

@@ -153,6 +153,4 @@ func (s *Server) webLogout(w http.ResponseWriter, r *http.Request, tok *store.To
 
 // secureCookies reports whether the browser reached the daemon over HTTPS
 // (Caddy says so from loopback).
-func (s *Server) secureCookies(r *http.Request) bool {
-	return r.TLS != nil || fromLoopback(r) && r.Header.Get("X-Forwarded-Proto") == "https"
-}
+func (s *Server) secureCookies(r *http.Request) bool { return auth.OverHTTPS(r) }

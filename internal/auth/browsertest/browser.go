@@ -59,7 +59,14 @@ func Chromium() string {
 type Option func(*config)
 
 type config struct {
-	resolve []string // host-resolver MAP rules before the catch-all
+	resolve  []string // host-resolver MAP rules before the catch-all
+	anyCerts bool
+}
+
+// AcceptAnyCert makes the browser accept any TLS certificate (a test's own
+// self-signed servers), as if the person had clicked through the warning.
+func AcceptAnyCert() Option {
+	return func(c *config) { c.anyCerts = true }
 }
 
 // Resolve makes the browser resolve host to ip, e.g. Resolve("fcm.example.test",
@@ -93,6 +100,9 @@ func New(t testing.TB, opts ...Option) *Browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("host-resolver-rules", rules),
 	)
+	if cfg.anyCerts {
+		flags = append(flags, chromedp.Flag("ignore-certificate-errors", true))
+	}
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), flags...)
 	tab, _ := chromedp.NewContext(alloc)
 	t.Cleanup(func() {
