@@ -27,7 +27,7 @@ import (
 )
 
 // Google is the default issuer.
-const Google = "https://accounts.google.com"
+const Google = store.GoogleIssuer
 
 // CallbackPath is where the provider sends the browser back.
 const CallbackPath = "/oauth2/callback"
@@ -88,6 +88,12 @@ type login struct {
 
 type identity struct {
 	issuer, subject, email, name string
+	hd                           string // Google's hosted domain claim
+}
+
+// user is ident as the allow-list judges it.
+func (ident *identity) user() *store.User {
+	return &store.User{Issuer: ident.issuer, Subject: ident.subject, Email: ident.email, Name: ident.name, HostedDomain: ident.hd}
 }
 
 // Failure is how a login ended badly, for the page and for the CLI's poll.
@@ -248,11 +254,8 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 			refused = &Failure{http.StatusForbidden, api.CodeNotAllowed, "your user was removed while logging in"}
 			return nil
 		}
-		if ok, err := tx.Allowed(u.Email); err != nil {
+		if refused, err = admitted(tx, u); err != nil || refused != nil {
 			return err
-		} else if !ok {
-			refused = notAllowed(u.Email)
-			return nil
 		}
 		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID}
 		if err := tx.PutToken(secret, tok); err != nil {
@@ -274,6 +277,23 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 func notAllowed(email string) *Failure {
 	return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
 		"%s may not log in to this fcm host: ask its admin to run 'fcm users allow %s'", email, email)}
+}
+
+// admitted checks the allow-list for u: nil if it lets u in, else why not.
+func admitted(tx *store.Tx, u *store.User) (*Failure, error) {
+	rules, err := tx.AccessRules()
+	if err != nil {
+		return nil, err
+	}
+	if store.AllowedUser(rules, u) {
+		return nil, nil
+	}
+	if _, domain, _ := strings.Cut(u.Email, "@"); store.Allowed(rules, u.Email) {
+		return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
+			"%s may not log in to this fcm host: @%s lets in only the accounts %s manages (Google's hd claim), and this one is not; ask its admin to run 'fcm users allow %s'",
+			u.Email, domain, domain, u.Email)}, nil
+	}
+	return notAllowed(u.Email), nil
 }
 
 // APIUser is u as the API shows it (without the counts only the admin sees).

@@ -131,13 +131,13 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: " + err.Error()})
 		return
 	}
-	var allowed bool
-	if err := s.store.View(func(tx *store.Tx) (err error) { allowed, err = tx.Allowed(ident.email); return }); err != nil {
+	var refused *Failure
+	if err := s.store.View(func(tx *store.Tx) (err error) { refused, err = admitted(tx, ident.user()); return }); err != nil {
 		fail(&Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()})
 		return
 	}
-	if !allowed {
-		fail(notAllowed(ident.email))
+	if refused != nil {
+		fail(refused)
 		return
 	}
 	if l.web {
@@ -199,7 +199,7 @@ func (s *Service) exchange(r *http.Request, code, verifier, nonce string) (*iden
 	if claims.Verified == nil || !*claims.Verified {
 		return nil, fmt.Errorf("the provider has not verified the email %s", claims.Email)
 	}
-	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name}, nil
+	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name, hd: strings.ToLower(claims.HD)}, nil
 }
 
 // identityClaims are the claims fcm reads, from the ID token or UserInfo.
@@ -208,6 +208,7 @@ type identityClaims struct {
 	Email    string `json:"email"`
 	Verified *bool  `json:"email_verified"`
 	Name     string `json:"name"`
+	HD       string `json:"hd"` // Google: the Workspace domain that manages the account
 }
 
 // userInfo fetches the claims from the provider's UserInfo endpoint with the
@@ -283,13 +284,10 @@ func (s *Service) admit(ident *identity) (*store.User, *Failure) {
 	var u *store.User
 	var refused *Failure
 	err := s.store.Update(func(tx *store.Tx) error {
-		if ok, err := tx.Allowed(ident.email); err != nil {
-			return err
-		} else if !ok {
-			refused = notAllowed(ident.email)
-			return nil
-		}
 		var err error
+		if refused, err = admitted(tx, ident.user()); err != nil || refused != nil {
+			return err
+		}
 		u, err = tx.UserBySubject(ident.issuer, ident.subject)
 		if errors.Is(err, store.ErrNotFound) {
 			u, err = &store.User{ID: store.NewUserID(), Issuer: ident.issuer, Subject: ident.subject}, nil
@@ -297,7 +295,7 @@ func (s *Service) admit(ident *identity) (*store.User, *Failure) {
 		if err != nil {
 			return err
 		}
-		u.Email, u.Name, u.LastLoginAt = ident.email, ident.name, s.now().UTC()
+		u.Email, u.Name, u.HostedDomain, u.LastLoginAt = ident.email, ident.name, ident.hd, s.now().UTC()
 		return tx.PutUser(u)
 	})
 	if err != nil {

@@ -144,7 +144,7 @@ func (s *Server) usersList() (*api.ListUsersResponse, error) {
 		}
 		for _, u := range users {
 			au := auth.APIUser(u)
-			au.Allowed = store.Allowed(rules, u.Email)
+			au.Allowed = store.AllowedUser(rules, u)
 			for _, t := range toks {
 				if t.User == u.ID {
 					au.Tokens++

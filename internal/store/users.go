@@ -16,13 +16,16 @@ var (
 // User is a person who logged in with OIDC: an issuer and subject (what the
 // provider vouches for), with the email and name it gave at the last login.
 type User struct {
-	ID          string    `json:"id"` // "u_" and 12 hex digits; owns VMs and keys
-	Issuer      string    `json:"issuer"`
-	Subject     string    `json:"subject"`
-	Email       string    `json:"email"`
-	Name        string    `json:"name"`
-	CreatedAt   time.Time `json:"created_at"`
-	LastLoginAt time.Time `json:"last_login_at"`
+	ID      string `json:"id"` // "u_" and 12 hex digits; owns VMs and keys
+	Issuer  string `json:"issuer"`
+	Subject string `json:"subject"`
+	Email   string `json:"email"`
+	Name    string `json:"name"`
+	// HostedDomain is Google's "hd" claim at the last login: the Workspace
+	// domain that manages the account ("" for a consumer account).
+	HostedDomain string    `json:"hd,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	LastLoginAt  time.Time `json:"last_login_at"`
 }
 
 // NewUserID returns an id for a new user.
@@ -75,14 +78,35 @@ func validDomain(d string) bool {
 	return true
 }
 
+// GoogleIssuer is Google's OpenID issuer, whose "hd" claim @domain rules check.
+const GoogleIssuer = "https://accounts.google.com"
+
+// AllowedUser decides whether rules let u in, as Allowed does for its email;
+// and when an @domain rule decides for a Google account, only if Google says
+// that domain manages it (hd == domain): a consumer account that merely
+// verified a work address once is not the domain's.
+func AllowedUser(rules []*AccessRule, u *User) bool {
+	ok, by := allowedBy(rules, u.Email)
+	if ok && strings.HasPrefix(by, "@") && u.Issuer == GoogleIssuer {
+		return u.HostedDomain == by[1:]
+	}
+	return ok
+}
+
 // Allowed decides whether rules let email in: the rule for the email itself
 // outranks the one for its @domain, which outranks "*"; at one rank a deny
 // outranks an allow. No matching rule: refused.
 func Allowed(rules []*AccessRule, email string) bool {
+	ok, _ := allowedBy(rules, email)
+	return ok
+}
+
+// allowedBy is Allowed, and the pattern that decided ("" for none).
+func allowedBy(rules []*AccessRule, email string) (bool, string) {
 	email = strings.ToLower(email)
 	_, domain, ok := strings.Cut(email, "@")
 	if !ok {
-		return false
+		return false, ""
 	}
 	for _, pattern := range []string{email, "@" + domain, "*"} {
 		found, allow := false, true
@@ -93,10 +117,10 @@ func Allowed(rules []*AccessRule, email string) bool {
 			}
 		}
 		if found {
-			return allow
+			return allow, pattern
 		}
 	}
-	return false
+	return false, ""
 }
 
 // AccessRules lists the allow-list, flag rules first, each group by pattern.
@@ -162,6 +186,15 @@ func (t *Tx) Allowed(email string) (bool, error) {
 	return Allowed(rules, email), nil
 }
 
+// AllowedUser reports whether the stored rules let u in (see AllowedUser).
+func (t *Tx) AllowedUser(u *User) (bool, error) {
+	rules, err := t.AccessRules()
+	if err != nil {
+		return false, err
+	}
+	return AllowedUser(rules, u), nil
+}
+
 // User returns the user with this id, or ErrNotFound.
 func (t *Tx) User(id string) (*User, error) {
 	var u User
@@ -177,7 +210,7 @@ func (t *Tx) activeUser(id string) (*User, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok, err := t.Allowed(u.Email)
+	ok, err := t.AllowedUser(u)
 	if err != nil {
 		return nil, err
 	}
