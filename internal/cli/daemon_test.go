@@ -28,7 +28,9 @@ type usersDaemon struct {
 	rules  []api.AccessRule
 	logins map[string]*fakeLogin
 	nLogin int
-	vms    []api.VM
+	// loginURL replaces the login URL the daemon answers (<srv>/login/<id>).
+	loginURL string
+	vms      []api.VM
 	quota  int // VMs a user may have; 0: no limit
 
 	// The person who signs in at the provider for the next login, and how
@@ -148,7 +150,11 @@ func (d *usersDaemon) startLogin(w http.ResponseWriter, r *http.Request) {
 	d.nLogin++
 	id := fmt.Sprintf("l_%d", d.nLogin)
 	d.logins[id] = &fakeLogin{pollToken: "poll_" + id}
-	writeJSON(w, http.StatusCreated, api.LoginStart{ID: id, URL: "https://fcm.example.com/login/" + id, Code: "WDJB-MJHT",
+	loginURL := d.srv.URL + "/login/" + id
+	if d.loginURL != "" {
+		loginURL = d.loginURL
+	}
+	writeJSON(w, http.StatusCreated, api.LoginStart{ID: id, URL: loginURL, Code: "WDJB-MJHT",
 		PollToken: "poll_" + id, Interval: 5, ExpiresAt: time.Now().Add(10 * time.Minute)})
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -42,6 +43,39 @@ var openBrowser = func(url string) {
 	if cmd.Start() == nil {
 		go cmd.Wait()
 	}
+}
+
+// checkLoginURL says whether the CLI may open loginURL, which the daemon at
+// host returned: https (or http to a loopback address) on host's own name,
+// nothing else (not file:, not a custom scheme, not another site).
+func checkLoginURL(host, loginURL string) error {
+	h, err := url.Parse(host)
+	if err != nil {
+		return fmt.Errorf("the daemon's URL %q: %w", host, err)
+	}
+	u, err := url.Parse(loginURL)
+	if err != nil || u.Host == "" || u.User != nil {
+		return fmt.Errorf("the daemon gave a login URL that is not one: %q", loginURL)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	default:
+		return fmt.Errorf("the daemon gave a login URL that is neither https nor http on this machine: %q", loginURL)
+	}
+	if !strings.EqualFold(u.Hostname(), h.Hostname()) {
+		return fmt.Errorf("the daemon gave a login URL on another host (%s, not %s): %q", u.Hostname(), h.Hostname(), loginURL)
+	}
+	return nil
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // homeFile is the path of name in the home directory.
@@ -132,6 +166,9 @@ func login(cmd *cobra.Command, host string, browser bool) error {
 	}
 	began := time.Now()
 	lifetime := start.ExpiresAt.Sub(began).Round(time.Minute)
+	if err := checkLoginURL(host, start.URL); err != nil {
+		return fmt.Errorf("%w: not opening it (is %s really your fcm daemon?)", err, host)
+	}
 	fmt.Fprintf(out, "To log in, open this URL in a browser:\n  %s\nand check that the page shows the code: %s\nWaiting for you to sign in... (Ctrl+C to give up)\n", start.URL, start.Code)
 	if browser {
 		openBrowser(start.URL)

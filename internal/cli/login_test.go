@@ -77,13 +77,13 @@ func TestLogin_WritesTokenAndHost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("login: %v\n%s", err, out)
 	}
-	want := "To log in, open this URL in a browser:\n  https://fcm.example.com/login/l_1\nand check that the page shows the code: WDJB-MJHT\n" +
+	want := "To log in, open this URL in a browser:\n  " + d.srv.URL + "/login/l_1\nand check that the page shows the code: WDJB-MJHT\n" +
 		"Waiting for you to sign in... (Ctrl+C to give up)\n" +
 		"Logged in to " + d.srv.URL + " as alice@example.com (Alice Liddell)\n"
 	if out != want {
 		t.Errorf("output:\n%s\nwant:\n%s", out, want)
 	}
-	if got := strings.Join(*opened, " "); got != "https://fcm.example.com/login/l_1" {
+	if got := strings.Join(*opened, " "); got != d.srv.URL+"/login/l_1" {
 		t.Errorf("browser opened %q", got)
 	}
 	wantReqs := "POST /v1/logins\n" + strings.Repeat("POST /v1/logins/l_1/token\n", 4)
@@ -210,4 +210,40 @@ func TestWhoAmI(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"role": "admin"`) || !strings.Contains(out, `"token_source": "FCM_TOKEN"`) || !strings.Contains(out, `"host": "`+d.srv.URL+`"`) {
 		t.Errorf("whoami --json: %v\n%s", err, out)
 	}
+}
+
+// The CLI opens only an https URL, or http on loopback, on the daemon's own
+// host: a hostile daemon's file:, custom-scheme or other-site URL is refused
+// and nothing is opened.
+func TestCheckLoginURL(t *testing.T) {
+	for _, tc := range []struct {
+		host, url string
+		ok        bool
+	}{
+		{"https://fcm.example.com", "https://fcm.example.com/login/x", true},
+		{"https://FCM.example.com:8443", "https://fcm.example.com/login/x", true},
+		{"http://127.0.0.1:7777", "http://127.0.0.1:7777/login/x", true},
+		{"http://localhost:7777", "http://localhost:7777/login/x", true},
+		{"http://fcm.example.com", "http://fcm.example.com/login/x", false},
+		{"https://fcm.example.com", "file:///etc/passwd", false},
+		{"https://fcm.example.com", "smb://fcm.example.com/share", false},
+		{"https://fcm.example.com", "javascript:alert(1)", false},
+		{"https://fcm.example.com", "https://evil.example/login/x", false},
+		{"https://fcm.example.com", "https://fcm.example.com.evil.example/x", false},
+		{"https://fcm.example.com", "https://user@fcm.example.com/x", false},
+		{"http://127.0.0.1:7777", "http://192.0.2.1/login/x", false},
+	} {
+		if err := checkLoginURL(tc.host, tc.url); (err == nil) != tc.ok {
+			t.Errorf("checkLoginURL(%q, %q): %v, want ok=%v", tc.host, tc.url, err, tc.ok)
+		}
+	}
+
+	home, opened := loginEnv(t)
+	d := newUsersDaemon(t)
+	d.loginURL = "file:///etc/passwd"
+	out, err := runCLI(nil, "login", "--host", d.srv.URL)
+	if err == nil || !strings.Contains(err.Error(), "not opening it") || len(*opened) != 0 || strings.Contains(out, "file:") {
+		t.Errorf("login with a file: URL: %v, opened %v\n%s", err, *opened, out)
+	}
+	assertNoFiles(t, home)
 }
