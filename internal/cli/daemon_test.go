@@ -31,7 +31,7 @@ type usersDaemon struct {
 	// loginURL replaces the login URL the daemon answers (<srv>/login/<id>).
 	loginURL string
 	vms      []api.VM
-	quota  int // VMs a user may have; 0: no limit
+	quota    int // VMs a user may have; 0: no limit
 
 	// The person who signs in at the provider for the next login, and how
 	// many polls are answered "pending" before they confirm the code.
