@@ -39,7 +39,12 @@ type Config struct {
 	ClientSecret string
 	PublicURL    string // the daemon as browsers reach it: https://fcm.<domain>
 	HTTPClient   *http.Client
+	TokenTTL     time.Duration // how long a CLI's token lasts; 0: DefaultTokenTTL
 }
+
+// DefaultTokenTTL is how long a token fcm login makes lasts; logging in
+// again makes a new one.
+const DefaultTokenTTL = 90 * 24 * time.Hour
 
 // Limits of logins in progress. A client address holds at most
 // maxPendingPerAddr of them and everyone together maxPending; past either,
@@ -73,9 +78,15 @@ type login struct {
 	addr     string // the client address that started it
 	started  time.Time
 	web      bool   // started by the status page's "Sign in", not by a CLI
-	code     string // shown by the CLI and by the page
+	port     int    // the CLI's loopback port for the redirect; 0: it takes a typed code
+	hostname string // the CLI's host, as it said
 	pollHash [32]byte
-	expires  time.Time
+	// grant is what the CLI must poll with once the person confirmed: the
+	// loopback redirect's secret, or the code the page showed. wrongGrants
+	// counts polls with another one.
+	grant       string
+	wrongGrants int
+	expires     time.Time
 
 	state, nonce, verifier string // set when the browser begins
 
@@ -123,6 +134,9 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Service, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = DefaultTokenTTL
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -136,16 +150,43 @@ func (s *Service) RedirectURL() string { return s.cfg.PublicURL + CallbackPath }
 // Issuer is the provider's issuer.
 func (s *Service) Issuer() string { return s.cfg.Issuer }
 
-// Start begins a login for a CLI at client address addr.
-func (s *Service) Start(addr string) (*api.LoginStart, *Failure) {
+// maxWrongGrants is how many polls with a wrong grant end a login.
+const maxWrongGrants = 5
+
+// Start begins a login for a CLI at client address addr. The token goes only
+// to a poll that carries the grant the person's confirm gave: through the
+// browser's redirect to the CLI's loopback port (req.Port), or as a code the
+// page shows and the person types into the CLI.
+func (s *Service) Start(addr string, req api.LoginStartRequest) (*api.LoginStart, *Failure) {
+	if req.Port < 0 || req.Port > 65535 {
+		return nil, &Failure{http.StatusBadRequest, api.CodeBadRequest, "port must be a TCP port (1-65535), or 0 for a typed code"}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l := s.add(addr, false)
-	l.code = userCode()
+	l.port, l.hostname = req.Port, cleanHostname(req.Hostname)
 	poll := random(32)
 	l.pollHash = sha256.Sum256([]byte(poll))
-	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, Code: l.code, PollToken: poll,
+	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, PollToken: poll,
 		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
+}
+
+// cleanHostname keeps what a CLI says its host is to 64 printable ASCII
+// characters, for the confirm page.
+func cleanHostname(h string) string {
+	var b strings.Builder
+	for _, c := range h {
+		if b.Len() == 64 {
+			break
+		}
+		if c > ' ' && c < 0x7f {
+			b.WriteRune(c)
+		}
+	}
+	if b.Len() == 0 {
+		return "(not given)"
+	}
+	return b.String()
 }
 
 // add makes a new pending login for addr, first purging the expired ones and
@@ -209,9 +250,10 @@ func (s *Service) Pending() int {
 // endpoints for now (each call counts one request); the caller answers 429.
 func (s *Service) Limited(addr string) bool { return !s.limit.allow(addr, s.now()) }
 
-// Poll tells the CLI how its login goes: the new token once (the login ends),
-// nil and nil while the person has not confirmed, or why it failed.
-func (s *Service) Poll(id, pollToken string) (*api.LoginResult, *Failure) {
+// Poll tells the CLI how its login goes: the new token once (the login ends)
+// if grant is the one the person's confirm gave; nil and nil while they have
+// not confirmed or the poll has no grant; or why it failed.
+func (s *Service) Poll(id, pollToken, grant string) (*api.LoginResult, *Failure) {
 	s.mu.Lock()
 	l, ok := s.logins[id]
 	if !ok || s.now().After(l.expires) {
@@ -232,9 +274,18 @@ func (s *Service) Poll(id, pollToken string) (*api.LoginResult, *Failure) {
 		s.mu.Unlock()
 		return nil, f
 	}
-	if l.userID == "" {
+	if l.userID == "" || grant == "" {
 		s.mu.Unlock()
 		return nil, nil
+	}
+	if subtle.ConstantTimeCompare([]byte(normalGrant(grant)), []byte(normalGrant(l.grant))) != 1 {
+		if l.wrongGrants++; l.wrongGrants >= maxWrongGrants {
+			s.drop(id)
+			s.mu.Unlock()
+			return nil, &Failure{http.StatusForbidden, api.CodeLoginFailed, "too many wrong codes: the login is cancelled; run fcm login again"}
+		}
+		s.mu.Unlock()
+		return nil, &Failure{http.StatusForbidden, api.CodeForbidden, "wrong code: type the code the page shows after you confirmed"}
 	}
 	userID := l.userID
 	s.drop(id)
@@ -257,7 +308,7 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 		if refused, err = admitted(tx, u); err != nil || refused != nil {
 			return err
 		}
-		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID}
+		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID, ExpiresAt: s.now().Add(s.cfg.TokenTTL).UTC()}
 		if err := tx.PutToken(secret, tok); err != nil {
 			return err
 		}
@@ -337,6 +388,20 @@ func random(n int) string {
 		panic(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// normalGrant is a grant as compared: a typed code in upper case, without
+// spaces or dashes (a loopback grant has neither upper case nor spaces).
+func normalGrant(g string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == ' ' || r == '-':
+			return -1
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		}
+		return r
+	}, strings.TrimSpace(g))
 }
 
 // userCode returns a code people compare at a glance: 8 consonants, no

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/auth/oidctest"
 	"github.com/fcmhost/fcm/internal/store"
 )
@@ -64,10 +65,10 @@ func TestLogins_ExpiredWebLoginsPurged(t *testing.T) {
 // oldest of all goes; another address's login is never refused.
 func TestLogins_BoundedPerAddressAndOverall(t *testing.T) {
 	s, now := newTestService(t, "http://127.0.0.1:1")
-	first, _ := s.Start("192.0.2.1")
+	first, _ := s.Start("192.0.2.1", api.LoginStartRequest{})
 	for range 3 * maxPendingPerAddr {
 		*now = now.Add(time.Millisecond)
-		if _, f := s.Start("192.0.2.1"); f != nil {
+		if _, f := s.Start("192.0.2.1", api.LoginStartRequest{}); f != nil {
 			t.Fatal(f.Message)
 		}
 	}
@@ -79,12 +80,12 @@ func TestLogins_BoundedPerAddressAndOverall(t *testing.T) {
 	}
 	for i := range maxPending + 100 {
 		*now = now.Add(time.Microsecond)
-		s.Start(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255))
+		s.Start(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), api.LoginStartRequest{})
 	}
 	if n := s.Pending(); n != maxPending {
 		t.Fatalf("%d logins pending, want the bound %d", n, maxPending)
 	}
-	if _, f := s.Start("198.51.100.7"); f != nil || s.Pending() != maxPending {
+	if _, f := s.Start("198.51.100.7", api.LoginStartRequest{}); f != nil || s.Pending() != maxPending {
 		t.Fatalf("a login from another address after a flood: %v, %d pending", f, s.Pending())
 	}
 }

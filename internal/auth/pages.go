@@ -147,11 +147,25 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 	csrf := random(24)
 	s.mu.Lock()
 	l.ident, l.csrf = ident, csrf
-	code := l.code
+	d := pageData{Confirm: true, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf,
+		Host: l.hostname, Addr: l.addr, Started: l.started.UTC().Format("15:04:05 MST, 2 Jan 2006"),
+		Ago: ago(s.now().Sub(l.started)), Loopback: l.port != 0, Port: l.port}
 	s.mu.Unlock()
 	s.setCookie(w, confirmCookie, csrf)
 	s.clearCookie(w, stateCookie)
-	s.page(w, http.StatusOK, pageData{Confirm: true, Code: code, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf})
+	s.page(w, http.StatusOK, d)
+}
+
+// ago says d as "just now" or "N minutes ago".
+func ago(d time.Duration) string {
+	switch m := int(d / time.Minute); m {
+	case 0:
+		return "just now"
+	case 1:
+		return "1 minute ago"
+	default:
+		return fmt.Sprintf("%d minutes ago", m)
+	}
 }
 
 // exchange trades the code for tokens and checks the ID token: signature,
@@ -264,10 +278,17 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 
 	u, f := s.admit(ident)
 	s.mu.Lock()
+	port, grant := l.port, ""
 	if f != nil {
 		l.failure = f
 	} else {
 		l.userID = u.ID
+		if port != 0 {
+			l.grant = random(32)
+		} else {
+			l.grant = userCode()
+		}
+		grant = l.grant
 	}
 	s.mu.Unlock()
 	s.clearCookie(w, confirmCookie)
@@ -275,7 +296,14 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 		s.page(w, f.Status, pageData{Error: f.Message})
 		return
 	}
-	s.page(w, http.StatusOK, pageData{Done: fmt.Sprintf("Logged in as %s. Go back to your terminal: fcm login has its token.", u.Email)})
+	if port != 0 {
+		// RFC 8252: back to the CLI that started the login, on this
+		// browser's own machine. A browser elsewhere (a phished person's)
+		// takes the grant to its own loopback, never to the CLI that began.
+		http.Redirect(w, r, fmt.Sprintf("http://127.0.0.1:%d/done?grant=%s", port, grant), http.StatusSeeOther)
+		return
+	}
+	s.page(w, http.StatusOK, pageData{Grant: grant, Email: u.Email})
 }
 
 // admit makes or updates the user the provider vouched for, if the
@@ -420,28 +448,40 @@ func (s *Service) clearCookie(w http.ResponseWriter, name string) {
 type pageData struct {
 	Error   string
 	Confirm bool
-	Code    string
 	Email   string
 	Name    string
 	ID      string
 	CSRF    string
 	Done    string
+	// What the confirm page says of the login it authorizes.
+	Host, Addr, Started, Ago string
+	Loopback                 bool // the browser goes back to the CLI on this machine
+	Port                     int
+	Grant                    string // the code to type into the CLI (typed-code logins)
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>fcm login</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em;color:#222}
-code{font-size:2em;letter-spacing:.1em;display:block;margin:.5em 0}#error{color:#a00}
-button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</style></head><body>
+code{font-size:2em;letter-spacing:.1em;display:block;margin:.5em 0}#error{color:#a00}.warn{color:#a00;font-weight:bold}
+dt{font-weight:bold}button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</style></head><body>
 <h1>fcm login</h1>
 {{if .Error}}<p id="error">{{.Error}}</p>
 {{else if .Confirm}}<p>Signed in as <b>{{.Email}}</b>{{if .Name}} ({{.Name}}){{end}}.</p>
-<p>Check that your terminal shows this code:</p><code id="login-code">{{.Code}}</code>
+<p>A command line asks for access to your fcm account:</p>
+<dl id="login-origin"><dt>fcm login on</dt><dd id="login-host">{{.Host}}</dd>
+<dt>from address</dt><dd id="login-addr">{{.Addr}}</dd>
+<dt>started</dt><dd>{{.Started}} ({{.Ago}})</dd></dl>
+<p class="warn">Confirm only if you ran fcm login yourself, just now. If someone sent you this link or a code, cancel: confirming would give them your account.</p>
+{{if .Loopback}}<p>After you confirm, this browser hands the login to fcm login on this computer.</p>
+{{else}}<p>After you confirm, this page shows a code to type into fcm login in your own terminal.</p>{{end}}
 <form method="post" action="/login/{{.ID}}/confirm"><input type="hidden" name="csrf" value="{{.CSRF}}">
-<button id="confirm" name="action" value="confirm">It matches: log in</button>
+<button id="confirm" name="action" value="confirm">I started it: log in</button>
 <button id="cancel" name="action" value="cancel">Cancel</button></form>
-<p>If your terminal shows another code, or you did not run fcm login, cancel.</p>
+{{else if .Grant}}<p>Logged in as <b>{{.Email}}</b>. Type this code into fcm login in your terminal:</p>
+<code id="grant-code">{{.Grant}}</code>
+<p class="warn">Never give this code to anyone: whoever types it gets your account.</p>
 {{else}}<p id="done">{{.Done}}</p>{{end}}
 </body></html>
 `))
@@ -451,7 +491,13 @@ func (s *Service) page(w http.ResponseWriter, status int, d pageData) {
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	formAction := "'self'"
+	if d.Loopback {
+		// The confirm redirects to the CLI's loopback port; browsers hold a
+		// form's redirects to form-action too.
+		formAction += fmt.Sprintf(" http://127.0.0.1:%d", d.Port)
+	}
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action "+formAction+"; frame-ancestors 'none'")
 	h.Set("Referrer-Policy", "no-referrer")
 	w.WriteHeader(status)
 	if err := pageTmpl.Execute(w, d); err != nil {

@@ -218,6 +218,7 @@ func Run(ctx context.Context, o Options) error {
 		ln.Close()
 		return err
 	}
+	go keepPurged(ctx, st, logins, o.Log)
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}

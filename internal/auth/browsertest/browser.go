@@ -30,6 +30,8 @@ type Page struct {
 	Status int    // HTTP status of the main document; 0 if the browser gave none
 	Text   string // document.body.innerText
 	Code   string // text of #login-code, if present
+	Grant  string // text of #grant-code: the code fcm's page gives to type into the CLI
+	Host   string // text of #login-host: the machine fcm's confirm page says the login came from
 	Error  string // text of #error, if present
 	Done   string // text of #done, if present
 
@@ -233,6 +235,8 @@ const readPage = `(() => {
 		url: location.href,
 		text: document.body ? document.body.innerText : "",
 		code: text("login-code"),
+		grant: text("grant-code"),
+		host: text("login-host"),
 		error: text("error"),
 		done: text("done"),
 		loginError: text("login-error"),
@@ -245,6 +249,8 @@ type pageState struct {
 	URL        string `json:"url"`
 	Text       string `json:"text"`
 	Code       string `json:"code"`
+	Grant      string `json:"grant"`
+	Host       string `json:"host"`
 	Error      string `json:"error"`
 	Done       string `json:"done"`
 	LoginError string `json:"loginError"`
@@ -257,7 +263,7 @@ func read(ctx context.Context, resp *network.Response) (Page, error) {
 	if err != nil {
 		return Page{}, fmt.Errorf("browsertest: read the page: %w", err)
 	}
-	p := Page{URL: v.URL, Text: v.Text, Code: v.Code, Error: v.Error, Done: v.Done, loginForm: v.LoginForm, loginError: v.LoginError}
+	p := Page{URL: v.URL, Text: v.Text, Code: v.Code, Grant: v.Grant, Host: v.Host, Error: v.Error, Done: v.Done, loginForm: v.LoginForm, loginError: v.LoginError}
 	if resp != nil {
 		p.Status = int(resp.Status)
 	}
