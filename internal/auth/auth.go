@@ -332,6 +332,12 @@ func notAllowed(email string) *Failure {
 
 // admitted checks the allow-list for u: nil if it lets u in, else why not.
 func admitted(tx *store.Tx, u *store.User) (*Failure, error) {
+	if ban, err := tx.Banned(u.Issuer, u.Subject); err != nil {
+		return nil, err
+	} else if ban != nil {
+		return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
+			"%s was removed from this fcm host by its admin: ask them to run 'fcm users allow %s'", u.Email, ban.Email)}, nil
+	}
 	rules, err := tx.AccessRules()
 	if err != nil {
 		return nil, err

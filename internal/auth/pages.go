@@ -213,7 +213,11 @@ func (s *Service) exchange(r *http.Request, code, verifier, nonce string) (*iden
 	if claims.Verified == nil || !*claims.Verified {
 		return nil, fmt.Errorf("the provider has not verified the email %s", claims.Email)
 	}
-	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name, hd: strings.ToLower(claims.HD)}, nil
+	email, ok := store.NormalEmail(claims.Email)
+	if !ok {
+		return nil, fmt.Errorf("the provider's email %q is not an ASCII address fcm can match against its allow-list", claims.Email)
+	}
+	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: email, name: claims.Name, hd: strings.ToLower(claims.HD)}, nil
 }
 
 // identityClaims are the claims fcm reads, from the ID token or UserInfo.

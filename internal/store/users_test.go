@@ -99,3 +99,63 @@ func TestTokens_ExpiryAndDerived(t *testing.T) {
 		t.Errorf("tokens left: %v, want the new admin token and t_fresh", ids)
 	}
 }
+
+// TestAllowList_ASCIIOnly: rules and emails are ASCII, lowered byte by
+// byte; Unicode look-alikes and case folds match nothing, and a second "@"
+// makes no address.
+func TestAllowList_ASCIIOnly(t *testing.T) {
+	for _, p := range []string{"\u212Aelvin@example.com", "bob@ex\u0430mple.com", "@ex\u0430mple.com", "a@b@example.com"} {
+		if _, err := NormalizePattern(p); err == nil {
+			t.Errorf("pattern %q accepted", p)
+		}
+	}
+	if p, err := NormalizePattern(" Kelvin@Example.COM "); err != nil || p != "kelvin@example.com" {
+		t.Errorf("ASCII pattern: %q %v", p, err)
+	}
+	rules := []*AccessRule{{Pattern: "kelvin@example.com", Allow: true}, {Pattern: "@example.com", Allow: true}}
+	for email, want := range map[string]bool{
+		"KELVIN@example.com":      true,
+		"\u212Aelvin@example.com": false, // KELVIN SIGN: strings.ToLower makes it "k"
+		"bob@ex\u0430mple.com":    false,
+		"bob@x@example.com":       false,
+		"@example.com":            false,
+	} {
+		if got := Allowed(rules, email); got != want {
+			t.Errorf("Allowed(%q) = %v, want %v", email, got, want)
+		}
+	}
+}
+
+// TestDeleteUser_Bans: a removed user's account stays out whatever the
+// allow-list says, until their email is allowed again.
+func TestDeleteUser_Bans(t *testing.T) {
+	st, err := Open(filepath.Join(t.TempDir(), "fcm.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	u := &User{ID: NewUserID(), Issuer: "https://op.example", Subject: "42", Email: "bob@example.com"}
+	banned := func() *Ban {
+		var b *Ban
+		st.View(func(tx *Tx) (err error) { b, err = tx.Banned(u.Issuer, u.Subject); return })
+		return b
+	}
+	if banned() != nil {
+		t.Fatal("banned before removal")
+	}
+	st.Update(func(tx *Tx) error { return tx.PutUser(u) })
+	if err := st.Update(func(tx *Tx) error { _, err := tx.DeleteUser(u.ID); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if b := banned(); b == nil || b.Email != "bob@example.com" {
+		t.Fatalf("ban after users rm: %+v", b)
+	}
+	st.Update(func(tx *Tx) error { return tx.SetAccess("@example.com", true) })
+	if banned() == nil {
+		t.Fatal("allowing the domain lifted the ban")
+	}
+	st.Update(func(tx *Tx) error { return tx.SetAccess("bob@example.com", true) })
+	if banned() != nil {
+		t.Fatal("allowing the email did not lift the ban")
+	}
+}
