@@ -25,7 +25,7 @@ func callback(s *Service, state, cookie string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest("GET", CallbackPath+"?"+url.Values{"state": {state}, "code": {"c"}}.Encode(), nil)
 	req.Header.Set("Cookie", cookie)
 	rec := httptest.NewRecorder()
-	s.Callback(rec, req)
+	s.Callback(rec, req, "192.0.2.1")
 	return rec
 }
 

@@ -79,7 +79,10 @@ func (s *Service) begin(w http.ResponseWriter, r *http.Request, id string) {
 // Callback is GET /oauth2/callback: the provider's answer. The state is spent
 // at once; the code is exchanged (with the PKCE verifier), the ID token
 // checked, and the person asked to confirm the code their terminal shows.
-func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
+//
+// addr is the browser's address: the confirm page warns when it is not the
+// one the CLI started the login from.
+func (s *Service) Callback(w http.ResponseWriter, r *http.Request, addr string) {
 	q := r.URL.Query()
 	s.mu.Lock()
 	id, ok := s.states[q.Get("state")]
@@ -133,6 +136,9 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 	d := pageData{Confirm: true, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf,
 		Host: l.hostname, Addr: l.addr, Started: l.started.UTC().Format("15:04:05 MST, 2 Jan 2006"),
 		Ago: ago(s.now().Sub(l.started)), Loopback: l.port != 0, Port: l.port}
+	if addr != l.addr {
+		d.BrowserAddr = addr
+	}
 	s.mu.Unlock()
 	s.setCookie(w, confirmCookie, csrf)
 	s.clearCookie(w, stateCookie)
@@ -361,6 +367,7 @@ type pageData struct {
 	Loopback                 bool // the browser goes back to the CLI on this machine
 	Port                     int
 	Grant                    string // the code to type into the CLI (typed-code logins)
+	BrowserAddr              string // set when the browser is not where the login started
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -376,6 +383,7 @@ dt{font-weight:bold}button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</
 <dl id="login-origin"><dt>fcm login on</dt><dd id="login-host">{{.Host}}</dd>
 <dt>from address</dt><dd id="login-addr">{{.Addr}}</dd>
 <dt>started</dt><dd>{{.Started}} ({{.Ago}})</dd></dl>
+{{if .BrowserAddr}}<p class="warn" id="addr-warning">This browser is at {{.BrowserAddr}}, but the login was started from {{.Addr}}: another computer or network. Unless you started it there yourself, cancel.</p>{{end}}
 <p class="warn">Confirm only if you ran fcm login yourself, just now. If someone sent you this link or a code, cancel: confirming would give them your account.</p>
 {{if .Loopback}}<p>After you confirm, this browser hands the login to fcm login on this computer.</p>
 {{else}}<p>After you confirm, this page shows a code to type into fcm login in your own terminal.</p>{{end}}

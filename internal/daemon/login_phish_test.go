@@ -1,7 +1,12 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +46,9 @@ func TestLogin_PhishedLinkGivesTheAttackerNothing(t *testing.T) {
 			port = ln.Addr().(*net.TCPAddr).Port
 			ln.Close()
 		}
-		start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{Port: port, Hostname: "attacker-box"})
+		// The attacker is elsewhere: their request reaches the daemon
+		// through Caddy, which says so in X-Forwarded-For.
+		start, err := startLoginFrom(ctx, rig.url, "192.0.2.66", api.LoginStartRequest{Port: port, Hostname: "attacker-box"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,7 +56,8 @@ func TestLogin_PhishedLinkGivesTheAttackerNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if page.Host != "attacker-box" || !strings.Contains(page.Text, "If someone sent you this link") {
+		if page.Host != "attacker-box" || !strings.Contains(page.Text, "If someone sent you this link") ||
+			!strings.Contains(page.Text, "This browser is at 127.0.0.1, but the login was started from 192.0.2.66") {
 			t.Fatalf("%s: the confirm page does not name the login's machine or warn: %q", mode, page.Text)
 		}
 		page, err = rig.browser.Confirm(ctx)
@@ -82,4 +90,22 @@ func TestLogin_PhishedLinkGivesTheAttackerNothing(t *testing.T) {
 	if n := tokens(); n != before {
 		t.Fatalf("%d tokens made by phished logins", n-before)
 	}
+}
+
+// startLoginFrom starts a login as a client at addr would through Caddy
+// (X-Forwarded-For from loopback).
+func startLoginFrom(ctx context.Context, base, addr string, req api.LoginStartRequest) (*api.LoginStart, error) {
+	body, _ := json.Marshal(req)
+	r, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/logins", bytes.NewReader(body))
+	r.Header.Set("X-Forwarded-For", addr)
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return nil, fmt.Errorf("POST /v1/logins: %d", resp.StatusCode)
+	}
+	var start api.LoginStart
+	return &start, json.NewDecoder(resp.Body).Decode(&start)
 }

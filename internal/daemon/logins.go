@@ -75,7 +75,7 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request, _ *store.Toke
 
 func (s *Server) loginCallback(w http.ResponseWriter, r *http.Request, _ *store.Token) {
 	if s.loginEnabled(w) && s.pageAllowed(w, r) {
-		s.Auth.Callback(w, r)
+		s.Auth.Callback(w, r, clientAddr(r))
 	}
 }
 
