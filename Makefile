@@ -14,7 +14,10 @@ TOOLS := /var/cache/fcm/tools/pebble-$(PEBBLE_VERSION)
 # distributions ship older ones (Debian 12: 2.6), so this one is built from source.
 CADDY_VERSION := v2.11.9
 CADDY := /var/cache/fcm/tools/caddy-$(CADDY_VERSION)/caddy
-TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY)
+# zitadel/oidc's example OpenID provider (ID tokens without email: UserInfo has it).
+OIDC_EXAMPLE_VERSION := v3.51.17
+OIDC_EXAMPLE := /var/cache/fcm/tools/zitadel-oidc-$(OIDC_EXAMPLE_VERSION)/server
+TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY) FCM_OIDC_EXAMPLE=$(OIDC_EXAMPLE)
 
 .PHONY: build web release image test-image test-tools test fuzz bench vet deps caddy clean
 
@@ -79,6 +82,8 @@ test-tools: $(CADDY)
 	test -x $(TOOLS)/pebble -a -x $(TOOLS)/pebble-challtestsrv || GOBIN=$(TOOLS) $(GO) install \
 		github.com/letsencrypt/pebble/v2/cmd/pebble@$(PEBBLE_VERSION) \
 		github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@$(PEBBLE_VERSION)
+	test -x $(OIDC_EXAMPLE) || GOBIN=$(dir $(OIDC_EXAMPLE)) $(GO) install \
+		github.com/zitadel/oidc/v3/example/server@$(OIDC_EXAMPLE_VERSION)
 
 test: vet web test-image test-tools release
 	mkdir -p bin/test-output

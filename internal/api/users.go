@@ -39,23 +39,37 @@ const (
 	CodeExpired       = "expired"        // the login expired or was already used (410)
 	CodeQuota         = "quota_exceeded" // the user has --max-vms-per-user VMs already (403)
 	CodeHasVMs        = "has_vms"        // users rm without saying what to do with the user's VMs (409)
+	CodeRateLimited   = "rate_limited"   // too many login requests from one address (429)
 	LoginPending      = "pending"        // LoginStatus.Status while the person has not confirmed
 )
 
-// LoginStart is the answer to POST /v1/logins: the URL the person opens, the
-// code their browser will show to confirm, and what the CLI polls with.
+// LoginStart is the answer to POST /v1/logins: the URL the person opens and
+// what the CLI polls with.
 type LoginStart struct {
 	ID        string    `json:"id"`
 	URL       string    `json:"url"`        // https://fcm.<domain>/login/<id>
-	Code      string    `json:"code"`       // e.g. "WDJB-MJHT", shown by the CLI and by the page
+	Code      string    `json:"code"`       // unused since logins are bound by a grant (LoginPoll.Grant); ""
 	PollToken string    `json:"poll_token"` // secret: only the CLI that started the login gets the token
 	Interval  int       `json:"interval"`   // seconds between polls
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// LoginStartRequest is the (optional) body of POST /v1/logins: how the CLI
+// receives the result. With Port, the browser is sent back to
+// http://127.0.0.1:<Port>/done?grant=<grant> after the person confirms
+// (RFC 8252 loopback redirect); without, the page shows a one-time code the
+// person types into the CLI. Hostname is shown on the confirm page.
+type LoginStartRequest struct {
+	Port     int    `json:"port,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+}
+
 // LoginPoll is the body of POST /v1/logins/{id}/token.
 type LoginPoll struct {
 	PollToken string `json:"poll_token"`
+	// Grant is what the confirm gave the CLI (the loopback redirect's grant,
+	// or the code the page showed); without the right one a poll stays pending.
+	Grant string `json:"grant,omitempty"`
 }
 
 // LoginStatus is the 202 body while a login waits for the person.
@@ -101,6 +115,7 @@ type Token struct {
 	Current    bool      `json:"current,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 	LastUsedAt time.Time `json:"last_used_at,omitempty"`
+	ExpiresAt  time.Time `json:"expires_at,omitempty"` // zero: never (the admin token)
 }
 
 // ListTokensResponse is the body of GET /v1/tokens.

@@ -27,7 +27,7 @@ import (
 )
 
 // Google is the default issuer.
-const Google = "https://accounts.google.com"
+const Google = store.GoogleIssuer
 
 // CallbackPath is where the provider sends the browser back.
 const CallbackPath = "/oauth2/callback"
@@ -39,13 +39,22 @@ type Config struct {
 	ClientSecret string
 	PublicURL    string // the daemon as browsers reach it: https://fcm.<domain>
 	HTTPClient   *http.Client
+	TokenTTL     time.Duration // how long a CLI's token lasts; 0: DefaultTokenTTL
 }
 
-// Limits of logins in progress.
+// DefaultTokenTTL is how long a token fcm login makes lasts; logging in
+// again makes a new one.
+const DefaultTokenTTL = 90 * 24 * time.Hour
+
+// Limits of logins in progress. A client address holds at most
+// maxPendingPerAddr of them and everyone together maxPending; past either,
+// the oldest goes to make room (a flood evicts its own, never refuses
+// another person's new login).
 const (
-	LoginTTL     = 10 * time.Minute
-	PollInterval = 2 * time.Second
-	maxPending   = 1000
+	LoginTTL          = 10 * time.Minute
+	PollInterval      = 2 * time.Second
+	maxPending        = 10000
+	maxPendingPerAddr = 10
 )
 
 // Service runs logins.
@@ -54,6 +63,8 @@ type Service struct {
 	store *store.Store
 	log   *slog.Logger
 	now   func() time.Time
+
+	limit *limiter // of the public login endpoints, per client address
 
 	mu       sync.Mutex
 	logins   map[string]*login // by id
@@ -64,10 +75,18 @@ type Service struct {
 // login is one `fcm login` in progress.
 type login struct {
 	id       string
+	addr     string // the client address that started it
+	started  time.Time
 	web      bool   // started by the status page's "Sign in", not by a CLI
-	code     string // shown by the CLI and by the page
+	port     int    // the CLI's loopback port for the redirect; 0: it takes a typed code
+	hostname string // the CLI's host, as it said
 	pollHash [32]byte
-	expires  time.Time
+	// grant is what the CLI must poll with once the person confirmed: the
+	// loopback redirect's secret, or the code the page showed. wrongGrants
+	// counts polls with another one.
+	grant       string
+	wrongGrants int
+	expires     time.Time
 
 	state, nonce, verifier string // set when the browser begins
 
@@ -80,6 +99,12 @@ type login struct {
 
 type identity struct {
 	issuer, subject, email, name string
+	hd                           string // Google's hosted domain claim
+}
+
+// user is ident as the allow-list judges it.
+func (ident *identity) user() *store.User {
+	return &store.User{Issuer: ident.issuer, Subject: ident.subject, Email: ident.email, Name: ident.name, HostedDomain: ident.hd}
 }
 
 // Failure is how a login ended badly, for the page and for the CLI's poll.
@@ -109,10 +134,13 @@ func New(cfg Config, st *store.Store, log *slog.Logger) (*Service, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
 	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = DefaultTokenTTL
+	}
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{cfg: cfg, store: st, log: log, now: time.Now,
+	return &Service{cfg: cfg, store: st, log: log, now: time.Now, limit: newLimiter(),
 		logins: map[string]*login{}, states: map[string]string{}}, nil
 }
 
@@ -122,30 +150,110 @@ func (s *Service) RedirectURL() string { return s.cfg.PublicURL + CallbackPath }
 // Issuer is the provider's issuer.
 func (s *Service) Issuer() string { return s.cfg.Issuer }
 
-// Start begins a login for a CLI.
-func (s *Service) Start() (*api.LoginStart, *Failure) {
+// maxWrongGrants is how many polls with a wrong grant end a login.
+const maxWrongGrants = 5
+
+// Start begins a login for a CLI at client address addr. The token goes only
+// to a poll that carries the grant the person's confirm gave: through the
+// browser's redirect to the CLI's loopback port (req.Port), or as a code the
+// page shows and the person types into the CLI.
+func (s *Service) Start(addr string, req api.LoginStartRequest) (*api.LoginStart, *Failure) {
+	if req.Port < 0 || req.Port > 65535 {
+		return nil, &Failure{http.StatusBadRequest, api.CodeBadRequest, "port must be a TCP port (1-65535), or 0 for a typed code"}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	l := s.add(addr, false)
+	l.port, l.hostname = req.Port, cleanHostname(req.Hostname)
+	poll := random(32)
+	l.pollHash = sha256.Sum256([]byte(poll))
+	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, PollToken: poll,
+		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
+}
+
+// cleanHostname keeps what a CLI says its host is to 64 printable ASCII
+// characters, for the confirm page.
+func cleanHostname(h string) string {
+	var b strings.Builder
+	for _, c := range h {
+		if b.Len() == 64 {
+			break
+		}
+		if c > ' ' && c < 0x7f {
+			b.WriteRune(c)
+		}
+	}
+	if b.Len() == 0 {
+		return "(not given)"
+	}
+	return b.String()
+}
+
+// add makes a new pending login for addr, first purging the expired ones and
+// making room: the oldest of addr's own past maxPendingPerAddr, the oldest
+// of all past maxPending. s.mu is held.
+func (s *Service) add(addr string, web bool) *login {
 	now := s.now()
+	s.purge(now)
+	var mine []*login
+	for _, l := range s.logins {
+		if l.addr == addr {
+			mine = append(mine, l)
+		}
+	}
+	for len(mine) >= maxPendingPerAddr {
+		i := oldest(mine)
+		s.drop(mine[i].id)
+		mine = append(mine[:i], mine[i+1:]...)
+	}
+	for len(s.logins) >= maxPending {
+		all := make([]*login, 0, len(s.logins))
+		for _, l := range s.logins {
+			all = append(all, l)
+		}
+		s.drop(all[oldest(all)].id)
+	}
+	l := &login{id: random(16), addr: addr, web: web, started: now, expires: now.Add(LoginTTL)}
+	s.logins[l.id] = l
+	return l
+}
+
+// oldest returns the index of the login started first.
+func oldest(ls []*login) int {
+	o := 0
+	for i, l := range ls {
+		if l.started.Before(ls[o].started) {
+			o = i
+		}
+	}
+	return o
+}
+
+// purge forgets the logins that expired; s.mu is held.
+func (s *Service) purge(now time.Time) {
 	for id, l := range s.logins {
 		if now.After(l.expires) {
 			s.drop(id)
 		}
 	}
-	if len(s.logins) >= maxPending {
-		return nil, &Failure{http.StatusServiceUnavailable, api.CodeUnavailable, "too many logins in progress: try again in a few minutes"}
-	}
-	l := &login{id: random(16), code: userCode(), expires: now.Add(LoginTTL)}
-	poll := random(32)
-	l.pollHash = sha256.Sum256([]byte(poll))
-	s.logins[l.id] = l
-	return &api.LoginStart{ID: l.id, URL: s.cfg.PublicURL + "/login/" + l.id, Code: l.code, PollToken: poll,
-		Interval: int(PollInterval / time.Second), ExpiresAt: l.expires.UTC()}, nil
 }
 
-// Poll tells the CLI how its login goes: the new token once (the login ends),
-// nil and nil while the person has not confirmed, or why it failed.
-func (s *Service) Poll(id, pollToken string) (*api.LoginResult, *Failure) {
+// Pending is how many logins are in progress (expired ones purged).
+func (s *Service) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.purge(s.now())
+	return len(s.logins)
+}
+
+// Limited reports whether addr has used up its share of the public login
+// endpoints for now (each call counts one request); the caller answers 429.
+func (s *Service) Limited(addr string) bool { return !s.limit.allow(addr, s.now()) }
+
+// Poll tells the CLI how its login goes: the new token once (the login ends)
+// if grant is the one the person's confirm gave; nil and nil while they have
+// not confirmed or the poll has no grant; or why it failed.
+func (s *Service) Poll(id, pollToken, grant string) (*api.LoginResult, *Failure) {
 	s.mu.Lock()
 	l, ok := s.logins[id]
 	if !ok || s.now().After(l.expires) {
@@ -166,9 +274,18 @@ func (s *Service) Poll(id, pollToken string) (*api.LoginResult, *Failure) {
 		s.mu.Unlock()
 		return nil, f
 	}
-	if l.userID == "" {
+	if l.userID == "" || grant == "" {
 		s.mu.Unlock()
 		return nil, nil
+	}
+	if subtle.ConstantTimeCompare([]byte(normalGrant(grant)), []byte(normalGrant(l.grant))) != 1 {
+		if l.wrongGrants++; l.wrongGrants >= maxWrongGrants {
+			s.drop(id)
+			s.mu.Unlock()
+			return nil, &Failure{http.StatusForbidden, api.CodeLoginFailed, "too many wrong codes: the login is cancelled; run fcm login again"}
+		}
+		s.mu.Unlock()
+		return nil, &Failure{http.StatusForbidden, api.CodeForbidden, "wrong code: type the code the page shows after you confirmed"}
 	}
 	userID := l.userID
 	s.drop(id)
@@ -188,13 +305,10 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 			refused = &Failure{http.StatusForbidden, api.CodeNotAllowed, "your user was removed while logging in"}
 			return nil
 		}
-		if ok, err := tx.Allowed(u.Email); err != nil {
+		if refused, err = admitted(tx, u); err != nil || refused != nil {
 			return err
-		} else if !ok {
-			refused = notAllowed(u.Email)
-			return nil
 		}
-		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID}
+		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID, ExpiresAt: s.now().Add(s.cfg.TokenTTL).UTC()}
 		if err := tx.PutToken(secret, tok); err != nil {
 			return err
 		}
@@ -214,6 +328,29 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 func notAllowed(email string) *Failure {
 	return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
 		"%s may not log in to this fcm host: ask its admin to run 'fcm users allow %s'", email, email)}
+}
+
+// admitted checks the allow-list for u: nil if it lets u in, else why not.
+func admitted(tx *store.Tx, u *store.User) (*Failure, error) {
+	if ban, err := tx.Banned(u.Issuer, u.Subject); err != nil {
+		return nil, err
+	} else if ban != nil {
+		return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
+			"%s was removed from this fcm host by its admin: ask them to run 'fcm users allow %s'", u.Email, ban.Email)}, nil
+	}
+	rules, err := tx.AccessRules()
+	if err != nil {
+		return nil, err
+	}
+	if store.AllowedUser(rules, u) {
+		return nil, nil
+	}
+	if _, domain, _ := strings.Cut(u.Email, "@"); store.Allowed(rules, u.Email) {
+		return &Failure{http.StatusForbidden, api.CodeNotAllowed, fmt.Sprintf(
+			"%s may not log in to this fcm host: @%s lets in only the accounts %s manages (Google's hd claim), and this one is not; ask its admin to run 'fcm users allow %s'",
+			u.Email, domain, domain, u.Email)}, nil
+	}
+	return notAllowed(u.Email), nil
 }
 
 // APIUser is u as the API shows it (without the counts only the admin sees).
@@ -257,6 +394,20 @@ func random(n int) string {
 		panic(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// normalGrant is a grant as compared: a typed code in upper case, without
+// spaces or dashes (a loopback grant has neither upper case nor spaces).
+func normalGrant(g string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == ' ' || r == '-':
+			return -1
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		}
+		return r
+	}, strings.TrimSpace(g))
 }
 
 // userCode returns a code people compare at a glance: 8 consonants, no

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -13,19 +14,6 @@ import (
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/store"
 	"golang.org/x/oauth2"
-)
-
-// Cookies are prefixed: on 127.0.0.1 browsers share them across ports.
-const (
-	stateCookie   = "fcm_login_state"
-	confirmCookie = "fcm_login_confirm"
-	// SessionCookie holds a browser's token (a "web session" token of the
-	// user, or the admin token pasted on the page) over plain HTTP;
-	// SecureSessionCookie over HTTPS, where the __Host- prefix makes browsers
-	// keep it to this host, Secure and Path=/ (no other subdomain, such as a
-	// VM's, can set or shadow it).
-	SessionCookie       = "fcm_session"
-	SecureSessionCookie = "__Host-fcm_session"
 )
 
 // WebSessionName names the tokens of browsers' sessions.
@@ -43,21 +31,22 @@ func (s *Service) Begin(w http.ResponseWriter, r *http.Request) {
 // BeginWeb is GET /login: "Sign in" on the status page. The browser that
 // starts it is the one that ends it, so there is no code to confirm: the
 // callback gives it a session cookie.
-func (s *Service) BeginWeb(w http.ResponseWriter, r *http.Request) {
+func (s *Service) BeginWeb(w http.ResponseWriter, r *http.Request, addr string) {
 	s.mu.Lock()
-	if len(s.logins) >= maxPending {
-		s.mu.Unlock()
-		s.page(w, http.StatusServiceUnavailable, pageData{Error: "Too many logins in progress: try again in a few minutes."})
-		return
-	}
-	l := &login{id: random(16), web: true, expires: s.now().Add(LoginTTL)}
-	s.logins[l.id] = l
+	id := s.add(addr, true).id
 	s.mu.Unlock()
-	s.begin(w, r, l.id)
+	s.begin(w, r, id)
+}
+
+// TooMany is the page for a client over its limit of login requests.
+func (s *Service) TooMany(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "60")
+	s.page(w, http.StatusTooManyRequests, pageData{Error: "Too many sign-in attempts from your address: wait a minute and try again."})
 }
 
 func (s *Service) begin(w http.ResponseWriter, r *http.Request, id string) {
 	s.mu.Lock()
+	s.purge(s.now())
 	l, ok := s.logins[id]
 	if !ok || s.now().After(l.expires) {
 		s.mu.Unlock()
@@ -90,7 +79,10 @@ func (s *Service) begin(w http.ResponseWriter, r *http.Request, id string) {
 // Callback is GET /oauth2/callback: the provider's answer. The state is spent
 // at once; the code is exchanged (with the PKCE verifier), the ID token
 // checked, and the person asked to confirm the code their terminal shows.
-func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
+//
+// addr is the browser's address: the confirm page warns when it is not the
+// one the CLI started the login from.
+func (s *Service) Callback(w http.ResponseWriter, r *http.Request, addr string) {
 	q := r.URL.Query()
 	s.mu.Lock()
 	id, ok := s.states[q.Get("state")]
@@ -112,7 +104,7 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("login failed", "login", id, "code", f.Code, "err", f.Message)
 		s.page(w, f.Status, pageData{Error: f.Message})
 	}
-	if c, err := r.Cookie(stateCookie); err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(q.Get("state"))) != 1 {
+	if c, err := s.onlyCookie(r, stateCookie); err != nil || subtle.ConstantTimeCompare([]byte(c), []byte(q.Get("state"))) != 1 {
 		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: this sign-in was started in another browser (the state does not match this browser's). Open the URL fcm login printed in this browser."})
 		return
 	}
@@ -125,13 +117,13 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 		fail(&Failure{http.StatusBadRequest, api.CodeLoginFailed, "login failed: " + err.Error()})
 		return
 	}
-	var allowed bool
-	if err := s.store.View(func(tx *store.Tx) (err error) { allowed, err = tx.Allowed(ident.email); return }); err != nil {
+	var refused *Failure
+	if err := s.store.View(func(tx *store.Tx) (err error) { refused, err = admitted(tx, ident.user()); return }); err != nil {
 		fail(&Failure{http.StatusInternalServerError, api.CodeInternal, err.Error()})
 		return
 	}
-	if !allowed {
-		fail(notAllowed(ident.email))
+	if refused != nil {
+		fail(refused)
 		return
 	}
 	if l.web {
@@ -141,11 +133,28 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request) {
 	csrf := random(24)
 	s.mu.Lock()
 	l.ident, l.csrf = ident, csrf
-	code := l.code
+	d := pageData{Confirm: true, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf,
+		Host: l.hostname, Addr: l.addr, Started: l.started.UTC().Format("15:04:05 MST, 2 Jan 2006"),
+		Ago: ago(s.now().Sub(l.started)), Loopback: l.port != 0, Port: l.port}
+	if addr != l.addr {
+		d.BrowserAddr = addr
+	}
 	s.mu.Unlock()
 	s.setCookie(w, confirmCookie, csrf)
 	s.clearCookie(w, stateCookie)
-	s.page(w, http.StatusOK, pageData{Confirm: true, Code: code, Email: ident.email, Name: ident.name, ID: id, CSRF: csrf})
+	s.page(w, http.StatusOK, d)
+}
+
+// ago says d as "just now" or "N minutes ago".
+func ago(d time.Duration) string {
+	switch m := int(d / time.Minute); m {
+	case 0:
+		return "just now"
+	case 1:
+		return "1 minute ago"
+	default:
+		return fmt.Sprintf("%d minutes ago", m)
+	}
 }
 
 // exchange trades the code for tokens and checks the ID token: signature,
@@ -175,21 +184,55 @@ func (s *Service) exchange(r *http.Request, code, verifier, nonce string) (*iden
 	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) != 1 {
 		return nil, errors.New("the ID token was refused: its nonce is not this login's")
 	}
-	var claims struct {
-		Email    string `json:"email"`
-		Verified *bool  `json:"email_verified"`
-		Name     string `json:"name"`
-	}
+	var claims identityClaims
 	if err := idt.Claims(&claims); err != nil {
 		return nil, fmt.Errorf("the ID token's claims: %w", err)
 	}
 	if claims.Email == "" {
-		return nil, errors.New("the provider gave no email address (fcm asks for the email scope)")
+		// OIDC Core 5.4: a provider may keep the profile claims to its
+		// UserInfo endpoint. Those claims are about the ID token's subject
+		// only if UserInfo says the same sub (5.3.2).
+		if claims, err = s.userInfo(ctx, p, tok, idt.Subject); err != nil {
+			return nil, err
+		}
+	}
+	if claims.Email == "" {
+		return nil, errors.New("the provider gave no email address, in the ID token or from UserInfo (fcm asks for the email scope)")
 	}
 	if claims.Verified == nil || !*claims.Verified {
 		return nil, fmt.Errorf("the provider has not verified the email %s", claims.Email)
 	}
-	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: strings.ToLower(claims.Email), name: claims.Name}, nil
+	email, ok := store.NormalEmail(claims.Email)
+	if !ok {
+		return nil, fmt.Errorf("the provider's email %q is not an ASCII address fcm can match against its allow-list", claims.Email)
+	}
+	return &identity{issuer: idt.Issuer, subject: idt.Subject, email: email, name: claims.Name, hd: strings.ToLower(claims.HD)}, nil
+}
+
+// identityClaims are the claims fcm reads, from the ID token or UserInfo.
+type identityClaims struct {
+	Subject  string `json:"sub"`
+	Email    string `json:"email"`
+	Verified *bool  `json:"email_verified"`
+	Name     string `json:"name"`
+	HD       string `json:"hd"` // Google: the Workspace domain that manages the account
+}
+
+// userInfo fetches the claims from the provider's UserInfo endpoint with the
+// access token, and refuses them unless they are about subject.
+func (s *Service) userInfo(ctx context.Context, p *oidc.Provider, tok *oauth2.Token, subject string) (identityClaims, error) {
+	var claims identityClaims
+	ui, err := p.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	if err != nil {
+		return claims, fmt.Errorf("the ID token has no email, and the provider's UserInfo failed: %w", err)
+	}
+	if err := ui.Claims(&claims); err != nil {
+		return claims, fmt.Errorf("the provider's UserInfo claims: %w", err)
+	}
+	if ui.Subject == "" || subtle.ConstantTimeCompare([]byte(ui.Subject), []byte(subject)) != 1 || claims.Subject != ui.Subject {
+		return identityClaims{}, fmt.Errorf("the provider's UserInfo is about another subject (%q, the ID token's is %q): refused", ui.Subject, subject)
+	}
+	return claims, nil
 }
 
 // Confirm is POST /login/{id}/confirm: the person saw the code and confirms
@@ -209,8 +252,8 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusGone, pageData{Error: "This login has ended or expired. Run fcm login again."})
 		return
 	}
-	c, err := r.Cookie(confirmCookie)
-	if err != nil || subtle.ConstantTimeCompare([]byte(c.Value), []byte(l.csrf)) != 1 ||
+	c, err := s.onlyCookie(r, confirmCookie)
+	if err != nil || subtle.ConstantTimeCompare([]byte(c), []byte(l.csrf)) != 1 ||
 		subtle.ConstantTimeCompare([]byte(r.PostForm.Get("csrf")), []byte(l.csrf)) != 1 {
 		s.mu.Unlock()
 		s.page(w, http.StatusForbidden, pageData{Error: "This confirmation did not come from the page fcm showed in this browser."})
@@ -228,10 +271,17 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 
 	u, f := s.admit(ident)
 	s.mu.Lock()
+	port, grant := l.port, ""
 	if f != nil {
 		l.failure = f
 	} else {
 		l.userID = u.ID
+		if port != 0 {
+			l.grant = random(32)
+		} else {
+			l.grant = userCode()
+		}
+		grant = l.grant
 	}
 	s.mu.Unlock()
 	s.clearCookie(w, confirmCookie)
@@ -239,7 +289,14 @@ func (s *Service) Confirm(w http.ResponseWriter, r *http.Request) {
 		s.page(w, f.Status, pageData{Error: f.Message})
 		return
 	}
-	s.page(w, http.StatusOK, pageData{Done: fmt.Sprintf("Logged in as %s. Go back to your terminal: fcm login has its token.", u.Email)})
+	if port != 0 {
+		// RFC 8252: back to the CLI that started the login, on this
+		// browser's own machine. A browser elsewhere (a phished person's)
+		// takes the grant to its own loopback, never to the CLI that began.
+		http.Redirect(w, r, fmt.Sprintf("http://127.0.0.1:%d/done?grant=%s", port, grant), http.StatusSeeOther)
+		return
+	}
+	s.page(w, http.StatusOK, pageData{Grant: grant, Email: u.Email})
 }
 
 // admit makes or updates the user the provider vouched for, if the
@@ -248,13 +305,10 @@ func (s *Service) admit(ident *identity) (*store.User, *Failure) {
 	var u *store.User
 	var refused *Failure
 	err := s.store.Update(func(tx *store.Tx) error {
-		if ok, err := tx.Allowed(ident.email); err != nil {
-			return err
-		} else if !ok {
-			refused = notAllowed(ident.email)
-			return nil
-		}
 		var err error
+		if refused, err = admitted(tx, ident.user()); err != nil || refused != nil {
+			return err
+		}
 		u, err = tx.UserBySubject(ident.issuer, ident.subject)
 		if errors.Is(err, store.ErrNotFound) {
 			u, err = &store.User{ID: store.NewUserID(), Issuer: ident.issuer, Subject: ident.subject}, nil
@@ -262,7 +316,7 @@ func (s *Service) admit(ident *identity) (*store.User, *Failure) {
 		if err != nil {
 			return err
 		}
-		u.Email, u.Name, u.LastLoginAt = ident.email, ident.name, s.now().UTC()
+		u.Email, u.Name, u.HostedDomain, u.LastLoginAt = ident.email, ident.name, ident.hd, s.now().UTC()
 		return tx.PutUser(u)
 	})
 	if err != nil {
@@ -295,70 +349,50 @@ func (s *Service) finishWeb(w http.ResponseWriter, r *http.Request, id string, i
 }
 
 // SetSession gives the browser its session: the token in an HttpOnly cookie
-// (Secure over HTTPS, SameSite=Lax), for ttl.
+// (Secure and __Host- over HTTPS, SameSite=Lax), for ttl.
 func (s *Service) SetSession(w http.ResponseWriter, secret string, ttl time.Duration) {
-	SetSessionCookie(w, secret, ttl, strings.HasPrefix(s.cfg.PublicURL, "https://"))
-}
-
-// SessionSecret returns the token in r's session cookie, "" for none.
-func SessionSecret(r *http.Request) string {
-	for _, name := range []string{SecureSessionCookie, SessionCookie} {
-		if c, err := r.Cookie(name); err == nil && c.Value != "" {
-			return c.Value
-		}
-	}
-	return ""
-}
-
-// SetSessionCookie sets (ttl > 0) or clears (ttl <= 0) the session cookie.
-func SetSessionCookie(w http.ResponseWriter, secret string, ttl time.Duration, secure bool) {
-	name := SessionCookie
-	if secure {
-		name = SecureSessionCookie
-	}
-	c := &http.Cookie{Name: name, Value: secret, Path: "/", MaxAge: int(ttl.Seconds()),
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secure}
-	if ttl <= 0 {
-		c.Value, c.MaxAge = "", -1
-	}
-	http.SetCookie(w, c)
-}
-
-func (s *Service) setCookie(w http.ResponseWriter, name, value string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: int(LoginTTL.Seconds()),
-		HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
-}
-
-func (s *Service) clearCookie(w http.ResponseWriter, name string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
-		SameSite: http.SameSiteLaxMode, Secure: strings.HasPrefix(s.cfg.PublicURL, "https://")})
+	SetSessionCookie(w, secret, ttl, s.secure())
 }
 
 type pageData struct {
 	Error   string
 	Confirm bool
-	Code    string
 	Email   string
 	Name    string
 	ID      string
 	CSRF    string
 	Done    string
+	// What the confirm page says of the login it authorizes.
+	Host, Addr, Started, Ago string
+	Loopback                 bool // the browser goes back to the CLI on this machine
+	Port                     int
+	Grant                    string // the code to type into the CLI (typed-code logins)
+	BrowserAddr              string // set when the browser is not where the login started
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>fcm login</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em;color:#222}
-code{font-size:2em;letter-spacing:.1em;display:block;margin:.5em 0}#error{color:#a00}
-button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</style></head><body>
+code{font-size:2em;letter-spacing:.1em;display:block;margin:.5em 0}#error{color:#a00}.warn{color:#a00;font-weight:bold}
+dt{font-weight:bold}button{font-size:1em;padding:.4em 1.2em;margin-right:.5em}</style></head><body>
 <h1>fcm login</h1>
 {{if .Error}}<p id="error">{{.Error}}</p>
 {{else if .Confirm}}<p>Signed in as <b>{{.Email}}</b>{{if .Name}} ({{.Name}}){{end}}.</p>
-<p>Check that your terminal shows this code:</p><code id="login-code">{{.Code}}</code>
+<p>A command line asks for access to your fcm account:</p>
+<dl id="login-origin"><dt>fcm login on</dt><dd id="login-host">{{.Host}}</dd>
+<dt>from address</dt><dd id="login-addr">{{.Addr}}</dd>
+<dt>started</dt><dd>{{.Started}} ({{.Ago}})</dd></dl>
+{{if .BrowserAddr}}<p class="warn" id="addr-warning">This browser is at {{.BrowserAddr}}, but the login was started from {{.Addr}}: another computer or network. Unless you started it there yourself, cancel.</p>{{end}}
+<p class="warn">Confirm only if you ran fcm login yourself, just now. If someone sent you this link or a code, cancel: confirming would give them your account.</p>
+{{if .Loopback}}<p>After you confirm, this browser hands the login to fcm login on this computer.</p>
+{{else}}<p>After you confirm, this page shows a code to type into fcm login in your own terminal.</p>{{end}}
 <form method="post" action="/login/{{.ID}}/confirm"><input type="hidden" name="csrf" value="{{.CSRF}}">
-<button id="confirm" name="action" value="confirm">It matches: log in</button>
+<button id="confirm" name="action" value="confirm">I started it: log in</button>
 <button id="cancel" name="action" value="cancel">Cancel</button></form>
-<p>If your terminal shows another code, or you did not run fcm login, cancel.</p>
+{{else if .Grant}}<p>Logged in as <b>{{.Email}}</b>. Type this code into fcm login in your terminal:</p>
+<code id="grant-code">{{.Grant}}</code>
+<p class="warn">Never give this code to anyone: whoever types it gets your account.</p>
 {{else}}<p id="done">{{.Done}}</p>{{end}}
 </body></html>
 `))
@@ -368,7 +402,13 @@ func (s *Service) page(w http.ResponseWriter, status int, d pageData) {
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	formAction := "'self'"
+	if d.Loopback {
+		// The confirm redirects to the CLI's loopback port; browsers hold a
+		// form's redirects to form-action too.
+		formAction += fmt.Sprintf(" http://127.0.0.1:%d", d.Port)
+	}
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action "+formAction+"; frame-ancestors 'none'")
 	h.Set("Referrer-Policy", "no-referrer")
 	w.WriteHeader(status)
 	if err := pageTmpl.Execute(w, d); err != nil {

@@ -28,8 +28,10 @@ type usersDaemon struct {
 	rules  []api.AccessRule
 	logins map[string]*fakeLogin
 	nLogin int
-	vms    []api.VM
-	quota  int // VMs a user may have; 0: no limit
+	// loginURL replaces the login URL the daemon answers (<srv>/login/<id>).
+	loginURL string
+	vms      []api.VM
+	quota    int // VMs a user may have; 0: no limit
 
 	// The person who signs in at the provider for the next login, and how
 	// many polls are answered "pending" before they confirm the code.
@@ -46,7 +48,13 @@ type fakeToken struct {
 type fakeLogin struct {
 	pollToken string
 	polls     int
+	port      int    // the CLI's loopback port; 0: a typed code
+	grant     string // what a poll must carry once "confirmed"
+	sent      bool   // the grant went to the CLI's port
 }
+
+// fakeCode is the code the fake daemon's "page" shows for --no-browser.
+const fakeCode = "WDJB-MJHT"
 
 const adminSecret = "fcm_admin_secret"
 
@@ -116,7 +124,8 @@ func (d *usersDaemon) user(u api.User) *api.User {
 
 func (d *usersDaemon) newToken(u *api.User) *fakeToken {
 	n := len(d.tokens)
-	t := &fakeToken{Token: api.Token{ID: fmt.Sprintf("t_%08x", 0x0123abcd+n), User: u.Email, CreatedAt: time.Now()},
+	t := &fakeToken{Token: api.Token{ID: fmt.Sprintf("t_%08x", 0x0123abcd+n), User: u.Email, CreatedAt: time.Now(),
+		ExpiresAt: time.Now().Add(90*24*time.Hour + time.Hour)},
 		secret: fmt.Sprintf("fcm_user_secret_%d", n)}
 	d.tokens = append(d.tokens, t)
 	return t
@@ -147,8 +156,18 @@ func (d *usersDaemon) startLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	d.nLogin++
 	id := fmt.Sprintf("l_%d", d.nLogin)
-	d.logins[id] = &fakeLogin{pollToken: "poll_" + id}
-	writeJSON(w, http.StatusCreated, api.LoginStart{ID: id, URL: "https://fcm.example.com/login/" + id, Code: "WDJB-MJHT",
+	var req api.LoginStartRequest
+	json.NewDecoder(r.Body).Decode(&req)
+	l := &fakeLogin{pollToken: "poll_" + id, port: req.Port, grant: fakeCode}
+	if req.Port != 0 {
+		l.grant = "grant_" + id
+	}
+	d.logins[id] = l
+	loginURL := d.srv.URL + "/login/" + id
+	if d.loginURL != "" {
+		loginURL = d.loginURL
+	}
+	writeJSON(w, http.StatusCreated, api.LoginStart{ID: id, URL: loginURL,
 		PollToken: "poll_" + id, Interval: 5, ExpiresAt: time.Now().Add(10 * time.Minute)})
 }
 
@@ -166,6 +185,24 @@ func (d *usersDaemon) pollLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	if l.polls++; l.polls <= d.pendingPolls {
 		writeJSON(w, http.StatusAccepted, api.LoginStatus{Status: api.LoginPending})
+		return
+	}
+	// The person confirmed: the browser brings the grant to the CLI's port
+	// (once); a poll without the right grant stays pending.
+	if l.port != 0 && !l.sent {
+		l.sent = true
+		go func() {
+			if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/done?grant=%s", l.port, l.grant)); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	switch {
+	case body.Grant == "":
+		writeJSON(w, http.StatusAccepted, api.LoginStatus{Status: api.LoginPending})
+		return
+	case body.Grant != l.grant:
+		writeErr(w, http.StatusForbidden, api.CodeForbidden, "wrong code")
 		return
 	}
 	delete(d.logins, r.PathValue("id"))

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,9 +66,10 @@ func assertNoFiles(t *testing.T, home string) {
 	}
 }
 
-// `fcm login` prints the URL and the code, polls without a token until the
-// person confirms, then writes ~/.fcm-token and ~/.fcm-host (0600) which
-// later commands use.
+// `fcm login` prints the URL, listens on a loopback port for the browser's
+// grant, polls without a token (and without the grant, pending) until the
+// person confirmed, then with the grant; it writes ~/.fcm-token and
+// ~/.fcm-host (0600) which later commands use.
 func TestLogin_WritesTokenAndHost(t *testing.T) {
 	home, opened := loginEnv(t)
 	d := newUsersDaemon(t)
@@ -77,18 +80,17 @@ func TestLogin_WritesTokenAndHost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("login: %v\n%s", err, out)
 	}
-	want := "To log in, open this URL in a browser:\n  https://fcm.example.com/login/l_1\nand check that the page shows the code: WDJB-MJHT\n" +
+	want := "To log in, open this URL in a browser on this computer:\n  " + d.srv.URL + "/login/l_1\n(a browser on another device: use fcm login --no-browser)\n" +
 		"Waiting for you to sign in... (Ctrl+C to give up)\n" +
 		"Logged in to " + d.srv.URL + " as alice@example.com (Alice Liddell)\n"
 	if out != want {
 		t.Errorf("output:\n%s\nwant:\n%s", out, want)
 	}
-	if got := strings.Join(*opened, " "); got != "https://fcm.example.com/login/l_1" {
+	if got := strings.Join(*opened, " "); got != d.srv.URL+"/login/l_1" {
 		t.Errorf("browser opened %q", got)
 	}
-	wantReqs := "POST /v1/logins\n" + strings.Repeat("POST /v1/logins/l_1/token\n", 4)
-	if r := d.requests(); r+"\n" != wantReqs {
-		t.Errorf("requests (none with a token):\n%s\nwant:\n%s", r, wantReqs)
+	if l := d.logins["l_1"]; l != nil || !strings.HasSuffix(d.requests(), "POST /v1/logins/l_1/token") {
+		t.Errorf("the login is still there or the last request was not a poll")
 	}
 	secret := d.tokens[len(d.tokens)-1].secret
 	if got := readFile0600(t, filepath.Join(home, ".fcm-token")); got != secret+"\n" {
@@ -104,22 +106,70 @@ func TestLogin_WritesTokenAndHost(t *testing.T) {
 		t.Errorf("whoami after login: %v\n%s", err, out)
 	}
 
-	// Logging in again replaces the token and says so; --no-browser opens nothing.
+	// --no-browser opens nothing and reads the code the page showed; a wrong
+	// one is asked again. Logging in again replaces the token and says so.
 	d.pendingPolls = 0
 	d.requests()
 	*opened = nil
-	out, err = runCLI(nil, "login", "--no-browser")
-	if err != nil || !strings.Contains(out, "Replaced the token that was in ~/.fcm-token") {
+	out, err = runCLI(strings.NewReader("BCDF-GHJK\n"+fakeCode+"\n"), "login", "--no-browser")
+	if err != nil || !strings.Contains(out, "Replaced the token that was in ~/.fcm-token") ||
+		!strings.Contains(out, "type here the code the page shows.\nCode: That code is not the one the page shows. Code: \n") {
 		t.Errorf("second login: %v\n%s", err, out)
 	}
 	if len(*opened) != 0 {
 		t.Errorf("--no-browser opened %v", *opened)
 	}
-	if r := d.requests(); r != "POST /v1/logins\nPOST /v1/logins/l_2/token" {
+	if r := d.requests(); !strings.HasPrefix(r, "POST /v1/logins\nPOST /v1/logins/l_2/token") || strings.Contains(r, "Bearer") {
 		t.Errorf("second login's requests (the token in ~/.fcm-token not sent): %q", r)
 	}
 	if got := readFile0600(t, filepath.Join(home, ".fcm-token")); got != d.tokens[len(d.tokens)-1].secret+"\n" || got == secret+"\n" {
 		t.Errorf("~/.fcm-token after the second login: %q", got)
+	}
+
+	// --no-browser with nothing typed gives up clearly.
+	out, err = runCLI(strings.NewReader(""), "login", "--no-browser")
+	if err == nil || !strings.Contains(err.Error(), "no code was typed") {
+		t.Errorf("--no-browser without a code: %v\n%s", err, out)
+	}
+}
+
+// A request to the CLI's loopback port with a grant that is not the
+// daemon's (another local program) does not end the login: the CLI waits
+// for the real one.
+func TestLogin_IgnoresAWrongGrant(t *testing.T) {
+	loginEnv(t)
+	d := newUsersDaemon(t)
+	d.rules = []api.AccessRule{{Pattern: "@example.com", Allow: true, Source: "flag"}}
+	d.pendingPolls = 1 << 30
+	t.Setenv("FCM_HOST", d.srv.URL)
+	done := make(chan error, 1)
+	go func() { _, err := runCLI(nil, "login"); done <- err }()
+	var port int
+	for deadline := time.Now().Add(5 * time.Second); port == 0; time.Sleep(5 * time.Millisecond) {
+		d.mu.Lock()
+		if l := d.logins["l_1"]; l != nil {
+			port = l.port
+		}
+		d.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("no login started with a port")
+		}
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/done?grant=forged", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	d.mu.Lock()
+	d.pendingPolls = 0
+	d.mu.Unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("login after a forged grant: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("login did not finish after the real grant")
 	}
 }
 
@@ -210,4 +260,40 @@ func TestWhoAmI(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"role": "admin"`) || !strings.Contains(out, `"token_source": "FCM_TOKEN"`) || !strings.Contains(out, `"host": "`+d.srv.URL+`"`) {
 		t.Errorf("whoami --json: %v\n%s", err, out)
 	}
+}
+
+// The CLI opens only an https URL, or http on loopback, on the daemon's own
+// host: a hostile daemon's file:, custom-scheme or other-site URL is refused
+// and nothing is opened.
+func TestCheckLoginURL(t *testing.T) {
+	for _, tc := range []struct {
+		host, url string
+		ok        bool
+	}{
+		{"https://fcm.example.com", "https://fcm.example.com/login/x", true},
+		{"https://FCM.example.com:8443", "https://fcm.example.com/login/x", true},
+		{"http://127.0.0.1:7777", "http://127.0.0.1:7777/login/x", true},
+		{"http://localhost:7777", "http://localhost:7777/login/x", true},
+		{"http://fcm.example.com", "http://fcm.example.com/login/x", false},
+		{"https://fcm.example.com", "file:///etc/passwd", false},
+		{"https://fcm.example.com", "smb://fcm.example.com/share", false},
+		{"https://fcm.example.com", "javascript:alert(1)", false},
+		{"https://fcm.example.com", "https://evil.example/login/x", false},
+		{"https://fcm.example.com", "https://fcm.example.com.evil.example/x", false},
+		{"https://fcm.example.com", "https://user@fcm.example.com/x", false},
+		{"http://127.0.0.1:7777", "http://192.0.2.1/login/x", false},
+	} {
+		if err := checkLoginURL(tc.host, tc.url); (err == nil) != tc.ok {
+			t.Errorf("checkLoginURL(%q, %q): %v, want ok=%v", tc.host, tc.url, err, tc.ok)
+		}
+	}
+
+	home, opened := loginEnv(t)
+	d := newUsersDaemon(t)
+	d.loginURL = "file:///etc/passwd"
+	out, err := runCLI(nil, "login", "--host", d.srv.URL)
+	if err == nil || !strings.Contains(err.Error(), "not opening it") || len(*opened) != 0 || strings.Contains(out, "file:") {
+		t.Errorf("login with a file: URL: %v, opened %v\n%s", err, *opened, out)
+	}
+	assertNoFiles(t, home)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/spf13/cobra"
@@ -72,9 +73,9 @@ func newTokenLsCmd() *cobra.Command {
 				return printJSON(cmd, tokens)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "  ID\tUSER\tCREATED\tLAST USED")
+			fmt.Fprintln(tw, "  ID\tUSER\tCREATED\tEXPIRES\tLAST USED")
 			for _, t := range tokens {
-				mark, user, used := " ", t.User, "never"
+				mark, user, used, expires := " ", t.User, "never", "never"
 				if t.Current {
 					mark = "*"
 				}
@@ -84,7 +85,10 @@ func newTokenLsCmd() *cobra.Command {
 				if !t.LastUsedAt.IsZero() {
 					used = ago(t.LastUsedAt)
 				}
-				fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\n", mark, t.ID, user, ago(t.CreatedAt), used)
+				if !t.ExpiresAt.IsZero() {
+					expires = until(t.ExpiresAt)
+				}
+				fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\n", mark, t.ID, user, ago(t.CreatedAt), expires, used)
 			}
 			return tw.Flush()
 		},
@@ -119,4 +123,18 @@ fcm token rotate.`,
 			return nil
 		},
 	}
+}
+
+// until says how long until t: "in 89d", "in 5h", "in 12m", or "expired".
+func until(t time.Time) string {
+	d := time.Until(t)
+	switch {
+	case d <= 0:
+		return "expired"
+	case d < time.Hour:
+		return fmt.Sprintf("in %dm", int(d.Minutes())+1)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("in %dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("in %dd", int(d.Hours()/24))
 }

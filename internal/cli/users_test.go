@@ -113,7 +113,7 @@ func TestToken_LsAndRevoke(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if err != nil || len(lines) != 3 || strings.Fields(lines[0])[0] != "ID" ||
 		!strings.HasPrefix(lines[1], "  t_0123abce  alice@example.com") || !strings.HasPrefix(lines[2], "* t_0123abcf  alice@example.com") ||
-		!strings.HasSuffix(lines[1], "never") {
+		!strings.HasSuffix(lines[1], "in 90d   never") || strings.Fields(lines[0])[3] != "EXPIRES" {
 		t.Errorf("token ls: %v\n%s", err, out)
 	}
 	if out, err := runCLI(nil, "token", "revoke", "t_0123abce"); err != nil || out != "Revoked token t_0123abce\n" {

@@ -11,20 +11,21 @@ import (
 )
 
 // StartLogin begins an OIDC login (no token is sent): the answer has the URL
-// the person opens, the code the page will show, and what PollLogin needs.
+// the person opens and what PollLogin needs; req says how the CLI takes the
+// grant (a loopback port, or a typed code).
 // Without OIDC on the daemon the error is an *api.Error with code
 // api.CodeLoginDisabled whose message says how to turn it on.
-func (c *Client) StartLogin(ctx context.Context) (*api.LoginStart, error) {
+func (c *Client) StartLogin(ctx context.Context, req api.LoginStartRequest) (*api.LoginStart, error) {
 	var out api.LoginStart
-	return &out, c.call(ctx, http.MethodPost, "/v1/logins", nil, &out)
+	return &out, c.call(ctx, http.MethodPost, "/v1/logins", req, &out)
 }
 
 // PollLogin asks once whether the login id is done (no token is sent). It
 // returns the new token and its user once the person has confirmed, pending
 // true while they have not, or the daemon's refusal as an *api.Error
 // (api.CodeNotAllowed, api.CodeLoginFailed, api.CodeExpired or a 404).
-func (c *Client) PollLogin(ctx context.Context, id, pollToken string) (res *api.LoginResult, pending bool, err error) {
-	resp, err := c.do(ctx, http.MethodPost, "/v1/logins/"+url.PathEscape(id)+"/token", api.LoginPoll{PollToken: pollToken}, "")
+func (c *Client) PollLogin(ctx context.Context, id, pollToken, grant string) (res *api.LoginResult, pending bool, err error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/logins/"+url.PathEscape(id)+"/token", api.LoginPoll{PollToken: pollToken, Grant: grant}, "")
 	if err != nil {
 		return nil, false, err
 	}

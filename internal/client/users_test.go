@@ -53,10 +53,15 @@ func TestPollLogin(t *testing.T) {
 		if a := r.Header.Get("Authorization"); a != "" {
 			t.Errorf("%s %s sent %q", r.Method, r.URL.Path, a)
 		}
-		var body api.LoginPoll
+		var body struct {
+			api.LoginPoll
+			api.LoginStartRequest
+		}
 		json.NewDecoder(r.Body).Decode(&body)
 		w.Header().Set("Content-Type", "application/json")
 		switch {
+		case r.URL.Path == "/v1/logins" && body.Port != 5555:
+			t.Errorf("start sent %+v, want port 5555", body)
 		case r.URL.Path == "/v1/logins":
 			w.WriteHeader(http.StatusCreated)
 			json.NewEncoder(w).Encode(api.LoginStart{ID: "l_1", URL: "https://fcm.example.com/login/l_1", Code: "WDJB-MJHT", PollToken: "p", Interval: 5})
@@ -70,6 +75,8 @@ func TestPollLogin(t *testing.T) {
 			polls++
 			w.WriteHeader(http.StatusAccepted)
 			json.NewEncoder(w).Encode(api.LoginStatus{Status: api.LoginPending})
+		case body.Grant != "g":
+			t.Errorf("poll sent grant %q", body.Grant)
 		default:
 			json.NewEncoder(w).Encode(api.LoginResult{Token: "fcm_new", User: api.User{Email: "alice@example.com"}})
 		}
@@ -77,22 +84,22 @@ func TestPollLogin(t *testing.T) {
 	defer srv.Close()
 	ctx := context.Background()
 	c := &Client{Host: srv.URL, Token: "fcm_old"}
-	start, err := c.StartLogin(ctx)
+	start, err := c.StartLogin(ctx, api.LoginStartRequest{Port: 5555})
 	if err != nil || start.Code != "WDJB-MJHT" || start.PollToken != "p" {
 		t.Fatalf("StartLogin: %+v, %v", start, err)
 	}
-	if res, pending, err := c.PollLogin(ctx, "l_1", "p"); res != nil || !pending || err != nil {
+	if res, pending, err := c.PollLogin(ctx, "l_1", "p", "g"); res != nil || !pending || err != nil {
 		t.Errorf("first poll: %+v %v %v, want pending", res, pending, err)
 	}
-	if res, pending, err := c.PollLogin(ctx, "l_1", "p"); err != nil || pending || res.Token != "fcm_new" || res.User.Email != "alice@example.com" {
+	if res, pending, err := c.PollLogin(ctx, "l_1", "p", "g"); err != nil || pending || res.Token != "fcm_new" || res.User.Email != "alice@example.com" {
 		t.Errorf("second poll: %+v %v %v, want the token", res, pending, err)
 	}
-	_, pending, err := c.PollLogin(ctx, "l_1", "wrong")
+	_, pending, err := c.PollLogin(ctx, "l_1", "wrong", "g")
 	var ae *api.Error
 	if pending || err == nil || !strings.Contains(err.Error(), "may not log in") || !errors.As(err, &ae) || ae.Code != api.CodeNotAllowed {
 		t.Errorf("refused: %v %v", pending, err)
 	}
-	if _, _, err := c.PollLogin(ctx, "gone", "p"); !IsLoginExpired(err) {
+	if _, _, err := c.PollLogin(ctx, "gone", "p", "g"); !IsLoginExpired(err) {
 		t.Errorf("expired: %v", err)
 	}
 }

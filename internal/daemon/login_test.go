@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -27,6 +28,7 @@ import (
 type loginRig struct {
 	url      string
 	store    *store.Store
+	logins   *auth.Service
 	provider *oidctest.Provider
 	browser  *browsertest.Browser
 	anon     *client.Client // no token
@@ -34,18 +36,40 @@ type loginRig struct {
 
 func newLoginRig(t *testing.T, allow ...string) *loginRig {
 	t.Helper()
-	p := newPeople(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + ln.Addr().String()
-	op, err := oidctest.Start(oidctest.Options{ClientID: "fcm-test", ClientSecret: "fcm-test-secret", RedirectURIs: []string{base + auth.CallbackPath}})
+	return newLoginRigWith(t, oidctest.Options{}, allow...)
+}
+
+// newLoginRigWith is newLoginRig with the test provider's options (its
+// client and redirect URI are the rig's).
+func newLoginRigWith(t *testing.T, o oidctest.Options, allow ...string) *loginRig {
+	t.Helper()
+	ln, base := listenLoopback(t)
+	o.ClientID, o.ClientSecret, o.RedirectURIs = "fcm-test", "fcm-test-secret", []string{base + auth.CallbackPath}
+	op, err := oidctest.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(op.Close)
-	logins, err := auth.New(auth.Config{Issuer: op.Issuer(), ClientID: "fcm-test", ClientSecret: "fcm-test-secret", PublicURL: base}, p.store, slogTo(io.Discard))
+	rig := startLoginRig(t, ln, auth.Config{Issuer: op.Issuer(), ClientID: o.ClientID, ClientSecret: o.ClientSecret, PublicURL: base}, allow)
+	rig.provider = op
+	return rig
+}
+
+// listenLoopback listens on a random loopback port for a rig's daemon.
+func listenLoopback(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, "http://" + ln.Addr().String()
+}
+
+// startLoginRig serves the daemon's API on ln with logins configured by cfg.
+func startLoginRig(t *testing.T, ln net.Listener, cfg auth.Config, allow []string, opts ...browsertest.Option) *loginRig {
+	t.Helper()
+	p := newPeople(t)
+	logins, err := auth.New(cfg, p.store, slogTo(io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +81,8 @@ func newLoginRig(t *testing.T, allow ...string) *loginRig {
 	srv.Listener = ln
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &loginRig{url: base, store: p.store, provider: op, browser: browsertest.New(t), anon: &client.Client{Host: base}}
+	base := "http://" + ln.Addr().String()
+	return &loginRig{url: base, store: p.store, logins: logins, browser: browsertest.New(t, opts...), anon: &client.Client{Host: base}}
 }
 
 func ctxFor(t *testing.T) context.Context {
@@ -75,42 +100,72 @@ func apiCode(err error) string {
 	return ""
 }
 
-// TestLogin_BrowserConfirmsTheCLIsCode: the whole login as a person does it.
-// The CLI's poll is pending until the person confirmed, then gets a token
-// for alice (once); replaying the callback fails clearly.
-func TestLogin_BrowserConfirmsTheCLIsCode(t *testing.T) {
+// loopbackCLI listens on 127.0.0.1 as fcm login does and returns its port
+// and the grants browsers bring to /done.
+func loopbackCLI(t *testing.T) (int, <-chan string) {
+	t.Helper()
+	grants := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/done" {
+			grants <- r.URL.Query().Get("grant")
+		}
+		io.WriteString(w, `<!doctype html><p id="done">back to the terminal</p>`)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().(*net.TCPAddr).Port, grants
+}
+
+// TestLogin_LoopbackGrant: the whole login as a person does it. The confirm
+// page names the machine and address the login came from; after the
+// confirm the browser brings the grant to the CLI's loopback port, and only
+// a poll with that grant gets the token (once): without it the poll stays
+// pending, even after the confirm. Replaying the callback fails clearly.
+func TestLogin_LoopbackGrant(t *testing.T) {
 	rig := newLoginRig(t, "@example.com")
 	ctx := ctxFor(t)
-	start, err := rig.anon.StartLogin(ctx)
+	port, grants := loopbackCLI(t)
+	start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{Port: port, Hostname: "alice-laptop"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(start.URL, rig.url+"/login/") || len(start.Code) != 9 {
+	if !strings.HasPrefix(start.URL, rig.url+"/login/") || start.Code != "" {
 		t.Fatalf("login start: %+v", start)
 	}
 	page, err := rig.browser.Login(ctx, start.URL, oidctest.Alice.Username, oidctest.Alice.Password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if page.Code != start.Code || !strings.Contains(page.Text, "alice@example.com") {
-		t.Fatalf("confirm page shows code %q (CLI has %q): %s", page.Code, start.Code, page.Text)
+	if page.Host != "alice-laptop" || !strings.Contains(page.Text, "alice@example.com") || !strings.Contains(page.Text, "127.0.0.1") ||
+		!strings.Contains(page.Text, "If someone sent you this link") || strings.Contains(page.Text, "This browser is at") {
+		t.Fatalf("confirm page (the browser where the login started: no address warning): host %q: %s", page.Host, page.Text)
 	}
-	if _, pending, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); !pending || err != nil {
+	if _, pending, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, ""); !pending || err != nil {
 		t.Fatalf("poll before confirming: pending %v, %v", pending, err)
 	}
-	if _, _, err := rig.anon.PollLogin(ctx, start.ID, "not-the-poll-token"); apiCode(err) != api.CodeForbidden {
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, "not-the-poll-token", ""); apiCode(err) != api.CodeForbidden {
 		t.Fatalf("poll with a wrong poll token: %v", err)
 	}
 	page, err = rig.browser.Confirm(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(page.Done, "Logged in as alice@example.com") {
-		t.Fatalf("after confirming: %+v", page)
+	if !strings.HasPrefix(page.URL, fmt.Sprintf("http://127.0.0.1:%d/done?grant=", port)) || page.Done != "back to the terminal" {
+		t.Fatalf("after confirming the browser is at %s: %q", page.URL, page.Text)
 	}
-	res, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+	var grant string
+	select {
+	case grant = <-grants:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no grant reached the CLI's loopback port")
+	}
+	for range 3 {
+		if _, pending, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, ""); !pending || err != nil {
+			t.Fatalf("poll without the grant after confirming: pending %v, %v", pending, err)
+		}
+	}
+	res, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, grant)
 	if err != nil || res == nil {
-		t.Fatalf("poll after confirming: %v", err)
+		t.Fatalf("poll with the grant: %v", err)
 	}
 	if res.User.Email != "alice@example.com" || res.User.Name != oidctest.Alice.Name || !store.ValidSecret(res.Token) {
 		t.Fatalf("login result: %+v", res)
@@ -119,7 +174,12 @@ func TestLogin_BrowserConfirmsTheCLIsCode(t *testing.T) {
 	if err != nil || me.Role != api.RoleUser || me.User == nil || me.User.Email != "alice@example.com" || me.User.Issuer != rig.provider.Issuer() {
 		t.Fatalf("whoami with the new token: %+v, %v", me, err)
 	}
-	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); apiCode(err) != api.CodeExpired {
+	var minted *store.Token
+	rig.store.View(func(tx *store.Tx) (err error) { minted, err = tx.TokenByID(me.TokenID); return })
+	if minted == nil || minted.ExpiresAt.Before(time.Now().Add(auth.DefaultTokenTTL-time.Hour)) || minted.ExpiresAt.After(time.Now().Add(auth.DefaultTokenTTL)) {
+		t.Fatalf("the CLI's token: %+v, want it to expire in %s", minted, auth.DefaultTokenTTL)
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, grant); apiCode(err) != api.CodeExpired {
 		t.Fatalf("a second poll: %v, want expired (the token is given once)", err)
 	}
 	page, err = rig.browser.Open(ctx, rig.browser.LastCallbackURL())
@@ -131,12 +191,62 @@ func TestLogin_BrowserConfirmsTheCLIsCode(t *testing.T) {
 	}
 }
 
+// TestLogin_TypedCode: fcm login --no-browser: after the confirm the page
+// shows a code (never before), which the person types into the CLI; a wrong
+// one is refused, five end the login.
+func TestLogin_TypedCode(t *testing.T) {
+	rig := newLoginRig(t, "@example.com")
+	ctx := ctxFor(t)
+	start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{Hostname: "build-box"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := rig.browser.Login(ctx, start.URL, oidctest.Bob.Username, oidctest.Bob.Password)
+	if err != nil || page.Host != "build-box" || page.Grant != "" {
+		t.Fatalf("confirm page: %+v %v", page, err)
+	}
+	if page, err = rig.browser.Confirm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Grant) != 9 || !strings.Contains(page.Text, "Never give this code to anyone") {
+		t.Fatalf("after confirming: %+v", page)
+	}
+	if _, pending, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, ""); !pending || err != nil {
+		t.Fatalf("poll without the code: pending %v, %v", pending, err)
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, "BCDF-GHJK"); apiCode(err) != api.CodeForbidden {
+		t.Fatalf("poll with a wrong code: %v", err)
+	}
+	res, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, " "+strings.ToLower(page.Grant)+"\n")
+	if err != nil || res == nil || res.User.Email != "bob@example.com" {
+		t.Fatalf("poll with the code as typed (lower case, spaces): %+v %v", res, err)
+	}
+
+	// Five wrong codes end a login.
+	start, _ = rig.anon.StartLogin(ctx, api.LoginStartRequest{})
+	if _, err := rig.browser.Login(ctx, start.URL, oidctest.Bob.Username, oidctest.Bob.Password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rig.browser.Confirm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, "BCDF-GHJK")
+		if want := map[bool]string{true: api.CodeLoginFailed, false: api.CodeForbidden}[i == 4]; apiCode(err) != want {
+			t.Fatalf("wrong code #%d: %v, want %s", i+1, err, want)
+		}
+	}
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, ""); apiCode(err) != api.CodeExpired {
+		t.Fatalf("poll after five wrong codes: %v", err)
+	}
+}
+
 // TestLogin_NotAllowed: an email the allow-list does not let in is told so in
 // the browser and in the CLI, and nothing is made.
 func TestLogin_NotAllowed(t *testing.T) {
 	rig := newLoginRig(t, "@example.com")
 	ctx := ctxFor(t)
-	start, err := rig.anon.StartLogin(ctx)
+	start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +257,7 @@ func TestLogin_NotAllowed(t *testing.T) {
 	if page.Status != http.StatusForbidden || !strings.Contains(page.Error, "carol@other.org may not log in") || page.Code != "" {
 		t.Fatalf("page for carol: %d %+v", page.Status, page)
 	}
-	_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+	_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken, "")
 	if apiCode(err) != api.CodeNotAllowed || !strings.Contains(err.Error(), "fcm users allow carol@other.org") {
 		t.Fatalf("CLI poll for carol: %v", err)
 	}
@@ -189,7 +299,7 @@ func TestLogin_TamperedAndReplayed(t *testing.T) {
 		{"audience", oidctest.Tamper{Audience: "someone-else"}, "audience"},
 		{"issuer", oidctest.Tamper{Issuer: "http://127.0.0.1:1"}, "issue"},
 	} {
-		start, err := rig.anon.StartLogin(ctx)
+		start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +311,7 @@ func TestLogin_TamperedAndReplayed(t *testing.T) {
 		if page.Status != http.StatusBadRequest || !strings.Contains(page.Error, "ID token was refused") || !strings.Contains(page.Error, tc.want) || page.Code != "" {
 			t.Errorf("%s: page %d %q", tc.name, page.Status, page.Error)
 		}
-		_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken)
+		_, _, err = rig.anon.PollLogin(ctx, start.ID, start.PollToken, "")
 		if apiCode(err) != api.CodeLoginFailed || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: CLI poll: %v", tc.name, err)
 		}
@@ -213,7 +323,7 @@ func TestLogin_TamperedAndReplayed(t *testing.T) {
 	if err != nil || used.Query().Get("code") == "" {
 		t.Fatalf("no callback recorded: %q", rig.browser.LastCallbackURL())
 	}
-	start, err := rig.anon.StartLogin(ctx)
+	start, err := rig.anon.StartLogin(ctx, api.LoginStartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +337,7 @@ func TestLogin_TamperedAndReplayed(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "refused the sign-in code") {
 		t.Fatalf("a reused code: %d %s", resp.StatusCode, body)
 	}
-	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken); apiCode(err) != api.CodeLoginFailed {
+	if _, _, err := rig.anon.PollLogin(ctx, start.ID, start.PollToken, ""); apiCode(err) != api.CodeLoginFailed {
 		t.Fatalf("CLI poll after a reused code: %v", err)
 	}
 }
@@ -255,7 +365,7 @@ func (rig *loginRig) begin(t *testing.T, id string) (*http.Client, string) {
 func TestLogin_NotConfigured(t *testing.T) {
 	f := newFixture(t)
 	anon := &client.Client{Host: f.srv.URL}
-	_, err := anon.StartLogin(context.Background())
+	_, err := anon.StartLogin(context.Background(), api.LoginStartRequest{})
 	if apiCode(err) != api.CodeLoginDisabled || !strings.Contains(err.Error(), "--oidc-client-id and --oidc-client-secret") {
 		t.Fatalf("login without OIDC: %v", err)
 	}

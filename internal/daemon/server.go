@@ -113,6 +113,7 @@ func (w *statusWriter) Flush() {
 func (s *Server) logged(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		apiHeaders(w)
 		sw := &statusWriter{ResponseWriter: w, status: 200}
 		h.ServeHTTP(sw, r)
 		if r.URL.Path == "/health" {
@@ -405,7 +406,21 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// apiHeaders are every response's defaults: no content sniffing, and a CSP
+// under which a response opened as a document can do nothing (guest text
+// served as text/plain is never a script or a page). HTML pages replace the
+// CSP with their own.
+func apiHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", apiCSP)
+}
+
+// apiCSP is the Content-Security-Policy of every response but the pages'.
+const apiCSP = "default-src 'none'; sandbox"
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	apiHeaders(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)

@@ -54,7 +54,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, tok *store.T
 			continue
 		}
 		out.Tokens = append(out.Tokens, api.Token{ID: t.ID, Name: t.Name, Admin: t.Admin, User: emails[t.User],
-			Current: t.ID == tok.ID, CreatedAt: t.CreatedAt, LastUsedAt: t.LastUsedAt})
+			Current: t.ID == tok.ID, CreatedAt: t.CreatedAt, LastUsedAt: t.LastUsedAt, ExpiresAt: t.ExpiresAt})
 	}
 	sort.Slice(out.Tokens, func(i, j int) bool { return out.Tokens[i].CreatedAt.Before(out.Tokens[j].CreatedAt) })
 	writeJSON(w, http.StatusOK, out)
@@ -146,7 +146,7 @@ func (s *Server) usersList() (*api.ListUsersResponse, error) {
 		}
 		for _, u := range users {
 			au := auth.APIUser(u)
-			au.Allowed = store.Allowed(rules, u.Email)
+			au.Allowed = store.AllowedUser(rules, u)
 			for _, t := range toks {
 				if t.User == u.ID {
 					au.Tokens++

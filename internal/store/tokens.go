@@ -19,16 +19,29 @@ type Token struct {
 	User       string    `json:"user,omitempty"` // the user it acts for; "" for the admin token
 	CreatedAt  time.Time `json:"created_at"`
 	LastUsedAt time.Time `json:"last_used_at,omitempty"`
-	ExpiresAt  time.Time `json:"expires_at,omitempty"` // zero: never (web sessions expire)
+	ExpiresAt  time.Time `json:"expires_at,omitempty"` // zero: never (the admin token)
+	// Parent is the id of the token this one was derived from (a web
+	// session made from a pasted token): it acts as that token and ends
+	// with it.
+	Parent string `json:"parent,omitempty"`
 }
 
 // Owner is who the token acts for, as VMs and keys name their owner: the
-// user's id, or (for a token of no user: the admin token) the token's own id.
+// user's id, or (for a token of no user: the admin token) the token's own
+// id, or its parent's for a derived one.
 func (tok *Token) Owner() string {
-	if tok.User != "" {
+	switch {
+	case tok.User != "":
 		return tok.User
+	case tok.Parent != "":
+		return tok.Parent
 	}
 	return tok.ID
+}
+
+// Expired reports whether the token has an expiry and it passed at now.
+func (tok *Token) Expired(now time.Time) bool {
+	return !tok.ExpiresAt.IsZero() && now.After(tok.ExpiresAt)
 }
 
 // NewTokenID returns a public id for a new token: "t_" and 12 hex digits.
@@ -155,8 +168,14 @@ func (t *Tx) Authenticate(secret string) (*Token, *User, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if !tok.ExpiresAt.IsZero() && time.Now().After(tok.ExpiresAt) {
+	if tok.Expired(time.Now()) {
 		return nil, nil, fmt.Errorf("token %s expired: %w", tok.ID, ErrNotFound)
+	}
+	if tok.Parent != "" {
+		parent, err := t.TokenByID(tok.Parent)
+		if err != nil || parent.Expired(time.Now()) {
+			return nil, nil, fmt.Errorf("token %s: the token it came from is gone: %w", tok.ID, ErrNotFound)
+		}
 	}
 	if tok.User == "" {
 		return tok, nil, nil
@@ -215,4 +234,23 @@ func (t *Tx) DeleteTokens(match func(*Token) bool) ([]*Token, error) {
 		}
 	}
 	return gone, nil
+}
+
+// PurgeExpiredTokens removes the tokens that expired by now, and those
+// derived from a token that is gone, and returns how many went.
+func (t *Tx) PurgeExpiredTokens(now time.Time) (int, error) {
+	toks, err := t.Tokens()
+	if err != nil {
+		return 0, err
+	}
+	live := map[string]bool{}
+	for _, tok := range toks {
+		if !tok.Expired(now) {
+			live[tok.ID] = true
+		}
+	}
+	gone, err := t.DeleteTokens(func(tok *Token) bool {
+		return tok.Expired(now) || tok.Parent != "" && !live[tok.Parent]
+	})
+	return len(gone), err
 }

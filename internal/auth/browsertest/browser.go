@@ -30,6 +30,8 @@ type Page struct {
 	Status int    // HTTP status of the main document; 0 if the browser gave none
 	Text   string // document.body.innerText
 	Code   string // text of #login-code, if present
+	Grant  string // text of #grant-code: the code fcm's page gives to type into the CLI
+	Host   string // text of #login-host: the machine fcm's confirm page says the login came from
 	Error  string // text of #error, if present
 	Done   string // text of #done, if present
 
@@ -59,7 +61,14 @@ func Chromium() string {
 type Option func(*config)
 
 type config struct {
-	resolve []string // host-resolver MAP rules before the catch-all
+	resolve  []string // host-resolver MAP rules before the catch-all
+	anyCerts bool
+}
+
+// AcceptAnyCert makes the browser accept any TLS certificate (a test's own
+// self-signed servers), as if the person had clicked through the warning.
+func AcceptAnyCert() Option {
+	return func(c *config) { c.anyCerts = true }
 }
 
 // Resolve makes the browser resolve host to ip, e.g. Resolve("fcm.example.test",
@@ -93,6 +102,9 @@ func New(t testing.TB, opts ...Option) *Browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("host-resolver-rules", rules),
 	)
+	if cfg.anyCerts {
+		flags = append(flags, chromedp.Flag("ignore-certificate-errors", true))
+	}
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), flags...)
 	tab, _ := chromedp.NewContext(alloc)
 	t.Cleanup(func() {
@@ -170,7 +182,7 @@ func (b *Browser) Login(ctx context.Context, url, username, password string) (Pa
 	if err != nil {
 		return page, fmt.Errorf("browsertest: fill the login form at %s: %w", page.URL, err)
 	}
-	resp, err = chromedp.RunResponse(c, chromedp.Click(chromedp.CSS("#submit")))
+	resp, err = chromedp.RunResponse(c, chromedp.Click(chromedp.CSS(`button[type="submit"]`)))
 	if err != nil {
 		return page, fmt.Errorf("browsertest: submit the login form at %s: %w", page.URL, err)
 	}
@@ -223,6 +235,8 @@ const readPage = `(() => {
 		url: location.href,
 		text: document.body ? document.body.innerText : "",
 		code: text("login-code"),
+		grant: text("grant-code"),
+		host: text("login-host"),
 		error: text("error"),
 		done: text("done"),
 		loginError: text("login-error"),
@@ -235,6 +249,8 @@ type pageState struct {
 	URL        string `json:"url"`
 	Text       string `json:"text"`
 	Code       string `json:"code"`
+	Grant      string `json:"grant"`
+	Host       string `json:"host"`
 	Error      string `json:"error"`
 	Done       string `json:"done"`
 	LoginError string `json:"loginError"`
@@ -247,7 +263,7 @@ func read(ctx context.Context, resp *network.Response) (Page, error) {
 	if err != nil {
 		return Page{}, fmt.Errorf("browsertest: read the page: %w", err)
 	}
-	p := Page{URL: v.URL, Text: v.Text, Code: v.Code, Error: v.Error, Done: v.Done, loginForm: v.LoginForm, loginError: v.LoginError}
+	p := Page{URL: v.URL, Text: v.Text, Code: v.Code, Grant: v.Grant, Host: v.Host, Error: v.Error, Done: v.Done, loginForm: v.LoginForm, loginError: v.LoginError}
 	if resp != nil {
 		p.Status = int(resp.Status)
 	}

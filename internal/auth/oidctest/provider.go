@@ -23,6 +23,9 @@ type Options struct {
 	ClientID     string
 	ClientSecret string
 	RedirectURIs []string // exact URIs the client may ask the provider to redirect to
+	// ClaimsInUserInfo leaves email and name out of ID tokens: only the
+	// UserInfo endpoint gives them (OIDC Core 5.4).
+	ClaimsInUserInfo bool
 }
 
 // Tamper changes the next ID token that the token endpoint issues. The
@@ -53,7 +56,7 @@ func Start(o Options) (*Provider, error) {
 	if len(o.RedirectURIs) == 0 {
 		return nil, errors.New("oidctest: at least one redirect URI is required")
 	}
-	st, err := newStorage(&client{id: o.ClientID, secret: o.ClientSecret, redirectURIs: o.RedirectURIs})
+	st, err := newStorage(&client{id: o.ClientID, secret: o.ClientSecret, redirectURIs: o.RedirectURIs, claimsInUserInfo: o.ClaimsInUserInfo})
 	if err != nil {
 		return nil, fmt.Errorf("oidctest: %w", err)
 	}
@@ -108,6 +111,15 @@ func (p *Provider) Tamper(t Tamper) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.tamper = t
+}
+
+// UserInfoSubject makes the UserInfo endpoint answer with sub as the
+// subject (and that account's claims, if it is one) instead of the access
+// token's own; "" restores the right answer.
+func (p *Provider) UserInfoSubject(sub string) {
+	p.storage.mu.Lock()
+	defer p.storage.mu.Unlock()
+	p.storage.userinfoSub = sub
 }
 
 // Close stops the provider and waits until its server has stopped.

@@ -55,6 +55,9 @@ type client struct {
 	id           string
 	secret       string
 	redirectURIs []string
+	// claimsInUserInfo keeps email and name out of the ID token (only
+	// UserInfo has them), as zitadel's example server does for web clients.
+	claimsInUserInfo bool
 }
 
 var _ op.Client = (*client)(nil)
@@ -70,14 +73,16 @@ func (c *client) AuthMethod() oidc.AuthMethod { return oidc.AuthMethodBasic }
 func (c *client) ResponseTypes() []oidc.ResponseType {
 	return []oidc.ResponseType{oidc.ResponseTypeCode}
 }
-func (c *client) GrantTypes() []oidc.GrantType         { return []oidc.GrantType{oidc.GrantTypeCode} }
-func (c *client) LoginURL(id string) string            { return loginPath + "?" + loginParamID + "=" + id }
-func (c *client) AccessTokenType() op.AccessTokenType  { return op.AccessTokenTypeBearer }
-func (c *client) IDTokenLifetime() time.Duration       { return time.Hour }
-func (c *client) DevMode() bool                        { return false }
-func (c *client) IsScopeAllowed(scope string) bool     { return false }
-func (c *client) ClockSkew() time.Duration             { return 0 }
-func (c *client) IDTokenUserinfoClaimsAssertion() bool { return true } // email and name in the ID token, as Google does
+func (c *client) GrantTypes() []oidc.GrantType        { return []oidc.GrantType{oidc.GrantTypeCode} }
+func (c *client) LoginURL(id string) string           { return loginPath + "?" + loginParamID + "=" + id }
+func (c *client) AccessTokenType() op.AccessTokenType { return op.AccessTokenTypeBearer }
+func (c *client) IDTokenLifetime() time.Duration      { return time.Hour }
+func (c *client) DevMode() bool                       { return false }
+func (c *client) IsScopeAllowed(scope string) bool    { return false }
+func (c *client) ClockSkew() time.Duration            { return 0 }
+
+// IDTokenUserinfoClaimsAssertion puts email and name in the ID token, as Google does, unless the options say not to.
+func (c *client) IDTokenUserinfoClaimsAssertion() bool { return !c.claimsInUserInfo }
 func (c *client) RestrictAdditionalIdTokenScopes() func([]string) []string {
 	return func(s []string) []string { return s }
 }

@@ -36,6 +36,8 @@ type storage struct {
 	requests map[string]*authRequest // by request ID
 	codes    map[string]string       // code -> request ID
 	tokens   map[string]accessToken  // by token ID
+
+	userinfoSub string // when set, UserInfo answers for this subject
 }
 
 var _ op.Storage = (*storage)(nil)
@@ -223,9 +225,16 @@ func (s *storage) SetUserinfoFromRequest(_ context.Context, info *oidc.UserInfo,
 func (s *storage) SetUserinfoFromToken(_ context.Context, info *oidc.UserInfo, tokenID, _, _ string) error {
 	s.mu.Lock()
 	t, ok := s.tokens[tokenID]
+	other := s.userinfoSub
 	s.mu.Unlock()
 	if !ok || time.Now().After(t.expires) {
 		return errors.New("token is invalid or expired")
+	}
+	if other != "" {
+		if err := setUserinfo(info, other, t.scopes); err != nil {
+			info.Subject = other
+		}
+		return nil
 	}
 	return setUserinfo(info, t.subject, t.scopes)
 }
