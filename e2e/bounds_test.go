@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,12 +115,14 @@ chmod 755 /usr/sbin/fcm-init`
 // agent that prints 2 GiB on every release path (deploy, config change,
 // rollback, restart, ps) is stopped at the cap, the host keeps at most 4 MiB
 // of each transcript and reads it back in pieces, and the daemon's memory
-// stays under 256 MiB throughout; logs and run stream 2 GiB through it without
-// holding them.
+// stays under 64 MiB throughout (24 MiB measured); fcm run streams 256 MiB
+// through it without holding it.
 func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d := startDaemonHV(t, "qemu", dataDir)
+	// A release may print 64 MiB here (256 MiB by default): the cap is what
+	// is tested, and an emulated guest streams some 10 MB/s.
+	d := startDaemonHV(t, "qemu", dataDir, "--max-build-output", "64M")
 	pid := d.cmd.Process.Pid
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -148,34 +151,51 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	c := &client.Client{Host: "http://" + daemonListen, Token: d.token()}
+	c := &client.Client{Host: "http://" + daemonListen, Token: d.token(), HTTP: &http.Client{}}
 
 	t.Run("1,000 commands and 500 page views leak nothing", func(t *testing.T) {
 		if _, err := c.Processes(ctx, "loud"); err != nil {
 			t.Fatal(err)
 		}
+		c.HTTP.CloseIdleConnections()
 		time.Sleep(500 * time.Millisecond)
-		before := openFDs(t, pid)
+		before := openFDs(t, pid) // with the VM's shared SSH connection open
+
+		// 700 logs, 150 ps and 150 run, four at a time, as several clients would.
 		start := time.Now()
-		var took [3]time.Duration
-		for i := range 1000 {
-			var err error
-			began := time.Now()
-			switch i % 3 {
-			case 0:
-				_, err = c.Processes(ctx, "loud")
-			case 1:
-				err = c.Logs(ctx, "loud", 5, false, io.Discard)
-			case 2:
-				_, err = c.Run(ctx, "loud", []string{"true"}, io.Discard)
-			}
-			took[i%3] += time.Since(began)
-			if err != nil {
-				t.Fatalf("command %d: %v", i, err)
-			}
+		jobs := make(chan int)
+		errs := make(chan error, 1000)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range jobs {
+					var err error
+					switch {
+					case i%20 < 3:
+						_, err = c.Processes(ctx, "loud")
+					case i%20 < 6:
+						_, err = c.Run(ctx, "loud", []string{"true"}, io.Discard)
+					default:
+						err = c.Logs(ctx, "loud", 5, false, io.Discard)
+					}
+					if err != nil {
+						errs <- fmt.Errorf("command %d: %w", i, err)
+					}
+				}
+			}()
 		}
-		t.Logf("1,000 commands in %s: ps %s, logs %s, run %s each", time.Since(start).Round(time.Millisecond),
-			took[0]/334, took[1]/333, took[2]/333)
+		for i := range 1000 {
+			jobs <- i
+		}
+		close(jobs)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		t.Logf("1,000 commands in %s", time.Since(start).Round(time.Millisecond))
 		for i := range 500 {
 			for _, path := range []string{"/", "/vms/loud"} {
 				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+daemonListen+path, nil)
@@ -189,8 +209,9 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 			}
 		}
 		http.DefaultClient.CloseIdleConnections()
+		c.HTTP.CloseIdleConnections()
 		time.Sleep(time.Second)
-		if after := openFDs(t, pid); after > before+4 {
+		if after := openFDs(t, pid); after > before+2 {
 			t.Errorf("the daemon has %d open files after 1,000 commands and 500 page views, %d before", after, before)
 		}
 		if n := sshConnections(t, vm.IP); n > 1 {
@@ -202,13 +223,13 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 		rootSSH(t, dataDir, vm, loudAgent)
 		d.commit(work, "three", map[string]string{"index.html": "three"})
 		out, code := d.git(work, "push", "fcm", "main")
-		if code == 0 || !strings.Contains(out, "the release printed more than 256 MiB, so it was stopped") || !strings.Contains(out, "v3 was not released; v2 keeps serving") {
+		if code == 0 || !strings.Contains(out, "the release printed more than 64 MiB, so it was stopped") || !strings.Contains(out, "v3 was not released; v2 keeps serving") {
 			t.Errorf("a push whose build prints 2 GiB: exit %d:\n%s", code, tail(out, 2000))
 		}
-		if _, err := c.ChangeConfig(ctx, "loud", api.ConfigChange{Set: map[string]string{"X": "1"}}); err == nil || !strings.Contains(err.Error(), "printed more than 256 MiB") {
+		if _, err := c.ChangeConfig(ctx, "loud", api.ConfigChange{Set: map[string]string{"X": "1"}}); err == nil || !strings.Contains(err.Error(), "printed more than 64 MiB") {
 			t.Errorf("a config change whose release prints 2 GiB: %v", err)
 		}
-		if _, err := c.Rollback(ctx, "loud", 1); err == nil || !strings.Contains(err.Error(), "printed more than 256 MiB") {
+		if _, err := c.Rollback(ctx, "loud", 1); err == nil || !strings.Contains(err.Error(), "printed more than 64 MiB") {
 			t.Errorf("a rollback whose release prints 2 GiB: %v", err)
 		}
 		if _, err := c.Restart(ctx, "loud"); err == nil || !strings.Contains(err.Error(), "output over the cap") {
@@ -233,12 +254,12 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 				t.Errorf("fcm releases output v%d: %d bytes of %d, %v", v, len(data), fi.Size(), err)
 			}
 		}
-		// Streams pass 2 GiB through without holding it.
+		// A stream passes what it is given without holding it.
 		var got countWriter
-		if code, err := c.Run(ctx, "loud", []string{"sh", "-c", "yes 'a line printed by a one-off command, again' | head -c 2147483648"}, &got); err != nil || code != 0 || got.n != 2<<30 {
-			t.Errorf("fcm run of 2 GiB: exit %d, %d bytes, %v", code, got.n, err)
+		if code, err := c.Run(ctx, "loud", []string{"sh", "-c", "yes 'a line printed by a one-off command, again' | head -c 268435456"}, &got); err != nil || code != 0 || got.n != 256<<20 {
+			t.Errorf("fcm run of 256 MiB: exit %d, %d bytes, %v", code, got.n, err)
 		}
-		if hwm := procStatusKiB(t, pid, "VmHWM"); hwm > 256<<10 {
+		if hwm := procStatusKiB(t, pid, "VmHWM"); hwm > 64<<10 {
 			t.Errorf("the daemon's peak memory is %d MiB", hwm>>10)
 		} else {
 			t.Logf("the daemon's peak memory: %d MiB", hwm>>10)

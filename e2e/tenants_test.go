@@ -64,7 +64,8 @@ func exitOf(t *testing.T, cmd *exec.Cmd) int {
 func TestTenants_NameChangesHands(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d := startDaemonHV(t, "qemu", dataDir, oidcFlags(t)...)
+	// Names free at once (--name-hold 0): the name changing hands is the case.
+	d := startDaemonHV(t, "qemu", dataDir, append(oidcFlags(t), "--name-hold", "0")...)
 	b := browsertest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
