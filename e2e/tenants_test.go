@@ -132,7 +132,7 @@ func TestTenants_NameChangesHands(t *testing.T) {
 	if out := d.mustGit(first, "ls-remote", remoteOf(bob)); strings.TrimSpace(out) != "" {
 		t.Errorf("bob's repository has refs: %q", out)
 	}
-	if out, code := bob.fcm("run", name, "--", "true"); code == 0 || !strings.Contains(out, "no release yet") {
+	if out, code := bob.fcm("run", "-a", name, "--", "true"); code == 0 || !strings.Contains(out, "no release yet") {
 		t.Errorf("fcm run in bob's new VM: exit %d: %s", code, out)
 	}
 	mine := t.TempDir()
@@ -142,7 +142,7 @@ func TestTenants_NameChangesHands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Deploy successful! v1 is live") {
 		t.Fatalf("bob's first push: exit %d:\n%s", code, out)
 	}
-	out = bob.must("run", name, "--", "sh", "-c", "find / -xdev -name 'alice*.txt' 2>/dev/null; echo secret=$ALICE_SECRET; ls /srv/app/builds")
+	out = bob.must("run", "-a", name, "--", "sh", "-c", "find / -xdev -name 'alice*.txt' 2>/dev/null; echo secret=$ALICE_SECRET; ls /srv/app/builds")
 	if strings.Contains(out, "alice") || !regexp.MustCompile(`(?m)^secret=\n1\s*$`).MatchString(out) {
 		t.Errorf("bob's VM after his first deploy:\n%s", out)
 	}

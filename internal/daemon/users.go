@@ -324,7 +324,16 @@ func (s *Server) ownerOf(tok *store.Token) vm.Owner {
 
 // destroy destroys v and forgets what hangs on it: consoles, its app, its route.
 func (s *Server) destroy(ctx context.Context, v *store.VM) error {
+	if s.Deploys != nil {
+		// First: nothing queued for the app may act while the VM goes.
+		s.Deploys.Abandon(v.ID)
+	}
 	if err := s.VMs.Destroy(context.WithoutCancel(ctx), v.Name, v.ID); err != nil {
+		if s.Deploys != nil {
+			if s.Store.View(func(tx *store.Tx) error { _, err := tx.VMByID(v.ID); return err }) == nil {
+				s.Deploys.Revive(v.ID) // still there: its app goes on
+			}
+		}
 		return err
 	}
 	s.closeConsoles(v, "the VM was destroyed")

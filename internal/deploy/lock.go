@@ -34,6 +34,10 @@ func gone(vm *store.VM) error {
 // same id, the same owner. It returns vm as stored now.
 func (s *Service) lock(ctx context.Context, vm *store.VM, what string, out io.Writer) (*store.VM, func(), error) {
 	s.mu.Lock()
+	if s.abandoned[vm.ID] {
+		s.mu.Unlock()
+		return nil, nil, gone(vm)
+	}
 	if s.locks == nil {
 		s.locks = map[string]*appLock{}
 	}
@@ -85,11 +89,29 @@ func (s *Service) still(vm *store.VM) (*store.VM, error) {
 	return cur, err
 }
 
+// Abandon ends the app of the VM with id vmID, which is being destroyed:
+// what waits for its lock gives up, pushes in progress are canceled, and
+// nothing takes its lock again (Revive undoes it, for a destroy that failed).
+func (s *Service) Abandon(vmID string) { s.release(vmID) }
+
+// Revive lets the app of vmID be worked on again after Abandon (its VM's
+// destroy failed, so the VM is still there).
+func (s *Service) Revive(vmID string) {
+	s.mu.Lock()
+	delete(s.abandoned, vmID)
+	s.mu.Unlock()
+}
+
 // release ends the lock of app id and what waits or runs for it: waiters give
-// up, pushes in progress are canceled and their hooks refused.
+// up, pushes in progress are canceled and their hooks refused, and later
+// locks of it are refused (VM ids are never reused).
 func (s *Service) release(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.abandoned == nil {
+		s.abandoned = map[string]bool{}
+	}
+	s.abandoned[id] = true
 	if l := s.locks[id]; l != nil {
 		close(l.dead)
 		delete(s.locks, id)

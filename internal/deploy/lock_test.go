@@ -175,3 +175,34 @@ func TestConfigBounds(t *testing.T) {
 		t.Errorf("a 64 KiB value: %v", err)
 	}
 }
+
+func TestLock_AbandonedWhileTheVMIsDestroyed(t *testing.T) {
+	s, x := lockFixture(t)
+	_, unlock, err := s.lock(context.Background(), x, "a deploy", io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := waitLock(s, x)
+	time.Sleep(50 * time.Millisecond)
+	// The destroy begins: the record is still there, but nothing may act.
+	s.Abandon(x.ID)
+	unlock()
+	select {
+	case err := <-got:
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("the waiter of a VM being destroyed got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter still waits")
+	}
+	if _, _, err := s.lock(context.Background(), x, "late", io.Discard); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a lock of a VM being destroyed: %v", err)
+	}
+	// The destroy failed: the app goes on.
+	s.Revive(x.ID)
+	if _, u, err := s.lock(context.Background(), x, "after", io.Discard); err != nil {
+		t.Errorf("a lock after Revive: %v", err)
+	} else {
+		u()
+	}
+}

@@ -53,10 +53,13 @@ type Service struct {
 	Git      GitOptions // git's limits and unprivileged user (gitlimits.go)
 	gitState            // receive-packs and SSH handshakes in progress (gitlimits.go)
 
-	mu      sync.Mutex
-	pushes  map[string]*push    // push token -> push
-	locks   map[string]*appLock // vm id -> its deploy lock
-	streams map[string]int      // vm id -> logs and commands streaming from it
+	mu     sync.Mutex
+	pushes map[string]*push    // push token -> push
+	locks  map[string]*appLock // vm id -> its deploy lock
+	// abandoned holds the ids of VMs destroyed (or being destroyed): their
+	// apps' locks are refused.
+	abandoned map[string]bool
+	streams   map[string]int // vm id -> logs and commands streaming from it
 }
 
 // push is one receive-pack in progress; its hook proves itself with token.
