@@ -33,7 +33,8 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, tok *store.Tok
 // wants to add (see keys_proof.go).
 func (s *Server) keyChallenge(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	now := time.Now()
-	ns := keyNamespace(r.Host)
+	_, host, _ := strings.Cut(publicURL(r), "://") // the host the client named, through Caddy too
+	ns := keyNamespace(host)
 	c, err := s.keyProofs.issue(tok.ID, ns, now)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, err.Error())

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/client"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -176,5 +177,25 @@ func TestKeyChallenges(t *testing.T) {
 	c.issue("bob", "ns", now)
 	if _, err := c.issue("carol", "ns", now.Add(keyChallengeTTL+time.Second)); err != nil || len(c.m) != 1 {
 		t.Errorf("expired challenges are not swept: %d left, %v", len(c.m), err)
+	}
+}
+
+// The daemon's namespace for a Host is the one the client makes from its URL.
+func TestKeyNamespace(t *testing.T) {
+	for host, want := range map[string]string{
+		"127.0.0.1:7777":       "fcm-keys-add@127.0.0.1",
+		"[::1]:7777":           "fcm-keys-add@::1",
+		"FCM.Example.com":      "fcm-keys-add@fcm.example.com",
+		"fcm.example.com:443":  "fcm-keys-add@fcm.example.com",
+		"fcm.example.com:7777": "fcm-keys-add@fcm.example.com",
+	} {
+		scheme := "http://"
+		if strings.HasSuffix(host, ":443") || !strings.Contains(host, ":") {
+			scheme = "https://"
+		}
+		c := &client.Client{Host: scheme + host}
+		if got := keyNamespace(host); got != want || c.KeyNamespace() != want {
+			t.Errorf("%s: daemon %q, client %q, want %q", host, got, c.KeyNamespace(), want)
+		}
 	}
 }
