@@ -59,7 +59,7 @@ func TestDeploySSH(t *testing.T) {
 	if !strings.Contains(out, "Key added: "+fp+" (ada@key)") {
 		t.Errorf("fcm keys add key.pub:\n%s", out)
 	}
-	if out, code := d.cli(keys, "keys", "add", "key.pub"); code == 0 || !strings.Contains(out, "already added") {
+	if out, code := d.cli(keys, "keys", "add", "key.pub"); code == 0 || !strings.Contains(out, "is already added to your account") {
 		t.Errorf("the same key added twice: exit %d:\n%s", code, out)
 	}
 	if out := d.mustCLI(keys, "keys", "ls"); !strings.Contains(out, "FINGERPRINT") || !strings.Contains(out, fp) || !strings.Contains(out, "ada@key") {

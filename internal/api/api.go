@@ -203,9 +203,27 @@ type Key struct {
 	AddedAt     time.Time `json:"added_at"`
 }
 
-// AddKeyRequest is the body of POST /v1/keys.
+// AddKeyRequest is the body of POST /v1/keys: the key, and the proof that
+// the caller holds its private half (a signature over a one-time challenge).
 type AddKeyRequest struct {
 	PublicKey string `json:"public_key"` // an authorized_keys line: "ssh-ed25519 AAAA... you@host"
+	Challenge string `json:"challenge"`  // from POST /v1/keys/challenge, used once
+	// Signature is `ssh-keygen -Y sign -n <namespace>` of the challenge by
+	// the key: the armored SSHSIG ("-----BEGIN SSH SIGNATURE-----...").
+	Signature string `json:"signature"`
+}
+
+// KeyNamespacePrefix begins the SSHSIG namespace of a key's proof, followed
+// by the daemon's host name as the client addresses it ("fcm-keys-add@host"):
+// a signature made for one host does not add the key on another.
+const KeyNamespacePrefix = "fcm-keys-add@"
+
+// KeyChallenge is the body of POST /v1/keys/challenge: what to sign to add a
+// key, valid once, for the token that asked, until ExpiresAt.
+type KeyChallenge struct {
+	Challenge string    `json:"challenge"` // random, base64url; the message signed
+	Namespace string    `json:"namespace"` // KeyNamespacePrefix + host
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // ListKeysResponse is the body of GET /v1/keys.

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/client"
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 )
 
 func newKeysCmd() *cobra.Command {
@@ -37,6 +39,12 @@ func newKeysAddCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "add [file|-]",
 		Short: "Add an SSH public key (default ~/.ssh/id_ed25519.pub, else ~/.ssh/id_rsa.pub; - reads stdin)",
+		Long: `Add an SSH public key that may git push to your apps over SSH.
+
+The daemon asks for proof that you hold the key: fcm signs a one-time
+challenge with it using ssh-keygen -Y sign. So the private key must be
+beside the .pub file (ssh-keygen asks for its passphrase, if any) or
+in ssh-agent. Nobody can add a public key that is not theirs.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usageError{cmd: "keys add", err: fmt.Errorf("takes at most one key file, got %d arguments", len(args))}
@@ -44,11 +52,20 @@ func newKeysAddCmd() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			line, err := readPublicKey(cmd.InOrStdin(), args)
+			line, path, err := readPublicKey(cmd.InOrStdin(), args)
 			if err != nil {
 				return err
 			}
-			k, err := client.FromEnv().AddKey(cmd.Context(), line)
+			c := client.FromEnv()
+			req := api.AddKeyRequest{PublicKey: line}
+			// A line that is no key goes as it is: the daemon says what is
+			// wrong with it.
+			if pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line)); err == nil {
+				if req.Challenge, req.Signature, err = proveKey(cmd, c, pub, path); err != nil {
+					return err
+				}
+			}
+			k, err := c.AddKey(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
@@ -63,36 +80,36 @@ func newKeysAddCmd() *cobra.Command {
 }
 
 // readPublicKey reads the key file named (- for stdin), or the first default
-// one that exists.
-func readPublicKey(stdin io.Reader, args []string) (string, error) {
+// one that exists, and returns its text and path ("" for stdin).
+func readPublicKey(stdin io.Reader, args []string) (line, path string, err error) {
 	if len(args) == 1 && args[0] == "-" {
 		data, err := io.ReadAll(io.LimitReader(stdin, 64<<10))
-		return string(data), err
+		return string(data), "", err
 	}
 	if len(args) == 1 {
 		data, err := os.ReadFile(args[0])
 		if err != nil {
-			return "", fmt.Errorf("read key: %w", err)
+			return "", "", fmt.Errorf("read key: %w", err)
 		}
-		return string(data), nil
+		return string(data), args[0], nil
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("no key file named and no home directory: %w", err)
+		return "", "", fmt.Errorf("no key file named and no home directory: %w", err)
 	}
 	var tried []string
 	for _, f := range defaultKeyFiles {
 		p := filepath.Join(home, ".ssh", f)
 		data, err := os.ReadFile(p)
 		if err == nil {
-			return string(data), nil
+			return string(data), p, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("read key: %w", err)
+			return "", "", fmt.Errorf("read key: %w", err)
 		}
 		tried = append(tried, p)
 	}
-	return "", fmt.Errorf("no SSH public key found (tried %s): make one with 'ssh-keygen -t ed25519', or name a file: fcm keys add <file.pub>",
+	return "", "", fmt.Errorf("no SSH public key found (tried %s): make one with 'ssh-keygen -t ed25519', or name a file: fcm keys add <file.pub>",
 		strings.Join(tried, ", "))
 }
 

@@ -80,6 +80,7 @@ func (s *Server) apiRoutes() map[string]route {
 
 		"GET /v1/keys":                     {rule: ruleToken, h: (*Server).listKeys},
 		"POST /v1/keys":                    {rule: ruleToken, h: (*Server).addKey},
+		"POST /v1/keys/challenge":          {rule: ruleToken, h: (*Server).keyChallenge},
 		"DELETE /v1/keys/{fingerprint...}": {rule: ruleToken, h: (*Server).deleteKey},
 
 		"GET /v1/vms/{name}/releases":                  {rule: ruleVM, h: (*Server).listReleases},

@@ -65,7 +65,8 @@ type Server struct {
 	Log              *slog.Logger
 
 	consolesOnce sync.Once
-	live         liveConns // console WebSockets and log follows, ended on revocation
+	live         liveConns     // console WebSockets and log follows, ended on revocation
+	keyProofs    keyChallenges // pending challenges of fcm keys add
 }
 
 // Handler returns the API's routes: the table in routes, each under its rule.

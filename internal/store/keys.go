@@ -20,11 +20,19 @@ type Key struct {
 	AddedAt     time.Time `json:"added_at"`
 }
 
-// InsertKey adds a key; a fingerprint already stored (for anyone) is ErrExists.
+// InsertKey adds a key; a fingerprint already stored (for anyone) is
+// ErrExists, whose message says whether k.Owner or another account has it.
+// Callers tell that only to someone who has proven they hold the key (the
+// daemon asks for a signature first): to anyone else it would say whether a
+// public key is registered here.
 func (t *Tx) InsertKey(k *Key) error {
 	b := t.tx.Bucket(bucketKeys)
-	if b.Get([]byte(k.Fingerprint)) != nil {
-		return fmt.Errorf("key %s is already added: %w", k.Fingerprint, ErrExists)
+	if data := b.Get([]byte(k.Fingerprint)); data != nil {
+		var old Key
+		if json.Unmarshal(data, &old) == nil && old.Owner == k.Owner {
+			return fmt.Errorf("key %s is already added to your account (see fcm keys ls): %w", k.Fingerprint, ErrExists)
+		}
+		return fmt.Errorf("key %s is already added to another account on this host; remove it there first: %w", k.Fingerprint, ErrExists)
 	}
 	if k.AddedAt.IsZero() {
 		k.AddedAt = time.Now().UTC()

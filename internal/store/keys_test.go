@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -19,9 +20,12 @@ func TestStore_Keys(t *testing.T) {
 		t.Error("InsertKey did not set AddedAt")
 	}
 	t.Run("added twice is a conflict", func(t *testing.T) {
-		again := &Key{Fingerprint: "SHA256:one", Owner: "alice"}
-		if err := s.Update(func(tx *Tx) error { return tx.InsertKey(again) }); !errors.Is(err, ErrExists) {
-			t.Errorf("second InsertKey = %v, want ErrExists", err)
+		for owner, want := range map[string]string{"admin": "already added to your account", "alice": "already added to another account on this host; remove it there first"} {
+			again := &Key{Fingerprint: "SHA256:one", Owner: owner}
+			err := s.Update(func(tx *Tx) error { return tx.InsertKey(again) })
+			if !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), want) {
+				t.Errorf("InsertKey again by %s = %v, want ErrExists saying %q", owner, err, want)
+			}
 		}
 	})
 	t.Run("lookup by fingerprint", func(t *testing.T) {
