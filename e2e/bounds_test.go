@@ -18,8 +18,6 @@ import (
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/client"
-	"github.com/fcmhost/fcm/internal/guest"
-	"golang.org/x/crypto/ssh"
 )
 
 // openFDs counts pid's open file descriptors.
@@ -70,29 +68,6 @@ func sshConnections(t *testing.T, ip string) int {
 		}
 	}
 	return n
-}
-
-// rootSSH runs cmd as root in vm with the daemon's key, as its owner can from
-// a console.
-func rootSSH(t *testing.T, dataDir string, vm api.VM, cmd string) string {
-	t.Helper()
-	key, err := guest.LoadOrCreateKey(filepath.Join(dataDir, "id_ed25519"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(vm.HostKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &guest.Client{Addr: net.JoinHostPort(vm.IP, "22"), Signer: key, HostKey: hk}
-	defer c.Close()
-	ctx, cancel := withTimeout(time.Minute)
-	defer cancel()
-	out, err := c.Run(ctx, cmd)
-	if err != nil {
-		t.Fatalf("ssh %s: %v", cmd, err)
-	}
-	return string(out)
 }
 
 // loudAgent replaces the guest's agent (fcm-init, which the daemon runs for
@@ -220,7 +195,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 	})
 
 	t.Run("a guest printing 2 GiB on every path", func(t *testing.T) {
-		rootSSH(t, dataDir, vm, loudAgent)
+		d.inVM(work, "loud", loudAgent) // root in the VM, as its owner is from a console
 		d.commit(work, "three", map[string]string{"index.html": "three"})
 		out, code := d.git(work, "push", "fcm", "main")
 		if code == 0 || !strings.Contains(out, "the release printed more than 64 MiB, so it was stopped") || !strings.Contains(out, "v3 was not released; v2 keeps serving") {

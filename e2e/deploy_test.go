@@ -163,22 +163,27 @@ func (s *syncBuffer) String() string {
 // (as a shell runs it), and returns once its output shows want.
 func (d *daemonProc) pushUntil(t *testing.T, dir, want string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
-	push := exec.Command("git", "push", "fcm", "main")
-	push.Dir = dir
-	push.Env = append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+dir)
+	env := append(append(os.Environ(), gitEnv...), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token(), "HOME="+dir)
+	return startPush(t, dir, env, "fcm", want)
+}
+
+// startPush starts git push remote main in dir with env, in a process group
+// of its own, and returns once its output shows want (within 3 minutes).
+func startPush(t *testing.T, dir string, env []string, remote, want string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	push := exec.Command("git", "push", remote, "main")
+	push.Dir, push.Env = dir, env
 	buf := &syncBuffer{}
 	push.Stdout, push.Stderr = buf, buf
 	push.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := push.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(buf.String(), want) {
+	for deadline := time.Now().Add(3 * time.Minute); !strings.Contains(buf.String(), want); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			push.Process.Kill()
+			syscall.Kill(-push.Process.Pid, syscall.SIGKILL)
 			t.Fatalf("the push never printed %q:\n%s", want, buf.String())
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	return push, buf
 }

@@ -17,28 +17,6 @@ import (
 	"github.com/fcmhost/fcm/internal/client"
 )
 
-// startPush starts `git push remote main` in dir (its own process group) and
-// returns once its output shows want.
-func startPush(t *testing.T, dir, remote, want string) (*exec.Cmd, *syncBuffer) {
-	t.Helper()
-	push := exec.Command("git", "push", remote, "main")
-	push.Dir = dir
-	push.Env = append(append(withoutFCMEnv(), gitEnv...), "HOME="+dir)
-	buf := &syncBuffer{}
-	push.Stdout, push.Stderr = buf, buf
-	push.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := push.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-push.Process.Pid, syscall.SIGKILL) })
-	for deadline := time.Now().Add(3 * time.Minute); !strings.Contains(buf.String(), want); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the push never printed %q:\n%s", want, buf.String())
-		}
-	}
-	return push, buf
-}
-
 // exitOf waits (at most a minute) for cmd and returns its exit status.
 func exitOf(t *testing.T, cmd *exec.Cmd) int {
 	t.Helper()
@@ -89,12 +67,15 @@ func TestTenants_NameChangesHands(t *testing.T) {
 	d.mustGit(first, "init", "-q", "-b", "main")
 	d.commit(first, "alice 1", map[string]string{"Procfile": "web: python3 -m http.server 3000\nrelease: echo alice-release-waits; sleep 600\n",
 		"alice.txt": "alice's\n"})
-	push1, _ := startPush(t, first, remoteOf(alice), "alice-release-waits")
+	gitAs := append(append(withoutFCMEnv(), gitEnv...), "HOME="+first)
+	push1, _ := startPush(t, first, gitAs, remoteOf(alice), "alice-release-waits")
+	t.Cleanup(func() { syscall.Kill(-push1.Process.Pid, syscall.SIGKILL) })
 	// Push 2 and a config change wait behind it.
 	second := t.TempDir()
 	d.mustGit(second, "init", "-q", "-b", "main")
 	d.commit(second, "alice 2", map[string]string{"Procfile": "web: python3 -m http.server 3000\n", "alice2.txt": "alice's too\n"})
-	push2, out2 := startPush(t, second, remoteOf(alice), "-----> Waiting: a deploy of")
+	push2, out2 := startPush(t, second, gitAs, remoteOf(alice), "-----> Waiting: a deploy of")
+	t.Cleanup(func() { syscall.Kill(-push2.Process.Pid, syscall.SIGKILL) })
 	aliceAPI := &client.Client{Host: "http://" + daemonListen, Token: alice.token()}
 	cfgDone := make(chan error, 1)
 	go func() {
