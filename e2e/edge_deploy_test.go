@@ -101,5 +101,49 @@ git commit -qam "slow release" && git push fcm main
 	if body, _ := curl(t, env, url+"/"); !strings.Contains(body, "Hello again") {
 		t.Errorf("%s served %q after the second push", url, body)
 	}
+
+	t.Run("an app's cookies for the parent domain do not reach the control plane", func(t *testing.T) {
+		// The app at https://<vm>.<domain> plants, for all of <domain>, a valid
+		// session token (the admin's, in the unprefixed name a plain-HTTP
+		// daemon reads), a __Host- session and a login state.
+		out, err := personShell(t, env, d.token(), work, `
+cat > app.py <<'EOF'
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        d = os.environ["PLANT_DOMAIN"]
+        self.send_header("Set-Cookie", "fcm_session=%s; Domain=%s; Path=/; Secure" % (os.environ["PLANT_TOKEN"], d))
+        self.send_header("Set-Cookie", "__Host-fcm_session=%s; Domain=%s; Path=/; Secure" % (os.environ["PLANT_TOKEN"], d))
+        self.send_header("Set-Cookie", "fcm_login_state=planted; Domain=%s; Path=/; Secure" % d)
+        self.end_headers()
+        self.wfile.write(b"cookies planted")
+http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+EOF
+echo "web: python3 app.py" > Procfile
+fcm config set PLANT_DOMAIN=`+edgeDomain+` PLANT_TOKEN=$FCM_TOKEN
+git add . && git commit -qm planter && git push fcm main
+`)
+		if err != nil {
+			t.Fatalf("deploying the planter: %v\n%s", err, out)
+		}
+		jar := filepath.Join(t.TempDir(), "jar")
+		if body, _ := waitCurl(t, env, url+"/", "200", "-c", jar); !strings.Contains(body, "cookies planted") {
+			t.Fatalf("%s served %q", url, body)
+		}
+		// A browser's jar: curl's keeps Domain cookies, and refuses a
+		// __Host- one that names a Domain, as browsers do.
+		if data, _ := os.ReadFile(jar); !strings.Contains(string(data), "fcm_session") {
+			t.Fatalf("the jar holds no planted cookie:\n%s", data)
+		}
+		api := "https://fcm." + edgeDomain
+		if body, status := curl(t, env, api+"/v1/whoami", "-b", jar); !strings.HasPrefix(status, "401") {
+			t.Errorf("whoami with the planted cookies: %s %s", status, body)
+		}
+		if body, status := curl(t, env, api+"/", "-b", jar); !strings.HasPrefix(status, "200") || strings.Contains(body, `class="vms"`) || !strings.Contains(body, `id="signed-out"`) {
+			t.Errorf("the status page with the planted cookies is signed in: %s\n%s", status, body)
+		}
+	})
+
 	d.mustCLI(work, "destroy", vm)
 }
