@@ -99,26 +99,31 @@ func setupLogins(o LoginOptions, st *store.Store, edgeCfg *edge.Config, listen n
 // purgeEvery is how often expired tokens and logins are purged.
 const purgeEvery = time.Hour
 
-// keepPurged removes expired tokens (and those derived from a token that is
-// gone) and forgets expired logins: at once, then every purgeEvery, until ctx
-// ends. logins may be nil (no OIDC).
+// purge removes expired tokens (and those derived from a token that is gone)
+// and forgets expired logins. logins may be nil (no OIDC).
+func purge(st *store.Store, logins *auth.Service, log *slog.Logger) {
+	var n int
+	err := st.Update(func(tx *store.Tx) (err error) { n, err = tx.PurgeExpiredTokens(time.Now()); return })
+	switch {
+	case err != nil:
+		log.Error("purge expired tokens", "err", err)
+	case n > 0:
+		log.Info("purged expired tokens", "tokens", n)
+	}
+	if logins != nil {
+		logins.Pending() // purges the expired logins
+	}
+}
+
+// keepPurged purges every purgeEvery until ctx ends (the daemon purges once
+// at start itself).
 func keepPurged(ctx context.Context, st *store.Store, logins *auth.Service, log *slog.Logger) {
 	for {
-		var n int
-		err := st.Update(func(tx *store.Tx) (err error) { n, err = tx.PurgeExpiredTokens(time.Now()); return })
-		switch {
-		case err != nil:
-			log.Error("purge expired tokens", "err", err)
-		case n > 0:
-			log.Info("purged expired tokens", "tokens", n)
-		}
-		if logins != nil {
-			logins.Pending() // purges the expired logins
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(purgeEvery):
 		}
+		purge(st, logins, log)
 	}
 }

@@ -98,16 +98,14 @@ func TestPasteToken_DerivedSession(t *testing.T) {
 	}
 }
 
-// TestKeepPurged_AtStart: the daemon's purge runs at once: an expired
-// token is gone before the first hour.
-func TestKeepPurged_AtStart(t *testing.T) {
+// TestPurge_ExpiredToken: the purge the daemon runs at start (and hourly)
+// removes an expired token.
+func TestPurge_ExpiredToken(t *testing.T) {
 	f := newFixture(t)
 	f.store.Update(func(tx *store.Tx) error {
 		return tx.PutToken(store.NewSecret(), &store.Token{ID: "t_expired", Name: "fcm login", ExpiresAt: time.Now().Add(-time.Second)})
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	keepPurged(ctx, f.store, nil, slogTo(io.Discard))
+	purge(f.store, nil, slogTo(io.Discard))
 	f.store.View(func(tx *store.Tx) error {
 		if _, err := tx.TokenByID("t_expired"); err == nil {
 			t.Error("an expired token was not purged at start")

@@ -242,6 +242,7 @@ func Run(ctx context.Context, o Options) error {
 		ln.Close()
 		return err
 	}
+	purge(st, logins, o.Log)
 	go keepPurged(ctx, st, logins, o.Log)
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,

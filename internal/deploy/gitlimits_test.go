@@ -94,7 +94,8 @@ func (c *gitClient) commit(dir, name string, content []byte) {
 // setHook makes the pre-receive hook run script (sh) from now on.
 func (c *gitClient) setHook(script string) {
 	c.t.Helper()
-	if err := os.WriteFile(c.f.svc.HookBin, []byte("#!/bin/sh\n"+script), 0o755); err != nil {
+	// The copy the hook runs (Prepare installed it from HookBin).
+	if err := os.WriteFile(c.f.svc.hookBin(), []byte("#!/bin/sh\n"+script), 0o755); err != nil {
 		c.t.Fatal(err)
 	}
 }

@@ -65,7 +65,7 @@ func (s *Service) asGitUser(attr *syscall.SysProcAttr) {
 // prepareRepos makes the repositories' directory the git user's (0700) and
 // checks that this user can reach it and run the hook. At the first start
 // with a git user, the repositories root made are given to it.
-func (s *Service) prepareRepos() error {
+func (s *Service) prepareRepos(hookBin string) error {
 	if err := s.ensureReposDir(); err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func (s *Service) prepareRepos() error {
 		return nil
 	}
 	uid, gid := s.Git.UID, s.Git.GID
-	for p, read := range map[string]bool{s.reposDir(): false, filepath.Join(s.hooksDir(), "pre-receive"): true, s.HookBin: false} {
+	for p, read := range map[string]bool{s.reposDir(): false, filepath.Join(s.hooksDir(), "pre-receive"): true, hookBin: false} {
 		if err := reachableBy(p, uid, gid, read); err != nil {
 			return fmt.Errorf("git runs as uid %d: %w", uid, err)
 		}

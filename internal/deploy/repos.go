@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,17 +32,21 @@ func (s *Service) Prepare(ctx context.Context) error {
 	if err := os.MkdirAll(s.hooksDir(), 0o755); err != nil {
 		return err
 	}
-	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", s.HookBin)
+	bin, err := s.installHookBin()
+	if err != nil {
+		return fmt.Errorf("the hook's fcm binary: %w", err)
+	}
+	hook := fmt.Sprintf("#!/bin/sh\n# fcm: build and release the pushed tree before the branch moves.\nexec '%s' hook pre-receive\n", bin)
 	if err := os.WriteFile(filepath.Join(s.hooksDir(), "pre-receive"), []byte(hook), 0o755); err != nil {
 		return err
 	}
-	if err := s.prepareRepos(); err != nil { // gituser.go: the git user's
+	if err := s.prepareRepos(bin); err != nil { // gituser.go: the git user's
 		return err
 	}
 	// A release still pending was cut short by the daemon stopping: its push
 	// failed with it, and the release before it kept serving.
 	var apps []string
-	err := s.Store.Update(func(tx *store.Tx) error {
+	err = s.Store.Update(func(tx *store.Tx) error {
 		var cut []*store.Release
 		err := tx.AllReleases(func(r *store.Release) error {
 			if r.Status == store.ReleasePending {
@@ -154,4 +159,51 @@ func (s *Service) Forget(vmID string) error {
 	os.RemoveAll(s.RepoPath(vmID))
 	os.RemoveAll(s.appDir(vmID))
 	return s.Store.Update(func(tx *store.Tx) error { return tx.DeleteApp(vmID) })
+}
+
+// hookBin is the copy of the fcm binary the pre-receive hook runs.
+func (s *Service) hookBin() string { return filepath.Join(s.hooksDir(), "fcm") }
+
+// installHookBin copies the fcm binary the hook runs (HookBin) into the hooks
+// directory, root's and 0755, and returns the copy's path: the hook runs as
+// the git user, who may not reach the daemon's own binary (under a home
+// directory, or a build directory that is 0700). The copy is replaced when
+// HookBin's size or time changed.
+func (s *Service) installHookBin() (string, error) {
+	dst := s.hookBin()
+	src, err := os.Stat(s.HookBin)
+	if err != nil {
+		return "", err
+	}
+	if cur, err := os.Stat(dst); err == nil && cur.Size() == src.Size() && cur.ModTime().Equal(src.ModTime()) {
+		return dst, nil
+	}
+	in, err := os.Open(s.HookBin)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	tmp := dst + ".new"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o755)
+	}
+	if err == nil {
+		err = os.Chtimes(tmp, src.ModTime(), src.ModTime())
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return dst, nil
 }
