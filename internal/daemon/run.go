@@ -96,7 +96,6 @@ func Run(ctx context.Context, o Options) error {
 		o.Log = slog.Default()
 	}
 	slog.SetDefault(o.Log) // drivers log through the default logger
-	protectFromOOM(o.Log)
 	subnet, err := netip.ParsePrefix(o.Subnet)
 	if err != nil {
 		return fmt.Errorf("--subnet %q: %w", o.Subnet, err)
@@ -270,6 +269,7 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer gitLn.Close()
 	}
+	protectFromOOM(o.Log) // all checked: the daemon serves from here
 	srv := newHTTPServer(server.Handler())
 	if o.Out != nil {
 		fmt.Fprintf(o.Out, "fcm daemon %s listening on http://%s (hypervisor %s, bridge %s %s, data %s)\n",

@@ -121,8 +121,13 @@ func (s *Sandbox) prepareUser(kvm bool) error {
 	}
 	s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
 	if kvm {
+		// /dev/kvm's group, when that group may use it and is not root's
+		// (root's group opens far more than /dev/kvm; a 0600 root:root
+		// /dev/kvm gives its group nothing).
 		if st, err := os.Stat("/dev/kvm"); err == nil {
-			s.cred.Groups = append(s.cred.Groups, st.Sys().(*syscall.Stat_t).Gid)
+			if g := st.Sys().(*syscall.Stat_t).Gid; g != 0 && st.Mode().Perm()&0o060 == 0o060 {
+				s.cred.Groups = append(s.cred.Groups, g)
+			}
 		}
 	}
 	return nil
