@@ -12,6 +12,21 @@ const (
 	StateStopped  = "stopped"
 	StateStarting = "starting"
 	StateError    = "error"
+	// StateRestarting: its hypervisor died (or its guest rebooted); the
+	// daemon boots it again after a backoff. Reason says why.
+	StateRestarting = "restarting"
+	// StateCrashed: it died too often (5 times in 10 minutes); it stays down
+	// until its owner starts it. Reason says why.
+	StateCrashed = "crashed"
+	// StatePaused: its hypervisor runs but the guest is paused (the host's
+	// disk is full); the daemon resumes it when space is back.
+	StatePaused = "paused"
+)
+
+// Desired states: what a VM's owner last asked for (Desired).
+const (
+	DesiredRunning = "running"
+	DesiredStopped = "stopped"
 )
 
 // VM is one microVM as the API shows it.
@@ -19,7 +34,13 @@ type VM struct {
 	Name       string    `json:"name"`
 	ID         string    `json:"id"`
 	State      string    `json:"state"`
-	Reason     string    `json:"reason,omitempty"` // why it is in state error
+	Reason     string    `json:"reason,omitempty"` // why it is in this state (error, restarting, crashed, paused, starting after a restart)
+	// Desired is what its owner last asked for: running or stopped. The
+	// daemon converges State to it (restarting a VM that died).
+	Desired string `json:"desired,omitempty"`
+	// Events are the last things that happened to it by themselves (deaths,
+	// restarts, give-ups, a guest's poweroff, pauses), oldest first.
+	Events []VMEvent `json:"events,omitempty"`
 	IP         string    `json:"ip"`
 	MAC        string    `json:"mac"`
 	CPUs       int       `json:"cpus"`
@@ -33,6 +54,15 @@ type VM struct {
 	PID        int       `json:"pid,omitempty"`
 	HostKey    string    `json:"host_key"` // the VM's SSH host key, authorized_keys format
 	CreatedAt  time.Time `json:"created_at"`
+}
+
+// VMEvent is one thing that happened to a VM without its owner asking: its
+// hypervisor died, it was restarted, the daemon gave up on it, its guest
+// powered itself off, it was paused or resumed.
+type VMEvent struct {
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"` // died, restarted, crashed, poweroff, reboot, paused, resumed, host-restart
+	Detail string    `json:"detail,omitempty"`
 }
 
 // CreateVMRequest is the body of POST /v1/vms. Zero fields take the defaults.

@@ -59,6 +59,49 @@ type VM struct {
 	Layout    string    `json:"layout,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// Desired is what the owner last asked for (api.DesiredRunning or
+	// api.DesiredStopped); "" in a record made before it existed, read as
+	// DesiredState says.
+	Desired string `json:"desired,omitempty"`
+	// Deaths are when its hypervisor died by itself, the last 10 minutes'
+	// worth: the restart backoff and the give-up count them.
+	Deaths []time.Time `json:"deaths,omitempty"`
+	// RestartAt is when a VM in state restarting is booted again.
+	RestartAt time.Time `json:"restart_at,omitempty"`
+	// Events are the last MaxEvents things that happened to it by themselves.
+	Events []Event `json:"events,omitempty"`
+}
+
+// Event is one thing that happened to a VM without its owner asking.
+type Event struct {
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// MaxEvents is how many events a VM record keeps.
+const MaxEvents = 20
+
+// AddEvent appends an event, dropping the oldest beyond MaxEvents.
+func (v *VM) AddEvent(at time.Time, kind, detail string) {
+	v.Events = append(v.Events, Event{At: at.UTC(), Kind: kind, Detail: detail})
+	if n := len(v.Events); n > MaxEvents {
+		v.Events = append([]Event(nil), v.Events[n-MaxEvents:]...)
+	}
+}
+
+// DesiredState is what the owner last asked for; a record from before the
+// field existed wants running when it was running (or on its way).
+func (v *VM) DesiredState() string {
+	if v.Desired != "" {
+		return v.Desired
+	}
+	switch v.State {
+	case "running", "starting", "creating", "restarting", "paused":
+		return "running"
+	}
+	return "stopped"
 }
 
 // Op records an operation in progress: its kind, its VM, and the steps begun so
