@@ -137,13 +137,79 @@ func (m *Manager) checkMaxima(req api.CreateVMRequest) error {
 	return nil
 }
 
-// checkDisk refuses a create whose disk would eat into the reserve of free
-// space on the data dir's filesystem (which also holds the store).
-func (m *Manager) checkDisk(req api.CreateVMRequest) error {
-	// The disks are sparse, but a VM may fill them: its disk and its swap.
-	swap := int64(api.DefaultSwapMiB) << 20
-	return checkFree(m.freeSpace, m.cfg.DataDir, req.DiskBytes+swap+m.cfg.DiskReserve,
-		fmt.Sprintf("the new vm's %s disk and %s swap plus a %s reserve", humanBytes(req.DiskBytes), humanBytes(swap), humanBytes(m.cfg.DiskReserve)))
+// DefaultDiskOvercommit is fcm daemon --disk-overcommit's default: the VMs'
+// disks are never promised more than the free space less the reserve, so
+// their guests alone cannot fill the host's disk.
+const DefaultDiskOvercommit = 1.0
+
+// diskRoom is what create's disk admission weighs: the free space on the data
+// dir's filesystem less the reserve, times the overcommit ratio, must hold
+// what the VMs were promised and have not used yet, and the new VM's disk and
+// swap.
+type diskRoom struct {
+	dir     string
+	free    int64 // bytes an unprivileged write may still use
+	reserve int64 // kept free for the store, repositories and logs
+	unused  int64 // promised to the VMs there are (disk and swap), not yet taken from the host
+	disk    int64 // the new VM's disk
+	swap    int64 // and its swap
+	ratio   float64
+}
+
+// check refuses (ErrInsufficientStorage) a VM that does not fit, with the
+// numbers and the flag to change.
+func (r diskRoom) check() error {
+	may := int64(r.ratio * float64(max(r.free-r.reserve, 0)))
+	ask := r.disk + r.swap
+	if r.unused+ask <= may {
+		return nil
+	}
+	return &roomError{kind: ErrInsufficientStorage,
+		msg: fmt.Sprintf("not enough disk space on %s: this vm asks for %s (%s disk, %s swap); %s is free less a %s reserve, "+
+			"%s is promised to the vms there are and not yet used by them, and with fcm daemon --disk-overcommit %g the vms may be promised at most %s: "+
+			"%s is left (destroy a vm, ask for a smaller --disk, free space on the host, or raise --disk-overcommit at the risk of a full disk)",
+			r.dir, gib(ask), gib(r.disk), gib(r.swap), gib(r.free), gib(r.reserve), gib(r.unused), r.ratio, gib(may), gib(max(may-r.unused, 0)))}
+}
+
+// checkDisk refuses a create whose disk, with what the other VMs were
+// promised and have not used yet, would not fit the free space on the data
+// dir's filesystem (which also holds the store) less the reserve, times the
+// overcommit ratio. It runs inside the transaction that records the create,
+// so two cannot both pass.
+func (m *Manager) checkDisk(tx *store.Tx, req api.CreateVMRequest) error {
+	free, err := m.freeSpace(m.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	vms, err := tx.VMs()
+	if err != nil {
+		return err
+	}
+	r := diskRoom{dir: m.cfg.DataDir, free: free, reserve: m.cfg.DiskReserve,
+		disk: req.DiskBytes, swap: int64(api.DefaultSwapMiB) << 20, ratio: m.cfg.DiskOvercommit}
+	for _, v := range vms {
+		r.unused += m.unusedPromise(v)
+	}
+	return r.check()
+}
+
+// unusedPromise is what vm's disks may still take of the host: its disk and
+// swap sizes less the host blocks they occupy already (they are sparse).
+func (m *Manager) unusedPromise(vm *store.VM) int64 {
+	promised := vm.DiskBytes + int64(vm.SwapMiB)<<20
+	return max(promised-occupied(m.dir(vm.ID), dataFile, swapFile, legacyFile), 0)
+}
+
+// occupied is the host blocks files in dir take (missing ones: none).
+func occupied(dir string, files ...string) int64 {
+	var n int64
+	for _, f := range files {
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join(dir, f), &st) == nil {
+			n += st.Blocks * 512
+		}
+	}
+	return n
 }
 
 // checkMemory refuses a VM of memMiB when, with every other VM that is not

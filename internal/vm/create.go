@@ -86,9 +86,6 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 	if err := m.checkMaxima(req); err != nil {
 		return nil, err
 	}
-	if err := m.checkDisk(req); err != nil {
-		return nil, err
-	}
 	start := time.Now()
 	b, err := m.cfg.Bases.Current(ctx)
 	if err != nil {
@@ -124,7 +121,7 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 }
 
 // reserve picks the name and id, marks the name busy, checks the owner's
-// quota and the host's memory, leases the address, and records the VM and the operation, all in one
+// quota and the host's memory and disk, leases the address, and records the VM and the operation, all in one
 // transaction; the caller must end() the name. The name is marked busy inside
 // the transaction (and unmarked if it fails), so a create racing a destroy of
 // the same name either waits for nothing (ErrBusy) or finds it free: it never
@@ -151,6 +148,9 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 			return err
 		}
 		if err := m.checkMemory(tx, "", req.MemoryMiB); err != nil {
+			return err
+		}
+		if err := m.checkDisk(tx, req); err != nil {
 			return err
 		}
 		// Pruning retires a base inside a transaction too: either it saw no VM

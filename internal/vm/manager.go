@@ -70,6 +70,10 @@ type Config struct {
 	// filesystem, and memory beyond what VMs that are not stopped are given.
 	DiskReserve      int64
 	MemoryReserveMiB int
+	// DiskOvercommit is how many times the free space less DiskReserve the
+	// VMs' disks may be promised (fcm daemon --disk-overcommit); zero means
+	// DefaultDiskOvercommit.
+	DiskOvercommit float64
 	// Ready waits until a booted VM is usable; default: its SSH answers with the
 	// pinned host key. Benchmarks of the daemon's own overhead replace it.
 	Ready func(ctx context.Context, vm *store.VM) error
@@ -135,6 +139,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.DiskReserve == 0 {
 		cfg.DiskReserve = DefaultDiskReserve
+	}
+	if cfg.DiskOvercommit == 0 {
+		cfg.DiskOvercommit = DefaultDiskOvercommit
 	}
 	if cfg.MemoryReserveMiB == 0 {
 		cfg.MemoryReserveMiB = DefaultMemoryReserveMiB
