@@ -141,6 +141,23 @@ type Instance interface {
 	Running() bool
 }
 
+// Pauser is an Instance whose hypervisor may pause its guest by itself and
+// be asked to resume it: QEMU stops a guest whose disk write failed for want
+// of space on the host (virtio-blk's werror=enospc) rather than fail the
+// write. Firecracker reports the error to the guest instead; its driver is
+// no Pauser.
+type Pauser interface {
+	// RunState is the hypervisor's own run state: RunStateIOError when it
+	// paused the guest on a host I/O error.
+	RunState(ctx context.Context) (string, error)
+	// Resume lets a paused guest run again; the failed write is retried.
+	Resume(ctx context.Context) error
+}
+
+// RunStateIOError is Pauser.RunState's answer for a guest paused on a host
+// I/O error (QMP query-status "io-error").
+const RunStateIOError = "io-error"
+
 // ErrNotRunning says a VM's hypervisor process is not (or no longer) running.
 var ErrNotRunning = errors.New("vm is not running")
 

@@ -236,7 +236,10 @@ type Instance struct {
 	qmpSocket string
 }
 
-var _ vmm.Instance = (*Instance)(nil)
+var (
+	_ vmm.Instance = (*Instance)(nil)
+	_ vmm.Pauser   = (*Instance)(nil)
+)
 
 // Shutdown sends Ctrl-Alt-Del, as Firecracker does: the guest init stops its
 // services, syncs, unmounts and reboots, and -no-reboot turns that into exit.
@@ -261,6 +264,15 @@ func (i *Instance) Status(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return st.Status, nil
+}
+
+// RunState implements vmm.Pauser: QMP query-status, "io-error" when QEMU
+// stopped the guest on a failed disk write (werror=enospc, QEMU's default).
+func (i *Instance) RunState(ctx context.Context) (string, error) { return i.Status(ctx) }
+
+// Resume implements vmm.Pauser: QMP cont; QEMU retries the failed requests.
+func (i *Instance) Resume(ctx context.Context) error {
+	return qmp(ctx, i.qmpSocket, "cont", nil, nil)
 }
 
 // Wait implements vmm.Instance; once QEMU has exited its cgroup is removed.

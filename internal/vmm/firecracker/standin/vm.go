@@ -103,7 +103,7 @@ func (a *api) start() error {
 	}
 	accel, why := qemu.ProbeAccel()
 	vm := &vmProcess{qmpSock: a.sock + ".qmp", events: events, done: make(chan struct{})}
-	args := append(qemu.MachineArgs(spec, accel, qemu.HostTSCKHz()),
+	args := append(reportDiskErrors(qemu.MachineArgs(spec, accel, qemu.HostTSCKHz())),
 		"-serial", "stdio",
 		"-qmp", "unix:"+strings.ReplaceAll(vm.qmpSock, ",", ",,")+",server=on,wait=off",
 		// A guest power-off stops emulation but not the process, as on Firecracker.
@@ -169,6 +169,20 @@ func (a *api) start() error {
 		a.exit(0)
 	}()
 	return nil
+}
+
+// reportDiskErrors makes QEMU's disks fail a guest's request on a host I/O
+// error, as Firecracker's virtio-blk does (the guest gets VIRTIO_BLK_S_IOERR),
+// where QEMU's default pauses the guest when the host's disk is full
+// (werror=enospc).
+func reportDiskErrors(args []string) []string {
+	out := append([]string(nil), args...)
+	for i := 1; i < len(out); i++ {
+		if out[i-1] == "-drive" {
+			out[i] += ",werror=report,rerror=report"
+		}
+	}
+	return out
 }
 
 // qmpMessage is a QMP greeting, reply or event.
