@@ -19,7 +19,7 @@ import (
 
 func newDaemonCmd() *cobra.Command {
 	o := daemon.Options{}
-	var maxDisk, maxBuildOutput, maxPush, maxRepos string
+	var maxDisk, diskReserve, maxBuildOutput, maxPush, maxRepos string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the fcm daemon (root): the API, VMs, bridge and NAT",
@@ -53,10 +53,16 @@ with --rotate-admin-token (or, against a running daemon, fcm token rotate).
 Every request is logged with its remote address, the client Caddy forwarded
 for, and the token's id and fingerprint (never the token).
 
-Create admits a VM only when the host has room for it: its disk plus a 2 GiB
-reserve free on the data dir's filesystem, and its memory, with that of every
-VM that is not stopped, within the host's memory less a 1 GiB reserve. Each VM
-is also held to --max-cpus, --max-memory and --max-disk.
+Create admits a VM only when the host has room for it: its disk and swap, with
+what every VM (running or stopped) was promised and has not used yet, within
+the free space on the data dir's filesystem less --disk-reserve (2G), times
+--disk-overcommit (1: never promise more than is free); and its memory, with
+that of every VM that is not stopped, within the host's memory less a 1 GiB
+reserve. Each VM is also held to --max-cpus, --max-memory and --max-disk. Below
+--disk-reserve free, creates and git pushes are refused (507). A VM whose disk
+write fails because the host's disk is full is paused by QEMU: it shows as
+paused (host disk full) and the daemon resumes it once more than --disk-reserve
+is free again.
 
 People log in with OIDC (Google by default) once the daemon has a client:
 --oidc-client-id and --oidc-client-secret, or GOOGLE_CLIENT_ID and
@@ -79,6 +85,12 @@ The guest image must exist first: sudo fcm image build.`,
 				return fmt.Errorf("--max-disk %q: want a size of at least 1G, like 64G", maxDisk)
 			}
 			o.MaxDiskBytes = n
+			if o.DiskReserve, err = parseSize(diskReserve); err != nil || o.DiskReserve < 64<<20 {
+				return fmt.Errorf("--disk-reserve %q: want a size of at least 64M, like 2G", diskReserve)
+			}
+			if !(o.DiskOvercommit > 0 && o.DiskOvercommit <= 100) {
+				return fmt.Errorf("--disk-overcommit %g: want a ratio above 0 and at most 100, like 1 (never promise more than is free) or 2", o.DiskOvercommit)
+			}
 			if o.MaxBuildOutput, err = parseSize(maxBuildOutput); err != nil || o.MaxBuildOutput < 1<<20 {
 				return fmt.Errorf("--max-build-output %q: want a size of at least 1M, like 256M", maxBuildOutput)
 			}
@@ -125,6 +137,8 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
 	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
+	f.StringVar(&diskReserve, "disk-reserve", "2G", "free space kept on the data dir's filesystem for the store, repositories and logs: creates and pushes are refused below it, and VMs paused on a full disk resume above it")
+	f.Float64Var(&o.DiskOvercommit, "disk-overcommit", vm.DefaultDiskOvercommit, "how many times the free space (less --disk-reserve) the VMs' disks may be promised: 1 never promises more than is free; more admits more VMs at the risk of a full disk, where VMs that write are paused until space is freed")
 	f.DurationVar(&o.BuildTimeout, "build-timeout", deploy.DefaultBuildTimeout, "how long one release of an app (build, release command, switch) may take before it is stopped and fails")
 	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
 	f.DurationVar(&o.NameHold, "name-hold", store.TombstoneAge, "how long a destroyed VM's name (and its URL) stays its last owner's: links to it may still be out there; 0 frees names at once")

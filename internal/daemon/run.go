@@ -59,6 +59,11 @@ type Options struct {
 	MaxCPUs      int
 	MaxMemoryMiB int
 	MaxDiskBytes int64
+	// DiskReserve is the free space kept on the data dir's filesystem
+	// (--disk-reserve), DiskOvercommit how many times the free space beyond it
+	// the VMs' disks may be promised (--disk-overcommit); zero: vm's defaults.
+	DiskReserve    int64
+	DiskOvercommit float64
 	// Per-user quotas over all of a user's VMs (--max-memory-per-user in MiB,
 	// --max-cpus-per-user); zero: no limit. The VM count is Login.MaxVMsPerUser.
 	MaxMemoryPerUser int
@@ -216,14 +221,17 @@ func Run(ctx context.Context, o Options) error {
 		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
+		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit,
 	})
 	if err != nil {
 		return err
 	}
+	mgr.KeepStoreReserve() // before reconcile's writes
 	if err := mgr.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	go mgr.KeepConsoleLogsTrimmed(ctx)
+	go mgr.WatchHostDisk(ctx)
 
 	var rec *edge.Reconciler
 	if edgeCfg != nil {
@@ -252,7 +260,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	o.Git.UID, o.Git.GID = deploy.DefaultGitUID, deploy.DefaultGitUID // git never runs as root
-	server.Deploys = &deploy.Service{DataDir: o.DataDir, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
+	server.Deploys = &deploy.Service{DataDir: o.DataDir, DiskReserve: o.DiskReserve, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
 		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track}
 	if err := server.Deploys.Prepare(ctx); err != nil {

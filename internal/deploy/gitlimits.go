@@ -196,9 +196,9 @@ func (s *Service) pushLimit(owner string) (int64, error) {
 			limit = left
 		}
 	}
-	need := int64(fcmvm.DefaultDiskReserve) + limit
+	need := s.diskReserve() + limit
 	if limit <= 0 {
-		need = fcmvm.DefaultDiskReserve
+		need = s.diskReserve()
 	}
 	if err := fcmvm.CheckFreeSpace(s.DataDir, need, "the host's reserve and the largest push"); err != nil {
 		return 0, &PushRefused{fmt.Sprintf("%v: the host is short of disk space, push again later", err)}

@@ -46,6 +46,9 @@ type Service struct {
 	// long it may take (zero: DefaultMaxOutput, DefaultBuildTimeout).
 	MaxOutput    int64
 	BuildTimeout time.Duration
+	// DiskReserve is the free space on DataDir's filesystem below which
+	// pushes are refused (fcm daemon --disk-reserve; zero: the vm default).
+	DiskReserve int64
 	// Live, when set, records a git push or fetch of tok on VM vmID as a live
 	// connection: end is called once the token may no longer act on it
 	// (revoked, its user denied or removed); the returned func forgets it.
@@ -60,6 +63,14 @@ type Service struct {
 	// apps' locks are refused.
 	abandoned map[string]bool
 	streams   map[string]int // vm id -> logs and commands streaming from it
+}
+
+// diskReserve is the free space below which pushes are refused.
+func (s *Service) diskReserve() int64 {
+	if s.DiskReserve > 0 {
+		return s.DiskReserve
+	}
+	return fcmvm.DefaultDiskReserve
 }
 
 // push is one receive-pack in progress; its hook proves itself with token.
@@ -190,11 +201,15 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 			strings.TrimPrefix(ref, "refs/heads/"), short(now))
 		return fmt.Errorf("ref moved")
 	}
+	if vm.State == api.StatePaused {
+		fmt.Fprintf(out, " !     %s is paused: %s; it resumes by itself once space is freed on the host, then push again\n", vm.Name, vm.Reason)
+		return fmt.Errorf("vm paused")
+	}
 	if vm.State != api.StateRunning {
 		fmt.Fprintf(out, " !     %s is %s: start it with 'fcm start %s', then push again\n", vm.Name, vm.State, vm.Name)
 		return fmt.Errorf("vm not running")
 	}
-	if err := fcmvm.CheckFreeSpace(s.DataDir, fcmvm.DefaultDiskReserve, "the host's reserve"); err != nil {
+	if err := fcmvm.CheckFreeSpace(s.DataDir, s.diskReserve(), "the host's reserve"); err != nil {
 		fmt.Fprintf(out, " !     %v: free some space on the host, then push again\n", err)
 		return err
 	}

@@ -164,6 +164,11 @@ func (r diskRoom) check() error {
 	if r.unused+ask <= may {
 		return nil
 	}
+	if r.free <= r.reserve {
+		return &roomError{kind: ErrInsufficientStorage,
+			msg: fmt.Sprintf("not enough disk space on %s: %s free, not more than the %s reserve (fcm daemon --disk-reserve): no new vms until space is freed on the host",
+				r.dir, gib(r.free), gib(r.reserve))}
+	}
 	return &roomError{kind: ErrInsufficientStorage,
 		msg: fmt.Sprintf("not enough disk space on %s: this vm asks for %s (%s disk, %s swap); %s is free less a %s reserve, "+
 			"%s is promised to the vms there are and not yet used by them, and with fcm daemon --disk-overcommit %g the vms may be promised at most %s: "+

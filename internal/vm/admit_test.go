@@ -109,7 +109,7 @@ func TestDiskRoom(t *testing.T) {
 		// The measurement: 4.7 GiB free, two 2 GiB VMs made, a third asked.
 		{"third of three 2G vms", 47 * g / 10, 0, 5 * g, 2 * g, 1, "5.0 GiB is promised"},
 		{"overcommitted twice", 47 * g / 10, 0, 5 * g, 2 * g, 2, ""},
-		{"below the reserve", g, 2 * g, 0, g, 10, "with fcm daemon --disk-overcommit 10 the vms may be promised at most 0.0 GiB: 0.0 GiB is left"},
+		{"below the reserve", g, 2 * g, 0, g, 10, "not enough disk space on /d: 1.0 GiB free, not more than the 2.0 GiB reserve (fcm daemon --disk-reserve): no new vms until space is freed on the host"},
 		{"overcommit below one", 10 * g, 0, 0, 4 * g, 0.4, "at most 4.0 GiB: 4.0 GiB is left"},
 	}
 	for _, tt := range tests {

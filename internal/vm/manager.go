@@ -89,6 +89,9 @@ type Manager struct {
 	busy      map[string]string        // vm name -> operation in progress
 	instances map[string]vmm.Instance  // vm id -> running hypervisor
 	shared    map[string]*guest.Client // vm id -> the SSH connection its commands share
+	// reserveErr is why the store's reserve could not be kept, as last logged
+	// (see KeepStoreReserve); "" when it is kept.
+	reserveErr string
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
