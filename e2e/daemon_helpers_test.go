@@ -55,7 +55,14 @@ func startDaemonHV(t *testing.T, hv, dataDir string, extra ...string) *daemonPro
 // startDaemonImage is startDaemonHV with VMs booting the image in img.
 func startDaemonImage(t *testing.T, hv, dataDir, img string, extra ...string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(dataDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
+	return startDaemonLog(t, hv, dataDir, img, dataDir, extra...)
+}
+
+// startDaemonLog is startDaemonImage with the daemon's log in logDir (a
+// data dir whose filesystem a test fills cannot hold it).
+func startDaemonLog(t *testing.T, hv, dataDir, img, logDir string, extra ...string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{t: t, dataDir: dataDir, logPath: filepath.Join(logDir, fmt.Sprintf("daemon-%d.log", time.Now().UnixNano()))}
 	args := []string{"daemon", "--data-dir", dataDir, "--listen", daemonListen, "--hypervisor", hv,
 		"--bridge", daemonBridge, "--subnet", daemonSubnet,
 		"--kernel", filepath.Join(img, image.KernelFile),

@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"golang.org/x/sys/unix"
+)
+
+// loopDataDir is a data dir on an ext4 filesystem of size bytes of its own (a
+// sparse file on a loop device), with no blocks reserved for root: the daemon
+// gets no more room than the hypervisors when it is full.
+func loopDataDir(t *testing.T, size int64) string {
+	t.Helper()
+	backing := filepath.Join(t.TempDir(), "fs.img")
+	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(backing, size); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "mkfs.ext4", "-q", "-F", "-m", "0", backing)
+	dir, err := os.MkdirTemp("", "fcm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "mount", "-o", "loop", backing, dir)
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+			return
+		}
+		os.Remove(dir)
+	})
+	return dir
+}
+
+// freeOn is what an unprivileged write may still use on dir's filesystem.
+func freeOn(t *testing.T, dir string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// waitVM waits until VM name's record, as fcm ls --json shows it, passes ok.
+func (d *daemonProc) waitVM(dir, name string, within time.Duration, what string, ok func(api.VM) bool) api.VM {
+	d.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		vm := d.vms(dir)[name]
+		if ok(vm) {
+			return vm
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("vm %s never %s within %s: %+v\ndaemon log:\n%s", name, what, within, vm, d.log())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestHostDisk_Full: on a small data dir, (a) a create beyond what the VMs
+// were promised is refused with the numbers (HTTP 507); (b) with
+// --disk-overcommit raised it is admitted, and a guest that fills the host's
+// disk leaves its VM paused (host disk full) while the daemon keeps answering
+// and recording, and refuses creates; (c) freeing space on the host resumes
+// the VM by itself, its data intact and its SSH answering.
+func TestHostDisk_Full(t *testing.T) {
+	dataDir := loopDataDir(t, 3<<30)
+	cleanupVMs(t, dataDir)
+	logDir := t.TempDir()
+	start := func(extra ...string) *daemonProc {
+		return startDaemonLog(t, "qemu", dataDir, imageDir, logDir, append([]string{"--disk-reserve", "256M"}, extra...)...)
+	}
+	d := start()
+	work := t.TempDir()
+	create := []string{"create", "--no-git", "--disk", "1G", "--memory", "512"}
+	d.mustCLI(work, append(create, "--name", "full")...)
+
+	// (a) The first VM took 1.5 GiB of promise (disk and swap) and used
+	// almost none of it: a second does not fit what is left.
+	t.Logf("free after the first vm: %d MiB", freeOn(t, dataDir)>>20)
+	out, code := d.cli(work, append(create, "--name", "spare")...)
+	for _, want := range []string{"not enough disk space on " + dataDir, "this vm asks for 1.5 GiB (1.0 GiB disk, 0.5 GiB swap)",
+		"less a 0.2 GiB reserve", "is promised to the vms there are and not yet used by them", "--disk-overcommit 1 "} {
+		if code == 0 || !strings.Contains(out, want) {
+			t.Fatalf("a create beyond the promise: exit %d, want %q in:\n%s", code, want, out)
+		}
+	}
+	body, _ := json.Marshal(api.CreateVMRequest{Name: "spare", DiskBytes: 1 << 30, MemoryMiB: 512})
+	req, _ := http.NewRequest("POST", "http://"+daemonListen+"/v1/vms", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+d.token())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apiErr struct{ Error, Code string }
+	json.NewDecoder(resp.Body).Decode(&apiErr)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInsufficientStorage || apiErr.Code != api.CodeInsufficientStorage {
+		t.Fatalf("POST /v1/vms beyond the promise: %d %+v", resp.StatusCode, apiErr)
+	}
+	if _, ok := d.vms(work)["spare"]; ok {
+		t.Fatal("a refused create left a vm")
+	}
+
+	// (b) Overcommitted three times, it fits.
+	d.stop(syscall.SIGTERM)
+	d = start("--disk-overcommit", "3")
+	d.mustCLI(work, append(create, "--name", "spare")...)
+	d.inVM(work, "full", "echo written-before > /root/marker && sync")
+
+	// The host's disk all but full (a file of root's), then the guest writes
+	// more than is left.
+	filler := filepath.Join(dataDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, freeOn(t, dataDir)-100<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Logf("free with the filler: %d MiB", freeOn(t, dataDir)>>20)
+	d.inVM(work, "full", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=300 conv=fsync 2>/root/dd.err; echo $? > /root/dd.done' </dev/null >/dev/null 2>&1 &")
+	paused := d.waitVM(work, "full", 2*time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
+	if paused.Reason != "host disk full" {
+		t.Errorf("paused vm's reason: %q, want host disk full", paused.Reason)
+	}
+	if free := freeOn(t, dataDir); free > 8<<20 {
+		t.Errorf("the guest paused with %d MiB free on the host", free>>20)
+	}
+	t.Logf("paused; free on the host: %d KiB", freeOn(t, dataDir)>>10)
+	// The daemon answers, records (the pause above was a write; a rule is
+	// another) and refuses creates below the reserve.
+	// About 1 MiB of config vars: the store grows into blocks it has never
+	// written, which only its reserve holds now.
+	config := []string{"config", "set", "-a", "spare"}
+	for i := range 15 {
+		config = append(config, fmt.Sprintf("BIG%d=%s", i, strings.Repeat(fmt.Sprint(i%10), 60<<10)))
+	}
+	if out, code := d.cli(work, config...); code != 0 {
+		t.Fatalf("fcm config set of 15 vars of 60 KiB on a full disk: exit %d:\n%s", code, out)
+	}
+	if out := d.mustCLI(work, "config", "spare", "--json"); !strings.Contains(out, "BIG14") {
+		t.Errorf("config vars set while the disk was full are not listed")
+	}
+	d.mustCLI(work, "users", "allow", "disk-full@example.org")
+	if out := d.mustCLI(work, "users", "ls"); !strings.Contains(out, "disk-full@example.org") {
+		t.Errorf("a rule added while the disk was full is not listed:\n%s", out)
+	}
+	out, code = d.cli(work, append(create, "--name", "third")...)
+	if code == 0 || !strings.Contains(out, "not more than the 256 MiB reserve") && !strings.Contains(out, "not more than the 0.2 GiB reserve (fcm daemon --disk-reserve)") {
+		t.Errorf("a create on a full disk: exit %d:\n%s", code, out)
+	}
+	if vm := d.vms(work)["spare"]; vm.State != api.StateRunning {
+		t.Errorf("the other vm is %s (%s)", vm.State, vm.Reason)
+	}
+
+	// (c) Space back: the VM resumes by itself and finishes its write.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	resumed := d.waitVM(work, "full", time.Minute, "running again", func(v api.VM) bool { return v.State == api.StateRunning })
+	if resumed.Reason != "" {
+		t.Errorf("resumed vm still has reason %q", resumed.Reason)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for d.inVM(work, "full", "cat /root/dd.done 2>/dev/null || true") == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's write never finished after the resume:\n%s", d.log())
+		}
+		time.Sleep(time.Second)
+	}
+	if got := d.inVM(work, "full", "cat /root/dd.done /root/marker; stat -c %s /root/big"); got != fmt.Sprintf("0\nwritten-before\n%d", 300<<20) {
+		t.Errorf("after the resume: dd exit, marker, size:\n%s\ndd: %s", got, d.inVM(work, "full", "cat /root/dd.err"))
+	}
+	log := d.log()
+	for _, want := range []string{`msg="vm paused: host disk full; it resumes when more than the reserve is free" name=full`,
+		`msg="vm resumed: host disk has space again" name=full`} {
+		if strings.Count(log, want) != 1 {
+			t.Errorf("daemon log has %d lines %q, want 1", strings.Count(log, want), want)
+		}
+	}
+	d.mustCLI(work, "destroy", "full")
+	d.mustCLI(work, "destroy", "spare")
+}
