@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/vm"
 	"golang.org/x/sys/unix"
 )
 
@@ -168,6 +169,22 @@ func TestHostDisk_Full(t *testing.T) {
 	if vm := d.vms(work)["spare"]; vm.State != api.StateRunning {
 		t.Errorf("the other vm is %s (%s)", vm.State, vm.Reason)
 	}
+	// A second guest that writes is paused too, and can still be destroyed.
+	d.inVM(work, "spare", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=50 conv=fsync' </dev/null >/dev/null 2>&1 &")
+	d.waitVM(work, "spare", time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
+	began := time.Now()
+	d.mustCLI(work, "destroy", "spare")
+	t.Logf("destroyed a paused vm in %s", time.Since(began).Round(time.Second))
+	if _, ok := d.vms(work)["spare"]; ok {
+		t.Error("the paused vm is still listed after its destroy")
+	}
+	if free := freeOn(t, dataDir); free > 256<<20 {
+		t.Fatalf("destroying spare freed %d MiB: more than the reserve, the test cannot tell what resumes full", free>>20)
+	}
+	time.Sleep(2 * vm.HostDiskEvery) // not resumed with less than the reserve free
+	if v := d.vms(work)["full"]; v.State != api.StatePaused {
+		t.Fatalf("with less than the reserve free the vm is %s", v.State)
+	}
 
 	// (c) Space back: the VM resumes by itself and finishes its write.
 	if err := os.Remove(filler); err != nil {
@@ -195,5 +212,4 @@ func TestHostDisk_Full(t *testing.T) {
 		}
 	}
 	d.mustCLI(work, "destroy", "full")
-	d.mustCLI(work, "destroy", "spare")
 }
