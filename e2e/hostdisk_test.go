@@ -213,3 +213,44 @@ func TestHostDisk_Full(t *testing.T) {
 	}
 	d.mustCLI(work, "destroy", "full")
 }
+
+// TestHostDisk_FirecrackerReports: Firecracker does not pause a guest whose
+// disk write fails on the host; the guest gets an I/O error. The stand-in
+// does the same: with the host's disk full, a guest's write fails, its VM
+// stays running and answers, and nothing is recorded paused.
+func TestHostDisk_FirecrackerReports(t *testing.T) {
+	dataDir := loopDataDir(t, 3<<30)
+	cleanupVMs(t, dataDir)
+	d := startDaemonLog(t, "firecracker", dataDir, imageDir, t.TempDir(), "--disk-reserve", "256M")
+	work := t.TempDir()
+	d.mustCLI(work, "create", "--no-git", "--disk", "1G", "--memory", "512", "--name", "fc")
+	filler := filepath.Join(dataDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, freeOn(t, dataDir)-50<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	d.inVM(work, "fc", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=200 conv=fsync 2>/run/dd.err; echo $? > /run/dd.done' </dev/null >/dev/null 2>&1 &")
+	deadline := time.Now().Add(2 * time.Minute)
+	for d.inVM(work, "fc", "cat /run/dd.done 2>/dev/null || true") == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's write neither finished nor failed (paused?): %+v", d.vms(work)["fc"])
+		}
+		time.Sleep(time.Second)
+	}
+	if free := freeOn(t, dataDir); free > 8<<20 {
+		t.Errorf("the host's disk was not full: %d MiB free", free>>20)
+	}
+	if got := d.inVM(work, "fc", "cat /run/dd.done /run/dd.err"); strings.HasPrefix(got, "0\n") || !strings.Contains(got, "error") {
+		t.Errorf("the guest's write on a full host disk did not fail with an error:\n%s", got)
+	}
+	time.Sleep(2 * vm.HostDiskEvery)
+	if v := d.vms(work)["fc"]; v.State != api.StateRunning || v.Reason != "" {
+		t.Errorf("the firecracker vm is %s (%q), want running", v.State, v.Reason)
+	}
+	os.Remove(filler)
+	d.mustCLI(work, "destroy", "fc")
+}
