@@ -70,6 +70,9 @@ type Config struct {
 	// filesystem, and memory beyond what VMs that are not stopped are given.
 	DiskReserve      int64
 	MemoryReserveMiB int
+	// BootConcurrency bounds the boots the daemon does by itself at once
+	// (restarts, see Heal); 0: DefaultBootConcurrency.
+	BootConcurrency int
 	// Ready waits until a booted VM is usable; default: its SSH answers with the
 	// pinned host key. Benchmarks of the daemon's own overhead replace it.
 	Ready func(ctx context.Context, vm *store.VM) error
@@ -85,6 +88,9 @@ type Manager struct {
 	busy      map[string]string        // vm name -> operation in progress
 	instances map[string]vmm.Instance  // vm id -> running hypervisor
 	shared    map[string]*guest.Client // vm id -> the SSH connection its commands share
+
+	// hostRestarted: the host booted since the daemon last ran (Reconcile).
+	hostRestarted bool
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
@@ -138,6 +144,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.MemoryReserveMiB == 0 {
 		cfg.MemoryReserveMiB = DefaultMemoryReserveMiB
+	}
+	if cfg.BootConcurrency <= 0 {
+		cfg.BootConcurrency = DefaultBootConcurrency()
 	}
 	if cfg.Bases == nil {
 		return nil, errors.New("vm: no image store (Config.Bases)")
@@ -269,6 +278,10 @@ func ToAPI(vm *store.VM) api.VM {
 		Name: vm.Name, ID: vm.ID, State: vm.State, Reason: vm.Reason, IP: vm.IP, MAC: vm.MAC,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Port: vm.Port,
 		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
+	}
+	a.Desired = vm.DesiredState()
+	for _, e := range vm.Events {
+		a.Events = append(a.Events, api.VMEvent{At: e.At, Kind: e.Kind, Detail: e.Detail})
 	}
 	if !vm.NoExpose {
 		a.URL = fmt.Sprintf("http://%s:%d", vm.IP, vm.Port)
