@@ -28,7 +28,7 @@ var Steps = []Step{
 	{"create", stepBoot},    // in one transaction with network
 	{"start", stepStarting}, // the op, and the VM marked starting
 	{"start", stepNetwork},
-	{"start", stepBoot},    // in one transaction with network
+	{"start", stepBoot},         // in one transaction with network
 	{"restart", stepRestarting}, // the daemon's own start of a VM that died or whose host restarted
 	{"restart", stepNetwork},
 	{"restart", stepBoot},
