@@ -16,6 +16,9 @@ func main() {
 			guestInit() // we are /sbin/init inside a VM
 		}
 	}
+	if code, ok := guestPower(os.Args); ok {
+		os.Exit(code) // we are poweroff, halt or reboot inside a VM
+	}
 	os.Exit(cli.Main(os.Args[1:]))
 }
 

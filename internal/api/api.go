@@ -31,16 +31,16 @@ const (
 
 // VM is one microVM as the API shows it.
 type VM struct {
-	Name       string    `json:"name"`
-	ID         string    `json:"id"`
-	State      string    `json:"state"`
-	Reason     string    `json:"reason,omitempty"` // why it is in this state (error, restarting, crashed, paused, starting after a restart)
+	Name   string `json:"name"`
+	ID     string `json:"id"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"` // why it is in this state (error, restarting, crashed, paused, starting after a restart)
 	// Desired is what its owner last asked for: running or stopped. The
 	// daemon converges State to it (restarting a VM that died).
 	Desired string `json:"desired,omitempty"`
 	// Events are the last things that happened to it by themselves (deaths,
 	// restarts, give-ups, a guest's poweroff, pauses), oldest first.
-	Events []VMEvent `json:"events,omitempty"`
+	Events     []VMEvent `json:"events,omitempty"`
 	IP         string    `json:"ip"`
 	MAC        string    `json:"mac"`
 	CPUs       int       `json:"cpus"`

@@ -405,6 +405,30 @@ func MemoryLimit(id string) (int64, error) {
 	return strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
 }
 
+// OOMKills is how many processes the kernel's OOM killer ended in VM id's
+// cgroup for exceeding its memory limit (memory.events oom_kill on v2,
+// memory.oom_control on v1); read it before Remove.
+func OOMKills(id string) (int, error) {
+	h, err := detect()
+	if err != nil {
+		return 0, err
+	}
+	file := "memory.events"
+	if !h.v2 {
+		file = "memory.oom_control"
+	}
+	data, err := os.ReadFile(filepath.Join(h.dirs(id)[0], file))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "oom_kill" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, nil
+}
+
 // SetOOMScoreAdj sets pid's oom_score_adj: fcm gives hypervisors 500, so the
 // OOM killer takes a VM before anything else on the host.
 func SetOOMScoreAdj(pid, adj int) error {

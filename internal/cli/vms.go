@@ -188,10 +188,7 @@ func newLsCmd() *cobra.Command {
 				} else {
 					fmt.Fprintf(tw, "%s\t", v.Name)
 				}
-				state := v.State
-				if v.Reason != "" {
-					state += " (" + v.Reason + ")"
-				}
+				state := stateText(v)
 				url := v.URL
 				switch {
 				case url == "":
@@ -321,4 +318,18 @@ func confirm(cmd *cobra.Command, name string) error {
 		return nil
 	}
 	return errNotConfirmed
+}
+
+// stateText is a VM's state as ls shows it: with why, when the daemon says
+// ("starting (after host restart)", "crashed 5 times in 10 min: out of
+// memory").
+func stateText(v api.VM) string {
+	s := v.State
+	switch {
+	case v.Reason != "" && strings.HasPrefix(v.Reason, v.State):
+		s = v.Reason
+	case v.Reason != "":
+		s += " (" + v.Reason + ")"
+	}
+	return s
 }

@@ -73,6 +73,9 @@ type Options struct {
 	BootTimeout time.Duration
 	// NameHold is how long a destroyed VM's name stays its last owner's (--name-hold).
 	NameHold time.Duration
+	// BootConcurrency bounds the boots the daemon does by itself at once
+	// (--boot-concurrency; 0: vm.DefaultBootConcurrency).
+	BootConcurrency int
 	// MaxBuildOutput and BuildTimeout bound each release of an app: what it
 	// may print, how long it may take (--max-build-output, --build-timeout).
 	MaxBuildOutput int64
@@ -222,6 +225,7 @@ func Run(ctx context.Context, o Options) error {
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
 		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit,
+		BootConcurrency: o.BootConcurrency,
 	})
 	if err != nil {
 		return err
@@ -232,6 +236,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	go mgr.KeepConsoleLogsTrimmed(ctx)
 	go mgr.WatchHostDisk(ctx)
+	go mgr.Heal(ctx) // boots what should run and does not: after a host restart, a crash
 
 	var rec *edge.Reconciler
 	if edgeCfg != nil {

@@ -304,7 +304,9 @@ func (in *initProc) loop(sigs <-chan os.Signal) {
 			in.reap()
 		default:
 			if !in.stopping {
-				log.Printf("%v: shutting down", sig)
+				// The host reads this line from the console to tell a guest
+				// that powered itself off (or rebooted) from one that died.
+				log.Printf("%s %s (%v)", ShutdownMarker, shutdownKind(sig), sig)
 				in.shutdown()
 			}
 		}

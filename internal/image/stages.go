@@ -445,6 +445,9 @@ func imageWithInit(ctx context.Context, tree, treeImg, out, initBinary string) e
 	return ext4.Write(ctx, out, []ext4.File{
 		{Path: sbin + "/fcm-init", Source: initBinary, Mode: 0o755},
 		{Path: sbin + "/init", Link: "fcm-init"},
+		{Path: sbin + "/poweroff", Link: "fcm-init"}, // guestinit.PowerCommands
+		{Path: sbin + "/halt", Link: "fcm-init"},
+		{Path: sbin + "/reboot", Link: "fcm-init"},
 		{Path: "/etc/ssh/sshd_config.d/fcm.conf", Data: []byte(sshdConfig), Mode: 0o644},
 	})
 }

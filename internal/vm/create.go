@@ -170,7 +170,7 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 			return err
 		}
 		vm = &store.VM{
-			ID: id, Name: name, Owner: owner.ID, State: api.StateCreating,
+			ID: id, Name: name, Owner: owner.ID, State: api.StateCreating, Desired: api.DesiredRunning,
 			IP: ip.String(), MAC: macFor(ip), Tap: "tap_" + id,
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
 			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),

@@ -39,7 +39,7 @@ func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *s
 			return fmt.Errorf("%w: vm %q is %s", ErrBadState, name, vm.State)
 		}
 		prev = vm.State
-		if kind == "start" {
+		if kind == "start" || kind == "restart" {
 			if err := m.checkMemory(tx, vm.ID, vm.MemoryMiB); err != nil {
 				return err
 			}
@@ -48,8 +48,13 @@ func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *s
 		switch kind {
 		case "start":
 			vm.State, op.Steps = api.StateStarting, []string{stepStarting}
+			vm.Desired, vm.Deaths, vm.Reason = api.DesiredRunning, nil, ""
+		case "restart":
+			vm.State, op.Steps = api.StateStarting, []string{stepRestarting}
+			vm.Reason = causeAfter(vm)
 		case "stop":
 			vm.State, op.Steps = api.StateStopping, []string{stepStopping}
+			vm.Desired = api.DesiredStopped
 		case "destroy":
 			op.Steps = []string{stepDestroying}
 		}
@@ -75,14 +80,26 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Start boots a stopped VM (or one in error) and waits for SSH. It refuses
-// while a hypervisor of the VM still runs, answering or not. A non-empty id
-// makes the start apply only to the VM with that id (see Stop).
+// Start boots a VM that is stopped, crashed, restarting or in error and waits
+// for SSH; its desired state becomes running, with a fresh count of deaths. It
+// refuses while a hypervisor of the VM still runs, answering or not. A
+// non-empty id makes the start apply only to the VM with that id (see Stop).
+// A boot that fails counts as a death: the daemon tries again (see Heal).
 func (m *Manager) Start(ctx context.Context, name, id string, progress Progress) (*store.VM, error) {
+	return m.startAs(ctx, "start", name, id, progress)
+}
+
+// startAs is Start (kind "start") or the daemon's own restart of a VM in state
+// restarting (kind "restart", which keeps the desired state and deaths).
+func (m *Manager) startAs(ctx context.Context, kind, name, id string, progress Progress) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
-	vm, op, prev, err := m.opFor(name, id, "start", "starting", api.StateStopped, api.StateError)
+	allowed := []string{api.StateStopped, api.StateError, api.StateCrashed, api.StateRestarting}
+	if kind == "restart" {
+		allowed = []string{api.StateRestarting}
+	}
+	vm, op, prev, err := m.opFor(name, id, kind, "starting", allowed...)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +116,17 @@ func (m *Manager) Start(ctx context.Context, name, id string, progress Progress)
 	}
 	vm, err = m.boot(ctx, vm, op, progress)
 	if err != nil {
-		if _, herr := m.halt(context.WithoutCancel(ctx), vm, op, api.StateError, err.Error()); herr != nil {
+		set := died("its boot failed: "+err.Error(), time.Now())
+		if inst := m.instance(vm.ID); inst != nil && !inst.Running() {
+			if e := m.exitOf(vm.ID, inst); e.kind == "died" {
+				set = died("its boot failed: "+e.cause, time.Now())
+			}
+		}
+		if ctx.Err() != nil {
+			// Cancelled (the daemon stops, or the client left): not the VM's fault.
+			set = again("interrupted", "its boot was interrupted", time.Now())
+		}
+		if _, herr := m.halt(context.WithoutCancel(ctx), vm, op, set); herr != nil {
 			m.markError(vm.ID, op.ID, fmt.Errorf("%v; then stopping it failed: %w", err, herr))
 		}
 		return nil, err
@@ -141,7 +168,7 @@ func (m *Manager) Stop(ctx context.Context, name, id string) (*store.VM, error) 
 	if prev == api.StateCreating {
 		state, reason = api.StateError, "its create did not finish: destroy it"
 	}
-	out, err := m.halt(ctx, vm, op, state, reason)
+	out, err := m.halt(ctx, vm, op, to(state, reason))
 	if err != nil {
 		m.markError(vm.ID, op.ID, err)
 		return nil, err
@@ -150,11 +177,11 @@ func (m *Manager) Stop(ctx context.Context, name, id string) (*store.VM, error) 
 }
 
 // halt stops the hypervisor (if running; killing one that does not answer),
-// removes the tap, and leaves the VM in state with reason; it finishes stop,
+// removes the tap, and leaves the VM as set makes it; it finishes stop,
 // rolls back start and follows a VM that exited on its own. It gives up after
 // the stop timeout plus the time a kill may take; on error the caller marks
 // the VM error.
-func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, state, reason string) (*store.VM, error) {
+func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, set setter) (*store.VM, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout+killWait)
 	defer cancel()
 	recordStop := func(step string) error {
@@ -186,7 +213,8 @@ func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, state, r
 		if err != nil {
 			return err
 		}
-		cur.State, cur.Reason, cur.PID = state, reason, 0
+		cur.PID = 0
+		set(cur)
 		out = cur
 		if err := tx.PutVM(cur); err != nil {
 			return err
@@ -389,8 +417,10 @@ func (m *Manager) undoCreate(ctx context.Context, op *store.Op) error {
 	return m.teardown(ctx, op.VMID, vm, op)
 }
 
-// watch notices a VM whose hypervisor exits on its own (a guest poweroff or a
-// crash) and marks it stopped.
+// watch notices a VM whose hypervisor exits on its own and records why: a
+// guest that powered itself off is stopped (its desired state too); one that
+// rebooted itself or died is restarted (see Heal), or crashed after too many
+// deaths.
 func (m *Manager) watch(name, id string, inst vmm.Instance) {
 	inst.Wait(context.Background()) // also ends when the instance is closed (replaced)
 	m.mu.Lock()
@@ -404,13 +434,43 @@ func (m *Manager) watch(name, id string, inst vmm.Instance) {
 		return // an operation of ours stopped it and records the state itself
 	}
 	defer m.end(name)
-	m.log.Warn("vm exited on its own", "name", name)
 	vm, err := m.cfg.Store.GetVM(name)
 	if err != nil || vm.ID != id {
 		m.setInstance(id, nil)
 		return
 	}
-	if _, err := m.halt(context.Background(), vm, &store.Op{ID: "watch-" + id}, api.StateStopped, "the vm powered off or crashed"); err != nil {
+	e := m.exitOf(id, inst)
+	now := time.Now()
+	var set setter
+	switch e.kind {
+	case "poweroff":
+		m.log.Warn("vm powered itself off; it stays stopped (its desired state is stopped now)", "name", name)
+		set = poweredOff(now)
+	case "reboot":
+		m.log.Warn("vm rebooted itself; booting it again", "name", name)
+		set = again("reboot", e.cause, now)
+	default:
+		set = died(e.cause, now)
+	}
+	out, err := m.halt(context.Background(), vm, &store.Op{ID: "watch-" + id}, set)
+	if err != nil {
 		m.markError(id, "", err)
+		return
+	}
+	m.logDeath(out, e)
+}
+
+// logDeath writes the daemon log's one line for a VM that died.
+func (m *Manager) logDeath(v *store.VM, e exit) {
+	if e.kind != "died" {
+		return
+	}
+	switch v.State {
+	case api.StateCrashed:
+		m.log.Error("vm died too often; not restarting it", "name", v.Name, "cause", e.cause, "deaths", len(v.Deaths), "within", DeathWindow)
+	case api.StateRestarting:
+		m.log.Warn("vm died; restarting it", "name", v.Name, "cause", e.cause, "in", time.Until(v.RestartAt).Round(time.Second), "deaths", len(v.Deaths), "within", DeathWindow)
+	default:
+		m.log.Warn("vm died", "name", v.Name, "cause", e.cause, "state", v.State)
 	}
 }

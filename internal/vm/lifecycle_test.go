@@ -116,8 +116,9 @@ func TestReconcile_OneBadVMDoesNotStopTheRest(t *testing.T) {
 	if vm := getVM(t, m, "bad"); vm.State != api.StateError || !strings.Contains(vm.Reason, "device busy") {
 		t.Errorf("bad: %s (%s), want error with the netlink reason", vm.State, vm.Reason)
 	}
-	if vm := getVM(t, m, "good"); vm.State != api.StateStopped {
-		t.Errorf("good: %s, want stopped", vm.State)
+	// Its hypervisor died while the daemon was down: a death, restarted.
+	if vm := getVM(t, m, "good"); vm.State != api.StateRestarting || !strings.Contains(vm.Reason, "exited while the daemon was down") {
+		t.Errorf("good: %s (%s), want restarting: its hypervisor exited while the daemon was down", vm.State, vm.Reason)
 	}
 	if _, err := m.cfg.Store.GetVM("gone"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the interrupted create was not undone: %v", err)
@@ -185,17 +186,22 @@ func TestStop_FromEveryState(t *testing.T) {
 	})
 }
 
-// TestStart_FailedBootEndsInError (L3): a start whose hypervisor fails leaves
-// the VM in error with the reason, not starting.
-func TestStart_FailedBootEndsInError(t *testing.T) {
+// TestStart_FailedBootIsADeath (L3; self-healing): a start whose hypervisor
+// fails leaves the VM restarting after the first backoff, with the reason,
+// not starting; its owner wants it running.
+func TestStart_FailedBootIsADeath(t *testing.T) {
 	m, d, _ := testManager(t)
 	addVM(t, m, "web", "aaaa1111", api.StateStopped)
 	d.start = func(vmm.Spec) (vmm.Instance, error) { return nil, errors.New("kvm: permission denied") }
 	if _, err := m.Start(context.Background(), "web", "", nil); err == nil {
 		t.Fatal("Start succeeded")
 	}
-	if vm := getVM(t, m, "web"); vm.State != api.StateError || !strings.Contains(vm.Reason, "permission denied") {
+	vm := getVM(t, m, "web")
+	if vm.State != api.StateRestarting || !strings.Contains(vm.Reason, "permission denied") || !strings.Contains(vm.Reason, "restart in 1s (1 of 5") {
 		t.Errorf("after a failed start: %s (%s)", vm.State, vm.Reason)
+	}
+	if vm.Desired != api.DesiredRunning || len(vm.Deaths) != 1 {
+		t.Errorf("after a failed start: desired %q, deaths %v; want running, one death", vm.Desired, vm.Deaths)
 	}
 	if len(ops(t, m)) != 0 {
 		t.Errorf("ops left: %v", ops(t, m))

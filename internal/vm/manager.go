@@ -74,6 +74,9 @@ type Config struct {
 	// VMs' disks may be promised (fcm daemon --disk-overcommit); zero means
 	// DefaultDiskOvercommit.
 	DiskOvercommit float64
+	// BootConcurrency bounds the boots the daemon does by itself at once
+	// (restarts, see Heal); 0: DefaultBootConcurrency.
+	BootConcurrency int
 	// Ready waits until a booted VM is usable; default: its SSH answers with the
 	// pinned host key. Benchmarks of the daemon's own overhead replace it.
 	Ready func(ctx context.Context, vm *store.VM) error
@@ -92,6 +95,9 @@ type Manager struct {
 	// reserveErr is why the store's reserve could not be kept, as last logged
 	// (see KeepStoreReserve); "" when it is kept.
 	reserveErr string
+
+	// hostRestarted: the host booted since the daemon last ran (Reconcile).
+	hostRestarted bool
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
@@ -148,6 +154,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.MemoryReserveMiB == 0 {
 		cfg.MemoryReserveMiB = DefaultMemoryReserveMiB
+	}
+	if cfg.BootConcurrency <= 0 {
+		cfg.BootConcurrency = DefaultBootConcurrency()
 	}
 	if cfg.Bases == nil {
 		return nil, errors.New("vm: no image store (Config.Bases)")
@@ -279,6 +288,10 @@ func ToAPI(vm *store.VM) api.VM {
 		Name: vm.Name, ID: vm.ID, State: vm.State, Reason: vm.Reason, IP: vm.IP, MAC: vm.MAC,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, Port: vm.Port,
 		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
+	}
+	a.Desired = vm.DesiredState()
+	for _, e := range vm.Events {
+		a.Events = append(a.Events, api.VMEvent{At: e.At, Kind: e.Kind, Detail: e.Detail})
 	}
 	if !vm.NoExpose {
 		a.URL = fmt.Sprintf("http://%s:%d", vm.IP, vm.Port)

@@ -29,6 +29,10 @@ import (
 // error with the reason and logged, and the others are still reconciled. Only
 // a store that cannot be read is an error.
 func (m *Manager) Reconcile(ctx context.Context) error {
+	m.hostRestarted = m.checkBootID()
+	if m.hostRestarted {
+		m.log.Warn("the host restarted since the daemon last ran: vms that should run are booted again")
+	}
 	pruneLogs(filepath.Join(m.cfg.DataDir, "logs"), time.Now())
 	if err := m.cfg.Templates.Clean(); err != nil {
 		m.log.Warn("disk templates: leftovers of an interrupted mkfs", "err", err)
@@ -70,7 +74,7 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 	switch op.Kind {
 	case "create", "destroy":
 		return m.undoCreate(ctx, op) // both end with the VM fully gone
-	case "start", "stop":
+	case "start", "restart", "stop":
 		vm, err := m.cfg.Store.GetVM(op.VMName)
 		if errors.Is(err, store.ErrNotFound) {
 			return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) })
@@ -78,7 +82,11 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 		if err != nil {
 			return err
 		}
-		_, err = m.halt(ctx, vm, op, api.StateStopped, "")
+		set := to(api.StateStopped, "")
+		if op.Kind != "stop" {
+			set = again("interrupted", "its start was interrupted by the daemon's restart", time.Now())
+		}
+		_, err = m.halt(ctx, vm, op, set)
 		return err
 	}
 	return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) })
@@ -112,9 +120,15 @@ func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string
 		if vm.State != api.StateError {
 			m.markError(vm.ID, "", fmt.Errorf("its hypervisor (pid %d) runs although the vm was %s; stop or destroy it", inst.PID(), vm.State))
 		}
-	case vm.State == api.StateRunning:
-		m.log.Warn("vm exited while the daemon was down", "name", vm.Name)
-		if _, err := m.halt(ctx, vm, &store.Op{ID: "reconcile-" + vm.ID}, api.StateStopped, "exited while the daemon was down"); err != nil {
+	case vm.State == api.StateRunning || vm.State == api.StatePaused:
+		set := again("host-restart", "host restart", time.Now())
+		if !m.hostRestarted {
+			// Its hypervisor died while the daemon was down: a death, though
+			// why is not known (it was not this daemon's child).
+			set = died("its hypervisor exited while the daemon was down", time.Now())
+		}
+		m.log.Warn("vm's hypervisor is gone", "name", vm.Name, "host_restarted", m.hostRestarted, "desired", vm.DesiredState())
+		if _, err := m.halt(ctx, vm, &store.Op{ID: "reconcile-" + vm.ID}, set); err != nil {
 			m.markError(vm.ID, "", err)
 		}
 	case vm.State == api.StateStarting || vm.State == api.StateStopping || vm.State == api.StateCreating:
@@ -238,4 +252,20 @@ func (m *Manager) removeLeaks(ctx context.Context, known, knewIDs, live map[stri
 			}
 		}
 	}
+}
+
+// checkBootID says whether the host restarted since the daemon last ran: the
+// kernel's boot id differs from the one the daemon wrote in its data dir. It
+// writes the current one.
+func (m *Manager) checkBootID() bool {
+	cur, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return false
+	}
+	path := filepath.Join(m.cfg.DataDir, "boot_id")
+	old, err := os.ReadFile(path)
+	if string(old) != string(cur) {
+		os.WriteFile(path, cur, 0o600)
+	}
+	return err == nil && string(old) != string(cur)
 }

@@ -28,7 +28,10 @@ var Steps = []Step{
 	{"create", stepBoot},    // in one transaction with network
 	{"start", stepStarting}, // the op, and the VM marked starting
 	{"start", stepNetwork},
-	{"start", stepBoot},    // in one transaction with network
+	{"start", stepBoot},         // in one transaction with network
+	{"restart", stepRestarting}, // the daemon's own start of a VM that died or whose host restarted
+	{"restart", stepNetwork},
+	{"restart", stepBoot},
 	{"stop", stepStopping}, // the op, and the VM marked stopping
 	{"stop", stepHalt},
 	{"stop", stepUnplug},
@@ -47,6 +50,7 @@ const (
 	stepBoot       = "boot"       // hypervisor started
 	stepStarting   = "starting"   // start recorded
 	stepStopping   = "stopping"   // stop recorded
+	stepRestarting = "restarting" // restart recorded
 	stepDestroying = "destroying" // destroy recorded
 	stepHalt       = "halt"       // hypervisor powered off (killed after the stop timeout)
 	stepUnplug     = "unplug"     // tap and nft element removed

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +24,7 @@ type Process struct {
 
 	mu    sync.RWMutex // Close waits for a Wait or Running in progress
 	pidfd int          // -1 once closed
+	exit  string       // how it ended, once reaped as our child ("" unknown)
 }
 
 // errClosed is what Wait returns once the Process has been closed.
@@ -185,10 +188,37 @@ func (p *Process) poll(ms int) (bool, error) {
 	}
 	if n > 0 {
 		var info unix.Siginfo
-		unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOHANG, nil)
+		if err := unix.Waitid(unix.P_PIDFD, p.pidfd, &info, unix.WEXITED|unix.WNOHANG, nil); err == nil {
+			if e := describeExit(&info); e != "" {
+				p.exit = e
+			}
+		}
 		return true, nil
 	}
 	return false, nil
+}
+
+// Exit says how the process ended ("exited with status 1", "killed by signal
+// 9 (killed)"), once Wait has seen it end; "" when that is not known (it was not
+// our child: adopted from an earlier daemon).
+func (p *Process) Exit() string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.exit
+}
+
+// describeExit reads a SIGCHLD siginfo: si_code says how the child ended and
+// si_status the exit status or signal (after si_pid and si_uid in the union).
+func describeExit(info *unix.Siginfo) string {
+	b := (*[128]byte)(unsafe.Pointer(info))
+	status := int32(binary.NativeEndian.Uint32(b[24:28]))
+	switch info.Code {
+	case 1: // CLD_EXITED
+		return fmt.Sprintf("exited with status %d", status)
+	case 2, 3: // CLD_KILLED, CLD_DUMPED
+		return fmt.Sprintf("killed by signal %d (%s)", status, unix.SignalName(unix.Signal(status)))
+	}
+	return ""
 }
 
 // Close releases the pidfd; a second Close does nothing.

@@ -141,3 +141,41 @@ func TestProcess_Close(t *testing.T) {
 		t.Error("a closed process reports running")
 	}
 }
+
+// TestProcess_Exit: how a child hypervisor ended is known once Wait has seen
+// it: its exit status, or the signal that killed it.
+func TestProcess_Exit(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		kill bool
+		want string
+	}{
+		{[]string{"sh", "-c", "sleep 0.2; exit 3"}, false, "exited with status 3"},
+		{[]string{"sleep", "30"}, true, "killed by signal 9 (SIGKILL)"},
+	} {
+		cmd := exec.Command(tc.args[0], tc.args[1:]...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p, err := OpenProcess(cmd.Process.Pid, tc.args[len(tc.args)-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Process.Release()
+		if p.Exit() != "" {
+			t.Errorf("Exit() = %q while it runs", p.Exit())
+		}
+		if tc.kill {
+			p.Signal(syscall.SIGKILL)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if got := p.Exit(); got != tc.want {
+			t.Errorf("%v: Exit() = %q, want %q", tc.args, got, tc.want)
+		}
+		p.Close()
+	}
+}

@@ -61,16 +61,20 @@ function sizeText(vm) {
   return vm.cpus + " CPU, " + mem + " RAM, " + disk + " disk";
 }
 
-function setState(root, state) {
+function setState(root, state, reason) {
   const el = $('[data-field="state"]', root);
   if (el && el.textContent !== state) {
     el.textContent = state;
     el.className = "state state-" + state;
   }
+  // Why it is in this state (restarting, crashed, paused, ...), when it says.
+  const why = $('[data-field="reason"]', root);
+  if (why && why.textContent !== (reason || "")) why.textContent = reason || "";
   // Only what the state allows is offered.
+  const down = ["stopped", "error", "crashed", "restarting"];
   const allowed = {
-    start: state === "stopped" || state === "error",
-    stop: state === "running" || state === "starting" || state === "error",
+    start: down.includes(state),
+    stop: state !== "stopped",
     restart: state === "running",
     destroy: true,
   };
@@ -183,7 +187,7 @@ async function refreshList() {
   for (const vm of data.vms) {
     seen.add(vm.name);
     const row = rowFor(tbody, vm);
-    setState(row, vm.state);
+    setState(row, vm.state, vm.reason);
     setURL($('[data-field="url"]', row), vm.url || "");
     const size = $('[data-field="size"]', row);
     const st = sizeText(vm);
@@ -294,7 +298,7 @@ async function refreshVM() {
     }
     throw err;
   }
-  setState(root, vm.state);
+  setState(root, vm.state, vm.reason);
   const url = $('[data-field="url"]', root);
   if (vm.url) setURL(url, vm.url);
   if (vm.state === "running" && !logsFollowing) followLogs(root.dataset.vm);
