@@ -194,6 +194,13 @@ func TestHostDisk_Full(t *testing.T) {
 	if resumed.Reason != "" {
 		t.Errorf("resumed vm still has reason %q", resumed.Reason)
 	}
+	var kinds []string
+	for _, e := range resumed.Events {
+		kinds = append(kinds, e.Kind)
+	}
+	if got := strings.Join(kinds, " "); !strings.HasSuffix(got, "paused resumed") {
+		t.Errorf("the vm's events: %q, want paused then resumed last", got)
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for d.inVM(work, "full", "cat /root/dd.done 2>/dev/null || true") == "" {
 		if time.Now().After(deadline) {
