@@ -56,22 +56,6 @@ func freeOn(t *testing.T, dir string) int64 {
 	return int64(st.Bavail) * st.Bsize
 }
 
-// waitVM waits until VM name's record, as fcm ls --json shows it, passes ok.
-func (d *daemonProc) waitVM(dir, name string, within time.Duration, what string, ok func(api.VM) bool) api.VM {
-	d.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		vm := d.vms(dir)[name]
-		if ok(vm) {
-			return vm
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("vm %s never %s within %s: %+v\ndaemon log:\n%s", name, what, within, vm, d.log())
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-}
-
 // TestHostDisk_Full: on a small data dir, (a) a create beyond what the VMs
 // were promised is refused with the numbers (HTTP 507); (b) with
 // --disk-overcommit raised it is admitted, and a guest that fills the host's
@@ -136,7 +120,7 @@ func TestHostDisk_Full(t *testing.T) {
 	f.Close()
 	t.Logf("free with the filler: %d MiB", freeOn(t, dataDir)>>20)
 	d.inVM(work, "full", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=300 conv=fsync 2>/root/dd.err; echo $? > /root/dd.done' </dev/null >/dev/null 2>&1 &")
-	paused := d.waitVM(work, "full", 2*time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
+	paused := d.waitVM(t, work, "full", 2*time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
 	if paused.Reason != "host disk full" {
 		t.Errorf("paused vm's reason: %q, want host disk full", paused.Reason)
 	}
@@ -171,7 +155,7 @@ func TestHostDisk_Full(t *testing.T) {
 	}
 	// A second guest that writes is paused too, and can still be destroyed.
 	d.inVM(work, "spare", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=50 conv=fsync' </dev/null >/dev/null 2>&1 &")
-	d.waitVM(work, "spare", time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
+	d.waitVM(t, work, "spare", time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
 	began := time.Now()
 	d.mustCLI(work, "destroy", "spare")
 	t.Logf("destroyed a paused vm in %s", time.Since(began).Round(time.Second))
@@ -190,7 +174,7 @@ func TestHostDisk_Full(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	resumed := d.waitVM(work, "full", time.Minute, "running again", func(v api.VM) bool { return v.State == api.StateRunning })
+	resumed := d.waitVM(t, work, "full", time.Minute, "running again", func(v api.VM) bool { return v.State == api.StateRunning })
 	if resumed.Reason != "" {
 		t.Errorf("resumed vm still has reason %q", resumed.Reason)
 	}

@@ -176,6 +176,20 @@ func vmsOf(img api.Image) string { return strings.Join(img.VMs, ",") }
 // returns its output, trimmed.
 func (d *daemonProc) inVM(dir, name, cmd string) string {
 	d.t.Helper()
+	c := d.guestClient(dir, name)
+	defer c.Close()
+	ctx, cancel := withTimeout(time.Minute)
+	defer cancel()
+	out, err := c.Run(ctx, cmd)
+	if err != nil {
+		d.t.Fatalf("%s in vm %s: %v: %s", cmd, name, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// guestClient is an SSH client to VM name as root, with the daemon's key.
+func (d *daemonProc) guestClient(dir, name string) *guest.Client {
+	d.t.Helper()
 	vm := d.vms(dir)[name]
 	key, err := guest.LoadOrCreateKey(filepath.Join(d.dataDir, "id_ed25519"))
 	if err != nil {
@@ -185,13 +199,5 @@ func (d *daemonProc) inVM(dir, name, cmd string) string {
 	if err != nil {
 		d.t.Fatalf("vm %s: host key: %v", name, err)
 	}
-	c := &guest.Client{Addr: net.JoinHostPort(vm.IP, "22"), Signer: key, HostKey: hk}
-	defer c.Close()
-	ctx, cancel := withTimeout(time.Minute)
-	defer cancel()
-	out, err := c.Run(ctx, cmd)
-	if err != nil {
-		d.t.Fatalf("%s in vm %s: %v: %s", cmd, name, err, out)
-	}
-	return strings.TrimSpace(string(out))
+	return &guest.Client{Addr: net.JoinHostPort(vm.IP, "22"), Signer: key, HostKey: hk}
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
-	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/guestinit"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
@@ -131,12 +130,12 @@ func causeAfter(v *store.VM) string {
 type exit struct{ kind, cause string }
 
 // exitOf tells why VM id's hypervisor inst ended: out of memory (its cgroup's
-// OOM kills; read before the cgroup is removed), the guest's own poweroff or
+// OOM kills, which the driver's Wait read before removing it), the guest's own poweroff or
 // reboot or kernel panic (its console since the boot), or the exit status or
 // signal (known when the hypervisor was this daemon's child).
 func (m *Manager) exitOf(id string, inst vmm.Instance) exit {
-	if n, err := cgroup.OOMKills(id); err == nil && n > 0 {
-		return exit{"died", "out of memory (killed by the kernel: the vm's memory limit)"}
+	if o, ok := inst.(interface{ OOMKilled() bool }); ok && o.OOMKilled() {
+		return exit{"died", "out of memory (the kernel's OOM killer ended its hypervisor at the vm's memory limit)"}
 	}
 	tail := lastBoot(filepath.Join(m.dir(id), "console.log"))
 	status := ""

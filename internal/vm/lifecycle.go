@@ -116,18 +116,23 @@ func (m *Manager) startAs(ctx context.Context, kind, name, id string, progress P
 	}
 	vm, err = m.boot(ctx, vm, op, progress)
 	if err != nil {
-		set := died("its boot failed: "+err.Error(), time.Now())
+		e := exit{"died", "its boot failed: " + err.Error()}
 		if inst := m.instance(vm.ID); inst != nil && !inst.Running() {
-			if e := m.exitOf(vm.ID, inst); e.kind == "died" {
-				set = died("its boot failed: "+e.cause, time.Now())
+			if x := m.exitOf(vm.ID, inst); x.kind == "died" {
+				e.cause = "its boot failed: " + x.cause
 			}
 		}
+		set := died(e.cause, time.Now())
 		if ctx.Err() != nil {
 			// Cancelled (the daemon stops, or the client left): not the VM's fault.
+			e.kind = "interrupted"
 			set = again("interrupted", "its boot was interrupted", time.Now())
 		}
-		if _, herr := m.halt(context.WithoutCancel(ctx), vm, op, set); herr != nil {
+		out, herr := m.halt(context.WithoutCancel(ctx), vm, op, set)
+		if herr != nil {
 			m.markError(vm.ID, op.ID, fmt.Errorf("%v; then stopping it failed: %w", err, herr))
+		} else {
+			m.logDeath(out, e)
 		}
 		return nil, err
 	}

@@ -106,7 +106,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string
 		vmm.Close(inst)
 		m.log.Error("vm's hypervisor runs but cannot be managed", "name", vm.Name, "err", stray)
 		m.markError(vm.ID, "", fmt.Errorf("%v; stop or destroy the vm to kill it", stray))
-	case inst != nil && vm.State == api.StateRunning:
+	case inst != nil && (vm.State == api.StateRunning || vm.State == api.StatePaused):
 		m.log.Info("re-adopted running vm", "name", vm.Name, "pid", inst.PID())
 		ip, _ := netip.ParseAddr(vm.IP)
 		if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip, parseMAC(vm.MAC)); err != nil { // idempotent: restores a lost element

@@ -25,6 +25,7 @@ type Process struct {
 	mu    sync.RWMutex // Close waits for a Wait or Running in progress
 	pidfd int          // -1 once closed
 	exit  string       // how it ended, once reaped as our child ("" unknown)
+	oom   bool         // the kernel's OOM killer ended it (RemoveCgroup)
 }
 
 // errClosed is what Wait returns once the Process has been closed.
@@ -205,6 +206,14 @@ func (p *Process) Exit() string {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return p.exit
+}
+
+// OOMKilled says whether the kernel's OOM killer ended a process in its
+// cgroup (the VM's memory limit), once Wait has seen it end.
+func (p *Process) OOMKilled() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.oom
 }
 
 // describeExit reads a SIGCHLD siginfo: si_code says how the child ended and

@@ -282,12 +282,19 @@ func (s *Sandbox) Abort() {
 	}
 }
 
-// RemoveCgroup removes the cgroup the hypervisor pid is in, once it has
-// exited: the drivers' Wait calls it with the cgroup read before waiting
-// (cgroup.Of), so adopted VMs' cgroups go too. "" does nothing.
-func RemoveCgroup(id string) error {
+// RemoveCgroup removes the cgroup of the hypervisor p once it has exited,
+// first noting in p whether the kernel's OOM killer ended something in it
+// (the cgroup's count goes with it): the drivers' Wait calls it with the
+// cgroup read before waiting (cgroup.Of), so adopted VMs' cgroups go too. ""
+// does nothing.
+func RemoveCgroup(p *Process, id string) error {
 	if id == "" {
 		return nil
+	}
+	if n, err := cgroup.OOMKills(id); err == nil && n > 0 {
+		p.mu.Lock()
+		p.oom = true
+		p.mu.Unlock()
 	}
 	return cgroup.Remove(id)
 }

@@ -281,7 +281,7 @@ func (i *Instance) Wait(ctx context.Context) error {
 	if err := i.Process.Wait(ctx); err != nil {
 		return err
 	}
-	return vmm.RemoveCgroup(group)
+	return vmm.RemoveCgroup(i.Process, group)
 }
 
 // Kill implements vmm.Instance.
