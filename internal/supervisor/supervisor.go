@@ -83,16 +83,52 @@ func readCurrent() (release.Spec, error) {
 	return spec, json.Unmarshal(data, &spec)
 }
 
+// writeCurrent records spec as the release to run after a boot, durably: a
+// host that loses power (or a hypervisor killed) right after a deploy must
+// boot into it, not into a current.json of zeros (ext4 allocates a new file's
+// blocks late) or a build whose files never reached the disk. So the whole
+// filesystem is synced first (the build, its dependencies), then the file
+// and its directory.
 func writeCurrent(spec release.Spec) error {
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return err
 	}
-	tmp := release.Current + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := syncFS(release.Root); err != nil {
 		return err
 	}
-	return os.Rename(tmp, release.Current)
+	tmp := release.Current + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, release.Current); err != nil {
+		return err
+	}
+	return syncFS(filepath.Dir(release.Current))
+}
+
+// syncFS writes out everything the filesystem holding dir has in memory.
+func syncFS(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // listen opens the public port once.
