@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/store"
@@ -19,8 +20,9 @@ import (
 )
 
 // TestDaemon_CrashTable kills the daemon with SIGKILL right after each step
-// every operation records (create, start, stop, destroy: the list is vm.Steps,
-// so a new step is a new row), through the test-only hook FCM_TEST_CRASH_AT,
+// every operation records (create, start, stop, destroy, and the daemon's own
+// restart of a VM after a host restart: the list is vm.Steps, so a new step
+// is a new row), through the test-only hook FCM_TEST_CRASH_AT,
 // then restarts it and checks what a user would: the VM is running, stopped
 // (start and stop) or gone (create and destroy), nothing leaked (tap, nft
 // element, lease, directory, hypervisor, route), and the operation retried
@@ -46,6 +48,11 @@ func TestDaemon_CrashTable(t *testing.T) {
 				ensureVM(d, work, name, "running")
 			}
 			d.stop(syscall.SIGTERM)
+			if step.Op == "restart" {
+				// A host restart: the hypervisor is gone, and the next daemon
+				// boots the VM by itself (and dies at the step).
+				killHypervisors(t, dataDir)
+			}
 
 			os.Setenv(vm.CrashEnv, step.String())
 			d = startDaemon(t, dataDir)
@@ -54,28 +61,36 @@ func TestDaemon_CrashTable(t *testing.T) {
 			if step.Op == "create" {
 				args = []string{"create", "--name", name}
 			}
-			if out, code := d.cli(work, args...); code == 0 {
-				t.Fatalf("fcm %v succeeded although the daemon was to die at %s:\n%s\n%s", args, step, out, d.log())
+			if step.Op != "restart" {
+				if out, code := d.cli(work, args...); code == 0 {
+					t.Fatalf("fcm %v succeeded although the daemon was to die at %s:\n%s\n%s", args, step, out, d.log())
+				}
 			}
 			assertKilledAt(t, d, step.String())
 
 			d = startDaemon(t, dataDir)
+			waitSettled(t, d, work, name)
 			state := assertNoLeaks(t, d, dataDir, work, name)
 			want := map[string]bool{"running": true, "gone": true}
-			if step.Op == "start" || step.Op == "stop" {
+			switch step.Op {
+			case "start", "stop":
 				want = map[string]bool{"running": true, "stopped": true}
+			case "restart":
+				// Its owner wants it running: the daemon boots it (once).
+				want = map[string]bool{"running": true}
 			}
 			if !want[state] {
 				t.Fatalf("after a crash at %s and a restart %s is %s", step, name, state)
 			}
 
 			// The operation retried succeeds (a destroy that the restart finished
-			// has nothing left to retry: its name is free, which the next create proves).
-			if !(step.Op == "destroy" && state == "gone") {
+			// has nothing left to retry: its name is free, which the next create
+			// proves; a start the restarted daemon finished by itself neither).
+			if !(step.Op == "destroy" && state == "gone") && !((step.Op == "start" || step.Op == "restart") && state == "running") {
 				d.mustCLI(work, args...)
 			}
 			after := assertNoLeaks(t, d, dataDir, work, name)
-			wantAfter := map[string]string{"create": "running", "start": "running", "stop": "stopped", "destroy": "gone"}[step.Op]
+			wantAfter := map[string]string{"create": "running", "start": "running", "restart": "running", "stop": "stopped", "destroy": "gone"}[step.Op]
 			if after != wantAfter {
 				t.Errorf("after the retried %s %s is %s, want %s", step.Op, name, after, wantAfter)
 			}
@@ -85,6 +100,40 @@ func TestDaemon_CrashTable(t *testing.T) {
 	t.Logf("crash table: %d rows of %d steps in %s", rows, len(vm.Steps), time.Since(began).Round(time.Second))
 	d := startDaemon(t, dataDir)
 	ensureVM(d, work, name, "gone")
+}
+
+// killHypervisors kills every hypervisor of dataDir's VMs with -9 and waits
+// until they are gone, as a host's power cut does.
+func killHypervisors(t *testing.T, dataDir string) {
+	t.Helper()
+	for _, pid := range procsMentioning(filepath.Join(dataDir, "vms") + "/") {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(procsMentioning(filepath.Join(dataDir, "vms")+"/")) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hypervisors still run 10 s after kill -9: %v", procsMentioning(filepath.Join(dataDir, "vms")+"/"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitSettled waits until VM name is no longer on its way somewhere
+// (starting, restarting, stopping): the daemon finishes what its owner asked
+// for by itself after a crash.
+func waitSettled(t *testing.T, d *daemonProc, work, name string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		v, ok := d.vms(work)[name]
+		if !ok || v.State != api.StateStarting && v.State != api.StateRestarting && v.State != api.StateStopping {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still %s (%s) 3 min after the restart:\n%s", name, v.State, v.Reason, tail(d.log(), 3000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // ensureVM brings VM name to state (running, stopped or gone) with ordinary

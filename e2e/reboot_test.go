@@ -19,13 +19,7 @@ import (
 func simulateHostCrash(t *testing.T, d *daemonProc) {
 	t.Helper()
 	d.stop(syscall.SIGKILL)
-	for _, pid := range procsMentioning(filepath.Join(d.dataDir, "vms") + "/") {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(procsMentioning(filepath.Join(d.dataDir, "vms")+"/")) > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	killHypervisors(t, d.dataDir)
 	exec.Command("ip", "link", "del", daemonBridge).Run()
 	links, _ := os.ReadDir("/sys/class/net")
 	for _, l := range links {
