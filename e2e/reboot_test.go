@@ -37,7 +37,7 @@ func simulateHostCrash(t *testing.T, d *daemonProc) {
 
 // TestHeal_HostReboot: after a simulated host crash and reboot (the daemon
 // and every hypervisor killed with -9, the bridge, taps and nftables tables
-// gone, the daemon started again as systemd would), a VM with a deployed app
+// gone, Caddy and then the daemon started again as systemd would), a VM with a deployed app
 // answers at its URL through the real Caddy without any fcm command, a VM
 // that was stopped stays stopped, the console sessions are gone with the
 // guest's old boot, and fcm console works.
@@ -82,6 +82,12 @@ git push -q fcm main
 
 	simulateHostCrash(t, d)
 	crashed := time.Now()
+	// The boot order of the systemd units: the network, Caddy (with its
+	// storage but an empty config), then fcm.
+	env.StopCaddy()
+	if err := env.StartCaddy(); err != nil {
+		t.Fatal(err)
+	}
 	d = startDaemonHV(t, "qemu", dataDir, flags...)
 
 	body, took := waitCurl(t, env, url, "200")
