@@ -153,9 +153,17 @@ func TestHostDisk_Full(t *testing.T) {
 	if vm := d.vms(work)["spare"]; vm.State != api.StateRunning {
 		t.Errorf("the other vm is %s (%s)", vm.State, vm.Reason)
 	}
-	// A second guest that writes is paused too, and can still be destroyed.
+	// A second guest that writes is paused too, and can still be stopped (at
+	// once: a paused guest cannot shut down) and destroyed.
 	d.inVM(work, "spare", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=50 conv=fsync' </dev/null >/dev/null 2>&1 &")
 	d.waitVM(t, work, "spare", time.Minute, "paused", func(v api.VM) bool { return v.State == api.StatePaused })
+	d.mustCLI(work, "stop", "spare")
+	if v := d.vms(work)["spare"]; v.State != api.StateStopped || v.Desired != api.DesiredStopped {
+		t.Errorf("a paused vm after fcm stop: %s (desired %s)", v.State, v.Desired)
+	}
+	if !strings.Contains(d.log(), "killing the hypervisor of a paused vm") {
+		t.Errorf("stop of a paused vm did not kill its hypervisor at once:\n%s", tail(d.log(), 2000))
+	}
 	began := time.Now()
 	d.mustCLI(work, "destroy", "spare")
 	t.Logf("destroyed a paused vm in %s", time.Since(began).Round(time.Second))

@@ -242,6 +242,15 @@ func (m *Manager) stopHypervisor(ctx context.Context, vm *store.VM) error {
 		m.log.Warn("killing a hypervisor that does not answer", "name", vm.Name, "pid", inst.PID(), "err", stray)
 		return killAndWait(ctx, inst)
 	}
+	if p, ok := inst.(vmm.Pauser); ok && pausedOnIOError(ctx, p) {
+		// A paused guest cannot shut down: waiting for it is the stop timeout lost.
+		m.log.Info("killing the hypervisor of a paused vm", "name", vm.Name, "pid", inst.PID())
+		if err := killAndWait(ctx, inst); err != nil {
+			return err
+		}
+		m.setInstance(vm.ID, nil)
+		return nil
+	}
 	graceful, err := vmm.Stop(ctx, inst, m.cfg.StopTimeout)
 	if err != nil {
 		return err
@@ -251,6 +260,15 @@ func (m *Manager) stopHypervisor(ctx context.Context, vm *store.VM) error {
 	}
 	m.setInstance(vm.ID, nil)
 	return nil
+}
+
+// pausedOnIOError says whether the hypervisor paused its guest on a host I/O
+// error (a full host disk).
+func pausedOnIOError(ctx context.Context, p vmm.Pauser) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := p.RunState(ctx)
+	return err == nil && st == vmm.RunStateIOError
 }
 
 func killAndWait(ctx context.Context, inst vmm.Instance) error {

@@ -153,7 +153,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	if err := waitQMP(ctx, inst, pidFile); err != nil {
 		if !proc.Running() {
-			return fail(fmt.Errorf("qemu failed to start: %s", logSince(logPath, start)))
+			proc.Wait(context.Background())
+			how := ""
+			if e := proc.Exit(); e != "" {
+				how = " (" + e + ")"
+			}
+			return fail(fmt.Errorf("qemu failed to start%s: %s", how, logSince(logPath, start)))
 		}
 		return fail(err)
 	}
