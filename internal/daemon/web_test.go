@@ -331,3 +331,28 @@ func TestStatusPage_InBrowser(t *testing.T) {
 	do(chromedp.Click(chromedp.CSS("#sign-out")))
 	waitFor("after Sign out", `document.getElementById("signed-out") ? "signed out" : location.href`, "signed out")
 }
+
+// TestStatusPage_ShowsWhy: a VM that is not where its owner wants it shows
+// why, on the list and on its own page (self-healing's states).
+func TestStatusPage_ShowsWhy(t *testing.T) {
+	p := newPeople(t)
+	const why = "crashed 5 times in 10 min: out of memory (the kernel's OOM killer ended its hypervisor at the vm's memory limit)"
+	if _, err := p.store.UpdateVM("alice-vm", func(v *store.VM) error {
+		v.State, v.Reason, v.Desired = api.StateCrashed, why, api.DesiredRunning
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h := routeServer(t, p)
+	_, _, body := page(t, h, "/", p.alice)
+	rows := tbody(t, body)
+	for _, want := range []string{`data-field="state">crashed<`, `data-field="reason">crashed 5 times in 10 min: out of memory`} {
+		if !strings.Contains(rows, want) {
+			t.Errorf("alice's list has no %q:\n%s", want, rows)
+		}
+	}
+	_, _, body = page(t, h, "/vms/alice-vm", p.alice)
+	if !strings.Contains(body, `data-field="reason">crashed 5 times in 10 min`) {
+		t.Errorf("alice-vm's page does not say why it is crashed:\n%s", body)
+	}
+}
