@@ -159,7 +159,14 @@ func newLsCmd() *cobra.Command {
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List VMs",
-		Args:    noArgs,
+		Long: `List your VMs (the admin: all) with their state and, when the daemon says,
+why: "restarting (its hypervisor (qemu) killed by signal 9 ...; restart in 2s
+(1 of 5 deaths in 10 min))", "starting (after host restart)", "crashed 5 times
+in 10 min: out of memory ...", "paused (host disk full)", "stopped (the guest
+powered itself off)". --json adds the desired state (what fcm start or fcm
+stop last asked for) and the last events (died, restarted, crashed,
+poweroff, reboot, host-restart, paused, resumed).`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vms, err := client.FromEnv().ListVMs(cmd.Context())
 			if err != nil {
@@ -223,7 +230,13 @@ func newStartCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "start [vm]",
 		Short: "Boot a stopped VM (default: the one in ./.fcm)",
-		Args:  maxOneArg,
+		Long: `Boot a stopped, crashed or restarting VM and wait until it answers SSH.
+
+The VM's desired state becomes running: from now on the daemon boots it again
+by itself when its hypervisor dies or the host restarts (after 1 s, doubling
+each death), until it dies 5 times in 10 minutes and stays down as crashed.
+fcm start on a crashed VM tries again with a fresh count.`,
+		Args: maxOneArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := target(cmd, args)
 			if err != nil {
@@ -243,7 +256,13 @@ func newStopCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop [vm]",
 		Short: "Power a VM off gracefully; its disk and address stay",
-		Args:  maxOneArg,
+		Long: `Power a VM off gracefully (Ctrl-Alt-Del; killed after the stop timeout);
+its disk and address stay.
+
+The VM's desired state becomes stopped: the daemon does not boot it again,
+after a host restart either, until fcm start. A guest that runs poweroff
+itself is stopped the same way.`,
+		Args: maxOneArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := target(cmd, args)
 			if err != nil {

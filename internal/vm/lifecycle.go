@@ -131,8 +131,14 @@ func (m *Manager) startAs(ctx context.Context, kind, name, id string, progress P
 		out, herr := m.halt(context.WithoutCancel(ctx), vm, op, set)
 		if herr != nil {
 			m.markError(vm.ID, op.ID, fmt.Errorf("%v; then stopping it failed: %w", err, herr))
-		} else {
-			m.logDeath(out, e)
+			return nil, err
+		}
+		m.logDeath(out, e)
+		switch out.State {
+		case api.StateRestarting:
+			err = fmt.Errorf("%w (the daemon boots it again in %s: see fcm ls)", err, time.Until(out.RestartAt).Round(time.Second))
+		case api.StateCrashed:
+			err = fmt.Errorf("%w (%s)", err, out.Reason)
 		}
 		return nil, err
 	}
