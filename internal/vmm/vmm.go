@@ -39,6 +39,9 @@ type Spec struct {
 	// Cgroup puts the hypervisor in its own cgroup fcm/vm-<ID>, its memory
 	// limited to MemoryMiB plus overhead and its CPU weight set by VCPUs.
 	Cgroup bool
+	// MemoryFile, when set, holds the guest's RAM (a file in Dir, mapped
+	// shared): what a Snapshotter suspends and restores without copying it.
+	MemoryFile string
 }
 
 // Drive is one disk of a VM.
@@ -157,6 +160,24 @@ type Pauser interface {
 // RunStateIOError is Pauser.RunState's answer for a guest paused on a host
 // I/O error (QMP query-status "io-error").
 const RunStateIOError = "io-error"
+
+// Snapshotter is a Driver that can suspend a VM to disk and restore it: the
+// guest's memory stays in spec.MemoryFile, its device state goes to a state
+// file in spec.Dir, and the hypervisor process ends, so a suspended VM holds
+// no host memory.
+type Snapshotter interface {
+	// Suspend pauses inst's guest, writes its device state to the file
+	// StateFile names in spec.Dir and ends the hypervisor. On error the guest
+	// runs again (or, if that failed too, is left paused, still running).
+	Suspend(ctx context.Context, inst Instance, spec Spec) error
+	// Restore starts a hypervisor for spec from what Suspend wrote and lets
+	// the guest run on. The state file is read once; the caller removes it.
+	Restore(ctx context.Context, spec Spec) (Instance, error)
+}
+
+// StateFile is the name, in a VM's directory, of the device state a
+// Snapshotter's Suspend writes.
+const StateFile = "suspend.state"
 
 // ErrNotRunning says a VM's hypervisor process is not (or no longer) running.
 var ErrNotRunning = errors.New("vm is not running")

@@ -55,11 +55,21 @@ func MachineArgs(spec vmm.Spec, accel Accel, tscKHz int) []string {
 	if accel == TCG && tscKHz > 0 && !strings.Contains(bootArgs, "tsc_early_khz=") {
 		bootArgs += fmt.Sprintf(" tsc_early_khz=%d", tscKHz)
 	}
+	machine := machineType
+	var mem []string
+	if spec.MemoryFile != "" {
+		// Guest RAM in a file both the guest and the host see (share=on): a
+		// suspend saves device state only (x-ignore-shared), and a restore
+		// maps the file again, so neither grows with guest memory.
+		machine += ",memory-backend=mem"
+		mem = []string{"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", spec.MemoryMiB, escapeOpt(spec.MemoryFile))}
+	}
 	a := []string{
 		"-name", "fcm-" + spec.ID,
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", machineType,
+		"-machine", machine,
 	}
+	a = append(a, mem...)
 	if accel == KVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {

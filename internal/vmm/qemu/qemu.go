@@ -85,6 +85,15 @@ func (d *Driver) Args(spec vmm.Spec) []string { return args(spec, d.accel, d.tsc
 // returns once QMP answers; an error in the configuration (a missing tap, a bad
 // kernel) makes QEMU exit first, and its message is returned.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	inst, err := d.start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return inst, nil
+}
+
+// start is Start, with extra arguments appended to QEMU's command line.
+func (d *Driver) start(ctx context.Context, spec vmm.Spec, extra ...string) (*Instance, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -118,7 +127,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	defer logf.Close()
 	start, _ := logf.Seek(0, io.SeekEnd)
-	cmd := exec.Command(d.binary, d.Args(spec)...)
+	cmd := exec.Command(d.binary, append(d.Args(spec), extra...)...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: a Ctrl-C on the daemon's terminal never reaches a VM.
@@ -139,7 +148,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	}
 	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
 	inst := &Instance{Process: proc, qmpSocket: sock}
-	fail := func(err error) (vmm.Instance, error) {
+	fail := func(err error) (*Instance, error) {
 		inst.Kill()
 		inst.Process.Wait(context.Background())
 		inst.Close()
