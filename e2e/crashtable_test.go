@@ -44,6 +44,8 @@ func TestDaemon_CrashTable(t *testing.T) {
 				ensureVM(d, work, name, "gone")
 			case "start":
 				ensureVM(d, work, name, "stopped")
+			case "wake":
+				ensureVM(d, work, name, "suspended")
 			default:
 				ensureVM(d, work, name, "running")
 			}
@@ -58,8 +60,11 @@ func TestDaemon_CrashTable(t *testing.T) {
 			d = startDaemon(t, dataDir)
 			os.Unsetenv(vm.CrashEnv)
 			args := []string{step.Op, name}
-			if step.Op == "create" {
+			switch step.Op {
+			case "create":
 				args = []string{"create", "--name", name}
+			case "wake":
+				args = []string{"resume", name}
 			}
 			if step.Op != "restart" {
 				if out, code := d.cli(work, args...); code == 0 {
@@ -78,6 +83,9 @@ func TestDaemon_CrashTable(t *testing.T) {
 			case "restart":
 				// Its owner wants it running: the daemon boots it (once).
 				want = map[string]bool{"running": true}
+			case "suspend", "wake":
+				// Never two hypervisors, never a lost disk: awake or asleep.
+				want = map[string]bool{"running": true, "suspended": true}
 			}
 			if !want[state] {
 				t.Fatalf("after a crash at %s and a restart %s is %s", step, name, state)
@@ -86,11 +94,12 @@ func TestDaemon_CrashTable(t *testing.T) {
 			// The operation retried succeeds (a destroy that the restart finished
 			// has nothing left to retry: its name is free, which the next create
 			// proves; a start the restarted daemon finished by itself neither).
-			if !(step.Op == "destroy" && state == "gone") && !((step.Op == "start" || step.Op == "restart") && state == "running") {
+			wantAfter := map[string]string{"create": "running", "start": "running", "restart": "running", "stop": "stopped", "destroy": "gone",
+				"suspend": "suspended", "wake": "running"}[step.Op]
+			if !(step.Op == "destroy" && state == "gone") && state != wantAfter {
 				d.mustCLI(work, args...)
 			}
 			after := assertNoLeaks(t, d, dataDir, work, name)
-			wantAfter := map[string]string{"create": "running", "start": "running", "restart": "running", "stop": "stopped", "destroy": "gone"}[step.Op]
 			if after != wantAfter {
 				t.Errorf("after the retried %s %s is %s, want %s", step.Op, name, after, wantAfter)
 			}
@@ -148,7 +157,17 @@ func ensureVM(d *daemonProc, work, name, state string) {
 	if cur == state {
 		return
 	}
+	if cur == "suspended" && state != "gone" {
+		d.mustCLI(work, "resume", name)
+		cur = "running"
+		if cur == state {
+			return
+		}
+	}
 	switch state {
+	case "suspended":
+		ensureVM(d, work, name, "running")
+		d.mustCLI(work, "suspend", name)
 	case "gone":
 		d.mustCLI(work, "destroy", name)
 	case "stopped":
@@ -197,7 +216,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 	if exists {
 		state = v.State
 	}
-	if len(vms) > 1 || (exists && state != "running" && state != "stopped") {
+	if len(vms) > 1 || (exists && state != "running" && state != "stopped" && state != "suspended") {
 		t.Fatalf("vms after the restart: %+v", vms)
 	}
 
@@ -207,7 +226,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 		wantDirs = []string{v.ID}
 		wantLeases[v.IP] = v.ID
 	}
-	if state == "running" {
+	if state == "running" || state == "suspended" { // a suspended vm keeps its tap
 		wantTaps, wantElems = []string{"tap_" + v.ID}, []string{v.IP}
 	}
 	if got := linksNamed("tap_"); !equal(got, wantTaps) {

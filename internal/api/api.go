@@ -21,6 +21,12 @@ const (
 	// StatePaused: its hypervisor runs but the guest is paused (the host's
 	// disk is full); the daemon resumes it when space is back.
 	StatePaused = "paused"
+	// StateSuspending, StateSuspended, StateWaking: its memory and device
+	// state are being written to disk, are on disk (no hypervisor runs), are
+	// being restored.
+	StateSuspending = "suspending"
+	StateSuspended  = "suspended"
+	StateWaking     = "waking"
 )
 
 // Desired states: what a VM's owner last asked for (Desired).
@@ -38,6 +44,8 @@ type VM struct {
 	// Desired is what its owner last asked for: running or stopped. The
 	// daemon converges State to it (restarting a VM that died).
 	Desired string `json:"desired,omitempty"`
+	// SuspendedAt is when it was suspended (state suspended).
+	SuspendedAt *time.Time `json:"suspended_at,omitempty"`
 	// Events are the last things that happened to it by themselves (deaths,
 	// restarts, give-ups, a guest's poweroff, pauses), oldest first.
 	Events     []VMEvent `json:"events,omitempty"`

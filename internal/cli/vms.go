@@ -278,6 +278,53 @@ itself is stopped the same way.`,
 	}
 }
 
+func newSuspendCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "suspend [vm]",
+		Short: "Write a running VM's memory to disk and free the host of it",
+		Long: `Suspend a running VM: its guest is paused, its device state written beside
+its memory (already in a file in the VM's directory) and its hypervisor ends,
+so the host has its memory and CPU back. It keeps its name, address, URL,
+disks and console sessions (tmux runs on in its memory). fcm resume wakes it
+where it was: the same boot, its processes running on.`,
+		Args: maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			t := time.Now()
+			v, err := client.FromEnv().SuspendVM(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s (%s)\n", v.Name, v.State, time.Since(t).Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+func newResumeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume [vm]",
+		Short: "Wake a suspended VM where it was",
+		Args:  maxOneArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := target(cmd, args)
+			if err != nil {
+				return err
+			}
+			t := time.Now()
+			v, err := client.FromEnv().ResumeVM(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s again (%s)\n", v.Name, v.State, time.Since(t).Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
 func newDestroyCmd() *cobra.Command {
 	var yes bool
 	cmd := &cobra.Command{

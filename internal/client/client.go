@@ -308,6 +308,18 @@ func (c *Client) StopVM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/stop", nil, &v)
 }
 
+// SuspendVM writes a running VM to disk and ends its hypervisor.
+func (c *Client) SuspendVM(ctx context.Context, name string) (*api.VM, error) {
+	var v api.VM
+	return &v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/suspend", nil, &v)
+}
+
+// ResumeVM wakes a suspended VM where it was.
+func (c *Client) ResumeVM(ctx context.Context, name string) (*api.VM, error) {
+	var v api.VM
+	return &v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/resume", nil, &v)
+}
+
 // DestroyVM removes a VM and everything it had.
 func (c *Client) DestroyVM(ctx context.Context, name string) error {
 	return c.call(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(name), nil, nil)

@@ -65,12 +65,14 @@ func (s *Server) apiRoutes() map[string]route {
 	return map[string]route{
 		"GET /health": {rule: rulePublic, h: (*Server).health},
 
-		"POST /v1/vms":              {rule: ruleToken, h: (*Server).createVM},
-		"GET /v1/vms":               {rule: ruleToken, h: (*Server).listVMs},
-		"GET /v1/vms/{name}":        {rule: ruleVM, h: (*Server).getVM},
-		"POST /v1/vms/{name}/start": {rule: ruleVM, h: (*Server).startVM},
-		"POST /v1/vms/{name}/stop":  {rule: ruleVM, h: (*Server).stopVM},
-		"DELETE /v1/vms/{name}":     {rule: ruleVM, h: (*Server).destroyVM},
+		"POST /v1/vms":                {rule: ruleToken, h: (*Server).createVM},
+		"GET /v1/vms":                 {rule: ruleToken, h: (*Server).listVMs},
+		"GET /v1/vms/{name}":          {rule: ruleVM, h: (*Server).getVM},
+		"POST /v1/vms/{name}/start":   {rule: ruleVM, h: (*Server).startVM},
+		"POST /v1/vms/{name}/stop":    {rule: ruleVM, h: (*Server).stopVM},
+		"POST /v1/vms/{name}/suspend": {rule: ruleVM, h: (*Server).suspendVM},
+		"POST /v1/vms/{name}/resume":  {rule: ruleVM, h: (*Server).resumeVM},
+		"DELETE /v1/vms/{name}":       {rule: ruleVM, h: (*Server).destroyVM},
 
 		"GET /v1/sessions":                        {rule: ruleToken, h: (*Server).listAllSessions},
 		"GET /v1/vms/{name}/sessions":             {rule: ruleVM, h: (*Server).listVMSessions},

@@ -40,6 +40,14 @@ type Lifecycle interface {
 
 var _ Lifecycle = (*vm.Manager)(nil)
 
+// Sleeper is a Lifecycle that can also suspend VMs to disk and wake them.
+type Sleeper interface {
+	Suspend(ctx context.Context, name, id string) (*store.VM, error)
+	Wake(ctx context.Context, name, id string) (*store.VM, error)
+}
+
+var _ Sleeper = (*vm.Manager)(nil)
+
 // Server serves the API.
 type Server struct {
 	Store      *store.Store
@@ -284,6 +292,38 @@ func (s *Server) stopVM(w http.ResponseWriter, r *http.Request, tok *store.Token
 	}
 	s.closeConsoles(v, "the VM stopped")
 	s.routeChanged(nil, v)
+	writeJSON(w, http.StatusOK, s.toAPI(v))
+}
+
+// suspendVM writes a running VM to disk and ends its hypervisor.
+func (s *Server) suspendVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	s.sleepOrWake(w, r, tok, func(sl Sleeper, ctx context.Context, name, id string) (*store.VM, error) {
+		return sl.Suspend(ctx, name, id)
+	})
+}
+
+// resumeVM wakes a suspended VM where it was.
+func (s *Server) resumeVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	s.sleepOrWake(w, r, tok, func(sl Sleeper, ctx context.Context, name, id string) (*store.VM, error) {
+		return sl.Wake(ctx, name, id)
+	})
+}
+
+func (s *Server) sleepOrWake(w http.ResponseWriter, r *http.Request, tok *store.Token, op func(Sleeper, context.Context, string, string) (*store.VM, error)) {
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
+		return
+	}
+	sl, ok := s.VMs.(Sleeper)
+	if !ok {
+		s.fail(w, fmt.Errorf("%w: this daemon cannot suspend vms", vm.ErrInvalid))
+		return
+	}
+	v, err := op(sl, context.WithoutCancel(r.Context()), found.Name, found.ID)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, s.toAPI(v))
 }
 

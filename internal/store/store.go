@@ -67,6 +67,8 @@ type VM struct {
 	// Deaths are when its hypervisor died by itself, the last 10 minutes'
 	// worth: the restart backoff and the give-up count them.
 	Deaths []time.Time `json:"deaths,omitempty"`
+	// SuspendedAt is when it was suspended (state suspended).
+	SuspendedAt time.Time `json:"suspended_at,omitempty"`
 	// RestartAt is when a VM in state restarting is booted again.
 	RestartAt time.Time `json:"restart_at,omitempty"`
 	// Events are the last MaxEvents things that happened to it by themselves.
@@ -98,7 +100,7 @@ func (v *VM) DesiredState() string {
 		return v.Desired
 	}
 	switch v.State {
-	case "running", "starting", "creating", "restarting", "paused":
+	case "running", "starting", "creating", "restarting", "paused", "suspending", "suspended", "waking":
 		return "running"
 	}
 	return "stopped"

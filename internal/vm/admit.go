@@ -13,6 +13,7 @@ import (
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vmm"
 	"golang.org/x/sys/unix"
 )
 
@@ -192,6 +193,9 @@ func (m *Manager) checkDisk(tx *store.Tx, req api.CreateVMRequest) error {
 	}
 	r := diskRoom{dir: m.cfg.DataDir, free: free, reserve: m.cfg.DiskReserve,
 		disk: req.DiskBytes, swap: int64(api.DefaultSwapMiB) << 20, ratio: m.cfg.DiskOvercommit}
+	if m.snapshots() {
+		r.swap += int64(req.MemoryMiB) << 20 // its memory file, as it fills
+	}
 	for _, v := range vms {
 		r.unused += m.unusedPromise(v)
 	}
@@ -202,7 +206,17 @@ func (m *Manager) checkDisk(tx *store.Tx, req api.CreateVMRequest) error {
 // swap sizes less the host blocks they occupy already (they are sparse).
 func (m *Manager) unusedPromise(vm *store.VM) int64 {
 	promised := vm.DiskBytes + int64(vm.SwapMiB)<<20
-	return max(promised-occupied(m.dir(vm.ID), dataFile, swapFile, legacyFile), 0)
+	if m.snapshots() {
+		promised += int64(vm.MemoryMiB) << 20
+	}
+	return max(promised-occupied(m.dir(vm.ID), dataFile, swapFile, legacyFile, MemoryFile), 0)
+}
+
+// snapshots says whether VMs keep their memory in a file on the data dir
+// (their driver can suspend them).
+func (m *Manager) snapshots() bool {
+	_, ok := m.cfg.Driver.(vmm.Snapshotter)
+	return ok
 }
 
 // occupied is the host blocks files in dir take (missing ones: none).
@@ -232,8 +246,8 @@ func (m *Manager) checkMemory(tx *store.Tx, self string, memMiB int) error {
 	}
 	used := 0
 	for _, v := range vms {
-		if v.State != api.StateStopped && v.ID != self {
-			used += v.MemoryMiB
+		if v.State != api.StateStopped && v.State != api.StateSuspended && v.State != api.StateCrashed && v.ID != self {
+			used += v.MemoryMiB // a suspended vm's memory is on disk
 		}
 	}
 	if avail := total - m.cfg.MemoryReserveMiB; used+memMiB > avail {

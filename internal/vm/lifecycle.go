@@ -55,6 +55,10 @@ func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *s
 		case "stop":
 			vm.State, op.Steps = api.StateStopping, []string{stepStopping}
 			vm.Desired = api.DesiredStopped
+		case "suspend":
+			vm.State, op.Steps = api.StateSuspending, []string{stepSuspending}
+		case "wake":
+			vm.State, op.Steps = api.StateWaking, []string{stepWaking}
 		case "destroy":
 			op.Steps = []string{stepDestroying}
 		}
@@ -210,6 +214,7 @@ func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, set sett
 	if err := cgroup.Remove(vm.ID); err != nil {
 		m.log.Warn("remove the vm's cgroup", "name", vm.Name, "err", err) // reconcile retries it
 	}
+	m.discardImage(vm.ID) // it boots cold from here
 	if err := recordStop(stepUnplug); err != nil {
 		return vm, err
 	}

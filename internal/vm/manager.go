@@ -273,6 +273,9 @@ func (m *Manager) spec(ctx context.Context, vm *store.VM) (vmm.Spec, error) {
 	}
 	s.Kernel, s.Initrd = b.Kernel(), b.Initrd()
 	s.Drives = m.drives(vm, b)
+	if _, ok := m.cfg.Driver.(vmm.Snapshotter); ok {
+		s.MemoryFile = filepath.Join(s.Dir, MemoryFile)
+	}
 	return s, nil
 }
 
@@ -290,6 +293,10 @@ func ToAPI(vm *store.VM) api.VM {
 		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
 	}
 	a.Desired = vm.DesiredState()
+	if vm.State == api.StateSuspended && !vm.SuspendedAt.IsZero() {
+		at := vm.SuspendedAt
+		a.SuspendedAt = &at
+	}
 	for _, e := range vm.Events {
 		a.Events = append(a.Events, api.VMEvent{At: e.At, Kind: e.Kind, Detail: e.Detail})
 	}

@@ -74,6 +74,15 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 	switch op.Kind {
 	case "create", "destroy":
 		return m.undoCreate(ctx, op) // both end with the VM fully gone
+	case "suspend", "wake":
+		vm, err := m.cfg.Store.GetVM(op.VMName)
+		if errors.Is(err, store.ErrNotFound) {
+			return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) })
+		}
+		if err != nil {
+			return err
+		}
+		return m.resumeSuspendOp(ctx, vm, op)
 	case "start", "restart", "stop":
 		vm, err := m.cfg.Store.GetVM(op.VMName)
 		if errors.Is(err, store.ErrNotFound) {
@@ -98,8 +107,9 @@ func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout+killWait)
 	defer cancel()
 	inst, stray := m.liveInstance(ctx, vm)
-	if inst != nil {
-		live[vm.Tap], live[vm.IP] = true, true // nothing it uses is removed while it runs
+	if inst != nil || vm.State == api.StateSuspended {
+		// Nothing it uses is removed while it runs, or sleeps with its tap.
+		live[vm.Tap], live[vm.IP] = true, true
 	}
 	switch {
 	case stray != nil:
@@ -129,6 +139,17 @@ func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string
 		}
 		m.log.Warn("vm's hypervisor is gone", "name", vm.Name, "host_restarted", m.hostRestarted, "desired", vm.DesiredState())
 		if _, err := m.halt(ctx, vm, &store.Op{ID: "reconcile-" + vm.ID}, set); err != nil {
+			m.markError(vm.ID, "", err)
+		}
+	case vm.State == api.StateSuspended && (m.hostRestarted || !m.hasImage(vm.ID)):
+		// Its memory file was in the host's page cache, not on disk: a host
+		// restart leaves an image that must not be woken.
+		why := "its suspend image was lost in a host restart"
+		if !m.hostRestarted {
+			why = "its suspend image is gone"
+		}
+		m.log.Warn("vm cannot be woken; it boots cold", "name", vm.Name, "why", why)
+		if _, err := m.halt(ctx, vm, &store.Op{ID: "reconcile-" + vm.ID}, again("host-restart", why, time.Now())); err != nil {
 			m.markError(vm.ID, "", err)
 		}
 	case vm.State == api.StateStarting || vm.State == api.StateStopping || vm.State == api.StateCreating:

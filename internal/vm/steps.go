@@ -35,6 +35,12 @@ var Steps = []Step{
 	{"stop", stepStopping}, // the op, and the VM marked stopping
 	{"stop", stepHalt},
 	{"stop", stepUnplug},
+	{"suspend", stepSuspending}, // the op, and the VM marked suspending
+	{"suspend", stepSave},       // device state written, hypervisor ended
+	{"wake", stepWaking},        // the op, and the VM marked waking
+	{"wake", stepNetwork},
+	{"wake", stepRestore},       // a hypervisor restores the state, paused
+	{"wake", stepCont},          // the guest runs on: its suspend image is spent
 	{"destroy", stepDestroying}, // the op
 	{"destroy", stepKill},
 	{"destroy", stepUnplug},
@@ -51,6 +57,11 @@ const (
 	stepStarting   = "starting"   // start recorded
 	stepStopping   = "stopping"   // stop recorded
 	stepRestarting = "restarting" // restart recorded
+	stepSuspending = "suspending" // suspend recorded
+	stepSave       = "save"       // the guest paused and its state written
+	stepWaking     = "waking"     // wake recorded
+	stepRestore    = "restore"    // a hypervisor started on the saved state
+	stepCont       = "cont"       // the restored guest let run
 	stepDestroying = "destroying" // destroy recorded
 	stepHalt       = "halt"       // hypervisor powered off (killed after the stop timeout)
 	stepUnplug     = "unplug"     // tap and nft element removed

@@ -170,8 +170,10 @@ type Snapshotter interface {
 	// StateFile names in spec.Dir and ends the hypervisor. On error the guest
 	// runs again (or, if that failed too, is left paused, still running).
 	Suspend(ctx context.Context, inst Instance, spec Spec) error
-	// Restore starts a hypervisor for spec from what Suspend wrote and lets
-	// the guest run on. The state file is read once; the caller removes it.
+	// Restore starts a hypervisor for spec from what Suspend wrote, its guest
+	// paused: the instance is a Pauser, whose Resume lets it run. Once it has
+	// run, the state file no longer matches the memory file: the caller
+	// removes it, and never restores it again.
 	Restore(ctx context.Context, spec Spec) (Instance, error)
 }
 

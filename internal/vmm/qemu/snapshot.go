@@ -83,8 +83,9 @@ func (d *Driver) Suspend(ctx context.Context, inst vmm.Instance, spec vmm.Spec) 
 }
 
 // Restore implements vmm.Snapshotter: QEMU starts with the same machine and
-// -incoming defer, loads the device state from the file over an fd (guest RAM
-// is the memory file, mapped again: nothing is copied) and continues.
+// -incoming defer and loads the device state from the file over an fd (guest
+// RAM is the memory file, mapped again: nothing is copied); the guest stays
+// paused until Resume.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
 	if spec.MemoryFile == "" {
 		return nil, fmt.Errorf("vm %s: no memory file to restore", spec.ID)
@@ -124,8 +125,5 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	if err := s.waitMigration(ctx); err != nil {
 		return fail(err)
 	}
-	if err := s.exec("cont", nil, nil); err != nil {
-		return fail(err)
-	}
-	return inst, nil
+	return inst, nil // paused: Resume (cont) lets it run
 }

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/vmm"
+	"github.com/fcmhost/fcm/internal/vmm/qemu"
+)
+
+// TestQEMU_SuspendRestore: a guest with its RAM in a memory file is suspended
+// (its QEMU exits, leaving a small state file) and restored from the same
+// files: the same boot, its process still running, its files there.
+func TestQEMU_SuspendRestore(t *testing.T) {
+	d, err := qemu.New(qemu.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVM(t, "susp0001", "sleepy", net.IPv4(172, 16, 0, 61))
+	v.spec.MemoryFile = filepath.Join(v.spec.Dir, "mem.ram")
+	inst := v.boot(t, d)
+	bootID := v.run(t, "cat /proc/sys/kernel/random/boot_id")
+	pid := v.run(t, "setsid sh -c 'while :; do date +%s > /root/tick; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!")
+	v.run(t, "echo kept > /root/file; sync")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	began := time.Now()
+	if err := d.Suspend(ctx, inst, v.spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("suspended in %s", time.Since(began).Round(time.Millisecond))
+	if inst.Running() {
+		t.Fatal("qemu still runs after the suspend")
+	}
+	st, err := os.Stat(filepath.Join(v.spec.Dir, vmm.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("state file %d KiB", st.Size()>>10)
+	v.client.Close()
+
+	time.Sleep(2 * time.Second)
+	began = time.Now()
+	restored, err := d.Restore(ctx, v.spec)
+	if err != nil {
+		t.Fatalf("%v\nqemu log:\n%s", err, readFile(filepath.Join(v.spec.Dir, qemu.LogFile)))
+	}
+	if err := restored.(vmm.Pauser).Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored in %s", time.Since(began).Round(time.Millisecond))
+	t.Cleanup(func() { restored.Kill(); restored.Wait(context.Background()) })
+	if err := v.client.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.run(t, "cat /proc/sys/kernel/random/boot_id"); got != bootID {
+		t.Errorf("boot id %s after the restore, was %s: the guest booted again", got, bootID)
+	}
+	if got := v.run(t, "kill -0 "+pid+" && echo alive"); got != "alive" {
+		t.Errorf("the guest's process %s after the restore: %q", pid, got)
+	}
+	if got := v.run(t, "cat /root/file"); got != "kept" {
+		t.Errorf("the guest's file after the restore: %q", got)
+	}
+	// The loop goes on.
+	t1, _ := strconv.Atoi(v.run(t, "cat /root/tick"))
+	time.Sleep(time.Second)
+	t2, _ := strconv.Atoi(v.run(t, "cat /root/tick"))
+	if t2 <= t1 {
+		t.Errorf("the guest's loop does not run after the restore: tick %d then %d", t1, t2)
+	}
+}
+
+// TestSuspend_Resume: fcm suspend ends a VM's hypervisor and keeps the VM
+// (name, address, tap, disk); fcm resume wakes it where it was: the same
+// boot, its process running on, its file there.
+func TestSuspend_Resume(t *testing.T) {
+	d, work := daemonWithVM(t, "dozy")
+	bootID := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id")
+	pid := d.inVM(work, "dozy", "setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & echo $!")
+	d.inVM(work, "dozy", "echo kept > /root/file")
+	before := d.vms(work)["dozy"]
+
+	out := d.mustCLI(work, "suspend", "dozy")
+	if !strings.HasPrefix(out, "dozy is suspended (") {
+		t.Errorf("fcm suspend said %q", out)
+	}
+	v := d.vms(work)["dozy"]
+	if v.State != api.StateSuspended || v.PID != 0 || v.SuspendedAt == nil || v.IP != before.IP {
+		t.Errorf("after fcm suspend: %s, pid %d, suspended at %v, ip %s", v.State, v.PID, v.SuspendedAt, v.IP)
+	}
+	if pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/"); len(pids) != 0 {
+		t.Errorf("hypervisors of a suspended vm: %v", pids)
+	}
+	if !tapExists("tap_" + v.ID) {
+		t.Error("a suspended vm lost its tap")
+	}
+	// A second suspend, a start: refused with a clear error.
+	if out, code := d.cli(work, "suspend", "dozy"); code == 0 || !strings.Contains(out, "suspended") {
+		t.Errorf("fcm suspend of a suspended vm: exit %d: %s", code, out)
+	}
+
+	out = d.mustCLI(work, "resume", "dozy")
+	if !strings.HasPrefix(out, "dozy is running again (") {
+		t.Errorf("fcm resume said %q", out)
+	}
+	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
+		t.Errorf("boot id %s after the wake, was %s: the guest booted again", got, bootID)
+	}
+	if got := d.inVM(work, "dozy", "kill -0 "+pid+" && echo alive; cat /root/file"); got != "alive\nkept" {
+		t.Errorf("after the wake the guest's process and file: %q", got)
+	}
+	v = d.vms(work)["dozy"]
+	if v.State != api.StateRunning || v.PID == 0 {
+		t.Errorf("after fcm resume: %s, pid %d", v.State, v.PID)
+	}
+	// A stop, then a start: a cold boot, whatever it slept through.
+	d.mustCLI(work, "suspend", "dozy")
+	d.mustCLI(work, "stop", "dozy")
+	d.mustCLI(work, "start", "dozy")
+	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got == bootID {
+		t.Errorf("a start after a stop of a suspended vm did not boot afresh")
+	}
+	d.mustCLI(work, "destroy", "dozy")
+}

@@ -1,0 +1,270 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vmm"
+)
+
+// MemoryFile is the file in a VM's directory that holds its guest's RAM when
+// its driver can suspend (vmm.Snapshotter): a suspend writes only device state
+// beside it, and a wake maps it again.
+const MemoryFile = "mem.ram"
+
+// snapshotter is the driver's suspend support, or an error saying there is none.
+func (m *Manager) snapshotter() (vmm.Snapshotter, error) {
+	s, ok := m.cfg.Driver.(vmm.Snapshotter)
+	if !ok {
+		return nil, invalidf("the %s driver cannot suspend vms", m.cfg.Driver.Name())
+	}
+	return s, nil
+}
+
+// Suspend writes a running VM's device state to its directory (its memory is
+// there already, in MemoryFile) and ends its hypervisor: it keeps its name,
+// address, tap and disks, and the host has its memory back. A non-empty id:
+// as for Stop.
+func (m *Manager) Suspend(ctx context.Context, name, id string) (*store.VM, error) {
+	snap, err := m.snapshotter()
+	if err != nil {
+		return nil, err
+	}
+	vm, op, prev, err := m.opFor(name, id, "suspend", "suspending", api.StateRunning)
+	if err != nil {
+		return nil, err
+	}
+	defer m.end(name)
+	inst, stray := m.liveInstance(ctx, vm)
+	spec, serr := m.spec(ctx, vm)
+	switch {
+	case inst == nil:
+		err = fmt.Errorf("%w: vm %q: its hypervisor is not running", ErrBadState, name)
+	case stray != nil:
+		vmm.Close(inst)
+		err = fmt.Errorf("%w: vm %q: %v", ErrBadState, name, stray)
+	case serr != nil:
+		err = serr
+	case !fileExists(spec.MemoryFile):
+		err = invalidf("vm %s was booted before it could be suspended (its memory is not in a file): stop and start it once", name)
+	}
+	if err != nil {
+		m.abandon(vm, op, prev)
+		return nil, err
+	}
+	if err := m.record(op, stepSave); err != nil {
+		m.abandon(vm, op, prev)
+		return nil, err
+	}
+	t := time.Now()
+	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
+	if err := snap.Suspend(ctx, inst, spec); err != nil {
+		m.abandon(vm, op, prev)
+		return nil, err
+	}
+	m.setInstance(vm.ID, nil)
+	m.log.Info("vm suspended", "name", name, "took", time.Since(t).Round(time.Millisecond))
+	return m.finish(vm, op, func(v *store.VM) {
+		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, "", 0, time.Now().UTC()
+	})
+}
+
+// Wake restores a suspended VM from its directory and lets it run on where it
+// was; its suspend image is spent once it runs. A wake that fails leaves the
+// VM stopped with its disk intact, saying why: the next start boots it cold.
+func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) {
+	snap, err := m.snapshotter()
+	if err != nil {
+		return nil, err
+	}
+	vm, op, _, err := m.opFor(name, id, "wake", "waking", api.StateSuspended)
+	if err != nil {
+		return nil, err
+	}
+	defer m.end(name)
+	t := time.Now()
+	inst, err := m.restore(ctx, snap, vm, op)
+	if err != nil {
+		err = fmt.Errorf("wake vm %s: %w", name, err)
+		m.log.Warn("vm wake failed; it is stopped, its disk intact", "name", name, "err", err)
+		if _, herr := m.halt(context.WithoutCancel(ctx), vm, op, to(api.StateStopped, err.Error()+"; fcm start boots it cold")); herr != nil {
+			m.markError(vm.ID, op.ID, fmt.Errorf("%v; then stopping it failed: %w", err, herr))
+		}
+		return nil, err
+	}
+	took := time.Since(t)
+	m.log.Info("vm woken", "name", name, "took", took.Round(time.Millisecond), "pid", inst.PID())
+	out, err := m.finish(vm, op, func(v *store.VM) {
+		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateRunning, "", inst.PID(), time.Time{}
+	})
+	if err != nil {
+		return nil, err
+	}
+	go m.watch(name, vm.ID, inst)
+	return out, nil
+}
+
+// restore is Wake's work: the tap (a host restart loses it), the hypervisor
+// on the saved state, and the guest let run, each step recorded first.
+func (m *Manager) restore(ctx context.Context, snap vmm.Snapshotter, vm *store.VM, op *store.Op) (vmm.Instance, error) {
+	if err := m.record(op, stepNetwork, stepRestore); err != nil {
+		return nil, err
+	}
+	ip, err := netip.ParseAddr(vm.IP)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.cfg.Network.AddVM(ctx, vm.Tap, ip, parseMAC(vm.MAC)); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	spec, err := m.spec(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	inst, err := snap.Restore(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	m.setInstance(vm.ID, inst)
+	p, ok := inst.(vmm.Pauser)
+	if !ok {
+		return nil, errors.New("the restored hypervisor cannot be resumed")
+	}
+	if err := m.record(op, stepCont); err != nil {
+		return nil, err
+	}
+	if err := p.Resume(ctx); err != nil {
+		return nil, err
+	}
+	// It runs on: the saved state no longer matches its memory.
+	os.Remove(filepath.Join(m.dir(vm.ID), vmm.StateFile))
+	return inst, nil
+}
+
+// finish ends op with the VM as set makes it, in one transaction.
+func (m *Manager) finish(vm *store.VM, op *store.Op, set setter) (*store.VM, error) {
+	var out *store.VM
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+		cur, err := tx.VMByID(vm.ID)
+		if err != nil {
+			return err
+		}
+		set(cur)
+		out = cur
+		if err := tx.PutVM(cur); err != nil {
+			return err
+		}
+		return tx.DeleteOp(op.ID)
+	})
+	return out, err
+}
+
+// discardImage removes a VM's suspend image and memory file: it boots cold
+// from now on (a halt's, a failed wake's, a destroyed host state's).
+func (m *Manager) discardImage(id string) {
+	os.Remove(filepath.Join(m.dir(id), vmm.StateFile))
+	os.Remove(filepath.Join(m.dir(id), MemoryFile))
+}
+
+// hasImage says whether VM id has a suspend image to wake from.
+func (m *Manager) hasImage(id string) bool {
+	return fileExists(filepath.Join(m.dir(id), vmm.StateFile)) && fileExists(filepath.Join(m.dir(id), MemoryFile))
+}
+
+// closeShared closes the SSH connection commands to VM id share.
+func (m *Manager) closeShared(id string) {
+	m.mu.Lock()
+	c := m.shared[id]
+	delete(m.shared, id)
+	m.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// resumeSuspendOp settles an interrupted suspend or wake after a daemon
+// crash: the VM ends running, suspended (its image intact and never run) or,
+// when neither can be trusted, as a VM that died.
+func (m *Manager) resumeSuspendOp(ctx context.Context, vm *store.VM, op *store.Op) error {
+	inst, stray := m.liveInstance(ctx, vm)
+	if stray != nil {
+		vmm.Close(inst)
+		inst = nil
+		if p, err := vmm.FindByMarker(m.dir(vm.ID) + "/"); err == nil {
+			killAndWait(ctx, &vmm.Stray{Process: p})
+			p.Close()
+		}
+	}
+	running := func(inst vmm.Instance) error {
+		_, err := m.finish(vm, op, func(v *store.VM) { v.State, v.Reason, v.PID = api.StateRunning, "", inst.PID() })
+		if err == nil {
+			go m.watch(vm.Name, vm.ID, inst)
+		}
+		return err
+	}
+	suspended := func() error {
+		_, err := m.finish(vm, op, func(v *store.VM) {
+			v.State, v.Reason, v.PID = api.StateSuspended, "", 0
+			if v.SuspendedAt.IsZero() {
+				v.SuspendedAt = time.Now().UTC()
+			}
+		})
+		return err
+	}
+	kill := func() error {
+		if inst == nil {
+			return nil
+		}
+		err := killAndWait(ctx, inst)
+		m.setInstance(vm.ID, nil)
+		inst = nil
+		return err
+	}
+	spent := slices.Contains(op.Steps, stepCont)
+	switch op.Kind {
+	case "suspend":
+		if m.hasImage(vm.ID) {
+			// The state was written: the guest must never run on from here.
+			if err := kill(); err != nil {
+				return err
+			}
+			return suspended()
+		}
+		if inst != nil {
+			if p, ok := inst.(vmm.Pauser); ok {
+				p.Resume(ctx) // stopped for the suspend that never finished
+			}
+			return running(inst)
+		}
+	case "wake":
+		if !spent && m.hasImage(vm.ID) {
+			if err := kill(); err != nil { // restored but never let run
+				return err
+			}
+			return suspended()
+		}
+		if inst != nil {
+			os.Remove(filepath.Join(m.dir(vm.ID), vmm.StateFile))
+			if p, ok := inst.(vmm.Pauser); ok {
+				p.Resume(ctx)
+			}
+			return running(inst)
+		}
+	}
+	m.discardImage(vm.ID)
+	_, err := m.halt(ctx, vm, op, died(fmt.Sprintf("its %s was interrupted and its hypervisor is gone", op.Kind), time.Now()))
+	return err
+}
