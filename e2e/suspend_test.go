@@ -108,6 +108,8 @@ func TestSuspend_Resume(t *testing.T) {
 		t.Errorf("fcm suspend of a suspended vm: exit %d: %s", code, out)
 	}
 
+	time.Sleep(3 * time.Second) // the guest's clock stands still meanwhile
+
 	out = d.mustCLI(work, "resume", "dozy")
 	if !strings.HasPrefix(out, "dozy is running again (") {
 		t.Errorf("fcm resume said %q", out)
@@ -121,6 +123,25 @@ func TestSuspend_Resume(t *testing.T) {
 	v = d.vms(work)["dozy"]
 	if v.State != api.StateRunning || v.PID == 0 {
 		t.Errorf("after fcm resume: %s, pid %d", v.State, v.PID)
+	}
+	// The daemon sets the woken guest's clock: within 1 s of the host's.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		before := time.Now()
+		guestNow, _ := strconv.ParseFloat(d.inVM(work, "dozy", "date +%s.%N"), 64)
+		after := time.Now()
+		g := time.Unix(0, int64(guestNow*1e9))
+		if g.After(before.Add(-time.Second)) && g.Before(after.Add(time.Second)) {
+			t.Logf("the guest's clock is %s from the host's", g.Sub(before.Add(after.Sub(before)/2)).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the woken guest's clock is %s off the host's", g.Sub(before).Round(time.Millisecond))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(readFile(filepath.Join(d.dataDir, "vms", v.ID, "console.log")), " resumed (the clock moved") {
+		t.Error("fcm-init logged no resumed stage on the console")
 	}
 	// A stop, then a start: a cold boot, whatever it slept through.
 	d.mustCLI(work, "suspend", "dozy")

@@ -3,14 +3,18 @@
 package cli
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/buildpack"
+	"github.com/fcmhost/fcm/internal/guestinit"
 	"github.com/fcmhost/fcm/internal/release"
 	"github.com/fcmhost/fcm/internal/supervisor"
 	"github.com/spf13/cobra"
@@ -51,6 +55,21 @@ func newGuestCmd() *cobra.Command {
 				return errors.New(r.Error)
 			}
 			return nil
+		},
+	}, &cobra.Command{
+		Use:   "resumed UNIX_NANOS SEED_HEX",
+		Short: "Set the clock and reseed the random pool after the VM was woken (the daemon runs it)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ns, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil {
+				return fmt.Errorf("time: %w", err)
+			}
+			seed, err := hex.DecodeString(args[1])
+			if err != nil {
+				return fmt.Errorf("seed: %w", err)
+			}
+			return guestinit.Resumed(time.Unix(0, ns), seed)
 		},
 	}, &cobra.Command{
 		Use:   "ps",

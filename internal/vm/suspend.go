@@ -2,12 +2,14 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
@@ -109,7 +111,26 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 		return nil, err
 	}
 	go m.watch(name, vm.ID, inst)
+	go m.fixGuest(out)
 	return out, nil
+}
+
+// fixGuest sets a woken guest's clock (it stood still while it slept) and
+// reseeds its random pool, over SSH; the guest serves meanwhile.
+func (m *Manager) fixGuest(vm *store.VM) {
+	c, err := m.Shared(vm)
+	if err != nil {
+		m.log.Warn("woken vm: its clock was not set", "name", vm.Name, "err", err)
+		return
+	}
+	seed := make([]byte, 64)
+	rand.Read(seed)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := fmt.Sprintf("/usr/sbin/fcm-init guest resumed %d %x", time.Now().UnixNano(), seed)
+	if out, err := c.Run(ctx, cmd); err != nil {
+		m.log.Warn("woken vm: its clock was not set", "name", vm.Name, "err", err, "output", strings.TrimSpace(string(out)))
+	}
 }
 
 // restore is Wake's work: the tap (a host restart loses it), the hypervisor
