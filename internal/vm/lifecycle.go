@@ -90,6 +90,9 @@ func contains(list []string, s string) bool {
 // non-empty id makes the start apply only to the VM with that id (see Stop).
 // A boot that fails counts as a death: the daemon tries again (see Heal).
 func (m *Manager) Start(ctx context.Context, name, id string, progress Progress) (*store.VM, error) {
+	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended {
+		return m.Wake(ctx, name, id) // where it was, not a cold boot
+	}
 	return m.startAs(ctx, "start", name, id, progress)
 }
 
