@@ -71,7 +71,7 @@ function setState(root, state, reason) {
   const why = $('[data-field="reason"]', root);
   if (why && why.textContent !== (reason || "")) why.textContent = reason || "";
   // Only what the state allows is offered.
-  const down = ["stopped", "error", "crashed", "restarting"];
+  const down = ["stopped", "error", "crashed", "restarting", "suspended"];
   const allowed = {
     start: down.includes(state),
     stop: state !== "stopped",
