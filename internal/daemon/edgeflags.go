@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -26,7 +27,7 @@ func (o EdgeOptions) config(listen string, vmSubnet netip.Prefix) (*edge.Config,
 		return nil, nil
 	}
 	c := edge.Config{Admin: o.CaddyAdmin, Domain: strings.ToLower(strings.TrimSuffix(o.Domain, ".")), Daemon: listen,
-		TLS: edge.TLS{CA: o.ACMECA, Email: o.ACMEEmail, CARoot: o.ACMECARoot}}
+		TLS: edge.TLS{CA: o.ACMECA, Email: o.ACMEEmail, CARoot: o.ACMECARoot}, WakeSecret: rand.Text()}
 	switch o.TLS {
 	case "", "acme":
 	case "internal":

@@ -86,7 +86,15 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
-	return s.logged(bodyDeadline(mux))
+	apiH := bodyDeadline(mux)
+	wk := &waker{s: s}
+	return s.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.isWake(r) {
+			wk.ServeHTTP(w, r) // a request for a sleeping VM, from Caddy
+			return
+		}
+		apiH.ServeHTTP(w, r)
+	}))
 }
 
 // statusWriter records, for the request log, the status sent and who asked.
@@ -324,6 +332,7 @@ func (s *Server) sleepOrWake(w http.ResponseWriter, r *http.Request, tok *store.
 		s.fail(w, err)
 		return
 	}
+	s.routeChanged(nil, v) // to the waker while it sleeps, straight to it when it runs
 	writeJSON(w, http.StatusOK, s.toAPI(v))
 }
 

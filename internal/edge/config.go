@@ -30,6 +30,23 @@ type Config struct {
 	Domain string // VMs are <name>.<Domain>, the daemon fcm.<Domain>
 	Daemon string // the daemon's listener (host:port) Caddy proxies fcm.<Domain> to
 	TLS    TLS
+	// WakeSecret goes, in WakeHeader, with every request Caddy sends the
+	// daemon's waker for a sleeping VM: the daemon takes a request as one to
+	// wake a VM for only with it (a random value of the daemon's run).
+	WakeSecret string
+}
+
+// Headers of a request for a sleeping VM that Caddy sends the daemon's waker
+// (they replace whatever the client sent).
+const (
+	WakeHeader   = "X-Fcm-Wake"
+	WakeVMHeader = "X-Fcm-Vm"
+)
+
+// Sleeping says whether a VM in state is routed to the daemon's waker: it
+// is suspended, or on its way to or from it.
+func Sleeping(state string) bool {
+	return state == "suspended" || state == "suspending" || state == "waking"
 }
 
 // TLS says how Caddy gets certificates.
@@ -114,10 +131,18 @@ func RouteID(name string) string { return routePrefix + name }
 
 func (c Config) route(s Site) map[string]any {
 	var handle []any
-	if s.State == "running" {
+	switch {
+	case s.State == "running":
 		handle = []any{map[string]any{"handler": "reverse_proxy", "stream_close_delay": StreamCloseDelay,
 			"upstreams": []any{map[string]any{"dial": net.JoinHostPort(s.IP, fmt.Sprint(s.Port))}}}}
-	} else {
+	case Sleeping(s.State) && c.WakeSecret != "":
+		// The daemon's waker wakes it (once, however many requests wait) and
+		// forwards the requests; then the route goes straight to it again.
+		handle = []any{map[string]any{"handler": "reverse_proxy", "flush_interval": -1, "stream_close_delay": StreamCloseDelay,
+			"headers": map[string]any{"request": map[string]any{"set": map[string]any{
+				WakeHeader: []any{c.WakeSecret}, WakeVMHeader: []any{s.Name}}}},
+			"upstreams": []any{map[string]any{"dial": c.daemonDial()}}}}
+	default:
 		handle = []any{map[string]any{"handler": "static_response", "status_code": 503,
 			"headers": map[string]any{"Content-Type": []any{"text/plain; charset=utf-8"}},
 			"body":    unavailable(s)}}

@@ -43,10 +43,11 @@ func TestConfigValidate(t *testing.T) {
 // The server fcm puts in Caddy: HTTPS only, a route per site with its @id,
 // the daemon's route first, a 503 for a VM that is not running.
 func TestServerConfig(t *testing.T) {
-	c := Config{Admin: "http://127.0.0.1:2019", Domain: "apps.test", Daemon: "0.0.0.0:7777"}
+	c := Config{Admin: "http://127.0.0.1:2019", Domain: "apps.test", Daemon: "0.0.0.0:7777", WakeSecret: "s3cret"}
 	srv := c.server([]Site{
 		{Name: "zeta", IP: "172.16.0.51", Port: 3000, State: "running"},
 		{Name: "alpha", IP: "172.16.0.50", Port: 8080, State: "stopped"},
+		{Name: "dozy", IP: "172.16.0.52", Port: 3000, State: "suspended"},
 	})
 	b, _ := json.Marshal(srv)
 	s := string(b)
@@ -55,6 +56,8 @@ func TestServerConfig(t *testing.T) {
 		`{"@id":"fcm-daemon","handle":[{"flush_interval":-1,"handler":"reverse_proxy","stream_close_delay":"1h","upstreams":[{"dial":"127.0.0.1:7777"}]}],"match":[{"host":["fcm.apps.test"]}],"terminal":true}`,
 		`"@id":"fcm-vm-zeta","handle":[{"handler":"reverse_proxy","stream_close_delay":"1h","upstreams":[{"dial":"172.16.0.51:3000"}]}],"match":[{"host":["zeta.apps.test"]}]`,
 		`"body":"alpha is stopped: start it with: fcm start alpha\n"`, `"status_code":503`,
+		// A sleeping VM's requests go to the daemon's waker, with the secret.
+		`"@id":"fcm-vm-dozy","handle":[{"flush_interval":-1,"handler":"reverse_proxy","headers":{"request":{"set":{"X-Fcm-Vm":["dozy"],"X-Fcm-Wake":["s3cret"]}}},"stream_close_delay":"1h","upstreams":[{"dial":"127.0.0.1:7777"}]}]`,
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("server config lacks %s:\n%s", want, s)
