@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/edge/edgetest"
 	"github.com/fcmhost/fcm/internal/vmm"
 	"github.com/fcmhost/fcm/internal/vmm/qemu"
 )
@@ -151,4 +152,77 @@ func TestSuspend_Resume(t *testing.T) {
 		t.Errorf("a start after a stop of a suspended vm did not boot afresh")
 	}
 	d.mustCLI(work, "destroy", "dozy")
+}
+
+// TestSuspend_WakeOnRequest: requests through the real Caddy to a suspended
+// VM's URL wake it, once however many arrive together, and are all
+// answered; a wake that fails answers 503 with Retry-After and leaves the VM
+// stopped, and fcm start then boots it cold.
+func TestSuspend_WakeOnRequest(t *testing.T) {
+	env, err := edgetest.Start(t.TempDir(), edgeAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	work := t.TempDir()
+	d.mustCLI(work, "create", "--name", "napper", "--no-git")
+	url := "https://napper." + edgeDomain + "/"
+	waitCurl(t, env, url, "200")
+	bootID := d.inVM(work, "napper", "cat /proc/sys/kernel/random/boot_id")
+
+	d.mustCLI(work, "suspend", "napper")
+	const n = 50
+	type answer struct{ body, status string }
+	answers := make(chan answer, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			body, status := curl(t, env, url, "--max-time", "60")
+			answers <- answer{body, status}
+		}()
+	}
+	ok := 0
+	for i := 0; i < n; i++ {
+		a := <-answers
+		if strings.HasPrefix(a.status, "200") && strings.Contains(a.body, "napper") {
+			ok++
+		} else {
+			t.Errorf("a request to the suspended vm: %s %q", a.status, a.body)
+		}
+	}
+	if ok != n {
+		t.Fatalf("%d of %d requests answered\ndaemon log:\n%s", ok, n, tail(d.log(), 3000))
+	}
+	if c := strings.Count(d.log(), "waker: vm woken by a request"); c != 1 {
+		t.Errorf("%d wakes for %d requests, want 1", c, n)
+	}
+	if v := d.vms(work)["napper"]; v.State != api.StateRunning {
+		t.Errorf("after the requests the vm is %s", v.State)
+	}
+	if got := d.inVM(work, "napper", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
+		t.Errorf("the vm booted again instead of waking")
+	}
+
+	// A wake that fails: its saved state is damaged.
+	d.mustCLI(work, "suspend", "napper")
+	v := d.vms(work)["napper"]
+	if err := os.WriteFile(filepath.Join(dataDir, "vms", v.ID, vmm.StateFile), []byte("not a migration stream"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body, status := curl(t, env, url, "-D", "-", "--max-time", "60")
+	if !strings.HasPrefix(status, "503") || !strings.Contains(body, "Retry-After: 5") {
+		t.Errorf("a request whose wake failed: %s\n%s", status, body)
+	}
+	v = d.waitVM(t, work, "napper", time.Minute, "stopped", func(v api.VM) bool { return v.State == api.StateStopped })
+	if !strings.Contains(v.Reason, "wake") || !strings.Contains(v.Reason, "fcm start boots it cold") {
+		t.Errorf("a vm whose wake failed: %s (%s)", v.State, v.Reason)
+	}
+	d.mustCLI(work, "start", "napper")
+	waitCurl(t, env, url, "200")
+	if got := d.inVM(work, "napper", "cat /proc/sys/kernel/random/boot_id"); got == bootID {
+		t.Errorf("the start after a failed wake did not boot afresh")
+	}
+	d.mustCLI(work, "destroy", "napper")
 }

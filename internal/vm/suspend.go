@@ -229,11 +229,8 @@ func (m *Manager) resumeSuspendOp(ctx context.Context, vm *store.VM, op *store.O
 			p.Close()
 		}
 	}
-	running := func(inst vmm.Instance) error {
+	running := func(inst vmm.Instance) error { // reconcileVM adopts and watches it next
 		_, err := m.finish(vm, op, func(v *store.VM) { v.State, v.Reason, v.PID = api.StateRunning, "", inst.PID() })
-		if err == nil {
-			go m.watch(vm.Name, vm.ID, inst)
-		}
 		return err
 	}
 	suspended := func() error {
