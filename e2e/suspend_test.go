@@ -82,9 +82,22 @@ func TestQEMU_SuspendRestore(t *testing.T) {
 
 // TestSuspend_Resume: fcm suspend ends a VM's hypervisor and keeps the VM
 // (name, address, tap, disk); fcm resume wakes it where it was: the same
-// boot, its process running on, its file there.
+// boot, its process running on, its file there. With both hypervisors
+// (Firecracker: the stand-in, every call checked against its API spec).
 func TestSuspend_Resume(t *testing.T) {
-	d, work := daemonWithVM(t, "dozy")
+	for _, hv := range hypervisors {
+		t.Run(hv, func(t *testing.T) { suspendResume(t, hv) })
+	}
+}
+
+func suspendResume(t *testing.T, hv string) {
+	dataDir := shortTempDir(t)
+	cleanupVMs(t, dataDir)
+	d, work := startDaemonHV(t, hv, dataDir), t.TempDir()
+	d.mustCLI(work, "create", "--name", "dozy")
+	if hv == "firecracker" {
+		defer checkContract(t, dataDir)
+	}
 	bootID := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id")
 	pid := d.inVM(work, "dozy", "setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & echo $!")
 	d.inVM(work, "dozy", "echo kept > /root/file")

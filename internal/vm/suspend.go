@@ -31,6 +31,14 @@ func (m *Manager) snapshotter() (vmm.Snapshotter, error) {
 	return s, nil
 }
 
+// writesMemory says whether the driver's Suspend writes the guest's memory
+// into spec.MemoryFile itself (Firecracker's Full snapshot), so that a VM
+// needs no memory file before its first suspend.
+func writesMemory(s vmm.Snapshotter) bool {
+	w, ok := s.(interface{ WritesMemory() bool })
+	return ok && w.WritesMemory()
+}
+
 // Suspend writes a running VM's device state to its directory (its memory is
 // there already, in MemoryFile) and ends its hypervisor: it keeps its name,
 // address, tap and disks, and the host has its memory back. A non-empty id:
@@ -55,7 +63,7 @@ func (m *Manager) Suspend(ctx context.Context, name, id string) (*store.VM, erro
 		err = fmt.Errorf("%w: vm %q: %v", ErrBadState, name, stray)
 	case serr != nil:
 		err = serr
-	case !fileExists(spec.MemoryFile):
+	case !fileExists(spec.MemoryFile) && !writesMemory(snap):
 		err = invalidf("vm %s was booted before it could be suspended (its memory is not in a file): stop and start it once", name)
 	}
 	if err != nil {

@@ -39,8 +39,10 @@ type Spec struct {
 	// Cgroup puts the hypervisor in its own cgroup fcm/vm-<ID>, its memory
 	// limited to MemoryMiB plus overhead and its CPU weight set by VCPUs.
 	Cgroup bool
-	// MemoryFile, when set, holds the guest's RAM (a file in Dir, mapped
-	// shared): what a Snapshotter suspends and restores without copying it.
+	// MemoryFile, when set, holds the guest's RAM (a file in Dir): what a
+	// Snapshotter suspends and restores without copying it. QEMU maps it
+	// shared while the guest runs; Firecracker's snapshot writes all guest
+	// memory to it and a restore maps it privately, never writing it.
 	MemoryFile string
 }
 
@@ -147,8 +149,8 @@ type Instance interface {
 // Pauser is an Instance whose hypervisor may pause its guest by itself and
 // be asked to resume it: QEMU stops a guest whose disk write failed for want
 // of space on the host (virtio-blk's werror=enospc) rather than fail the
-// write. Firecracker reports the error to the guest instead; its driver is
-// no Pauser.
+// write. Firecracker reports the error to the guest instead, and pauses only
+// when asked (for a suspend, or restored from one).
 type Pauser interface {
 	// RunState is the hypervisor's own run state: RunStateIOError when it
 	// paused the guest on a host I/O error.

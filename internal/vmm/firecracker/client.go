@@ -31,6 +31,14 @@ func newAPIClient(socket string) *apiClient {
 	}}
 }
 
+// withTimeout is c with requests allowed d each (a Full snapshot writes all
+// of guest memory).
+func (c *apiClient) withTimeout(d time.Duration) *apiClient {
+	h := *c.http
+	h.Timeout = d
+	return &apiClient{socket: c.socket, http: &h}
+}
+
 // APIError is Firecracker's answer to a refused call: the call and its
 // fault_message.
 type APIError struct {
@@ -110,6 +118,27 @@ type networkInterface struct {
 	IfaceID     string `json:"iface_id"`
 	HostDevName string `json:"host_dev_name"`
 	GuestMAC    string `json:"guest_mac,omitempty"`
+}
+
+type vmState struct {
+	State string `json:"state"` // Paused or Resumed
+}
+
+type snapshotCreate struct {
+	SnapshotType string `json:"snapshot_type"`
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+type memBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+type snapshotLoad struct {
+	SnapshotPath string     `json:"snapshot_path"`
+	MemBackend   memBackend `json:"mem_backend"`
+	ResumeVM     bool       `json:"resume_vm"`
 }
 
 type action struct {

@@ -125,17 +125,32 @@ func (d *Driver) Command(spec vmm.Spec) (string, []string) {
 // configure and start the microVM. On error the process is killed and its socket
 // and pid file removed.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
-	if err := spec.Validate(); err != nil {
+	inst, abort, err := d.launch(ctx, spec)
+	if err != nil {
 		return nil, err
+	}
+	if err := configure(ctx, inst.api, spec); err != nil {
+		return nil, abort(err)
+	}
+	d.log.Info("vm started", "id", spec.ID, "pid", inst.PID(), "hypervisor", "firecracker", "uid", spec.UID)
+	return inst, nil
+}
+
+// launch starts a firecracker process for spec, as the VM's user in its
+// cgroup, and waits for its API socket. abort kills it, removes its socket
+// and pid file, and returns its argument as the VM's error.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (inst *Instance, abort func(error) error, err error) {
+	if err := spec.Validate(); err != nil {
+		return nil, nil, err
 	}
 	if d.jailer != nil {
-		return nil, errors.New("firecracker driver: jailer mode needs the kernel, initrd, disk and tap inside the chroot; not supported by Start yet")
+		return nil, nil, errors.New("firecracker driver: jailer mode needs the kernel, initrd, disk and tap inside the chroot; not supported by Start yet")
 	}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+		return nil, nil, fmt.Errorf("vm %s: %w", spec.ID, err)
 	}
 	if err := vmm.RefuseRunning(ctx, d, spec); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sock := filepath.Join(spec.Dir, SocketFile)
 	os.Remove(sock)
@@ -147,14 +162,14 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	// send the guest's console into a file of root's.
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer logf.Close()
 	// Firecracker runs as the VM's own unprivileged user (as the jailer would
 	// make it) in the VM's cgroup; it needs /dev/kvm, so it gets kvm's group.
 	sb, err := vmm.PrepareSandbox(spec, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bin, args := d.Command(spec)
 	cmd := exec.Command(bin, args...)
@@ -165,7 +180,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 	sb.Apply(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		sb.Abort()
-		return nil, fmt.Errorf("vm %s: start firecracker: %w", spec.ID, err)
+		return nil, nil, fmt.Errorf("vm %s: start firecracker: %w", spec.ID, err)
 	}
 	pid := cmd.Process.Pid
 	// The pid file at once (L6): a daemon killed from here on leaves a process
@@ -178,33 +193,29 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 		cmd.Process.Kill()
 		werr := cmd.Wait() // reap it, and say how it ended
 		sb.Abort()
-		return nil, fmt.Errorf("vm %s: firecracker exited at once (%v): %s", spec.ID, werr, lastLine(filepath.Join(spec.Dir, ConsoleLog)))
+		return nil, nil, fmt.Errorf("vm %s: firecracker exited at once (%v): %s", spec.ID, werr, lastLine(filepath.Join(spec.Dir, ConsoleLog)))
 	}
 	cmd.Process.Release() // reaped through the pidfd (Wait), not exec.Cmd
-	inst := &Instance{Process: proc, api: newAPIClient(sock)}
-	fail := func(err error) (vmm.Instance, error) {
+	inst = &Instance{Process: proc, api: newAPIClient(sock)}
+	abort = func(err error) error {
 		inst.Kill()
 		inst.Process.Wait(context.Background())
 		inst.Close()
 		sb.Abort()
 		os.Remove(sock)
 		os.Remove(filepath.Join(spec.Dir, PIDFile))
-		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
+		return fmt.Errorf("vm %s: %w", spec.ID, err)
 	}
 	if serr != nil {
-		return fail(serr)
+		return nil, nil, abort(serr)
 	}
 	if pidErr != nil {
-		return fail(pidErr)
+		return nil, nil, abort(pidErr)
 	}
 	if err := waitSocket(ctx, sock, proc); err != nil {
-		return fail(err)
+		return nil, nil, abort(err)
 	}
-	if err := configure(ctx, inst.api, spec); err != nil {
-		return fail(err)
-	}
-	d.log.Info("vm started", "id", spec.ID, "pid", pid, "hypervisor", "firecracker", "uid", spec.UID)
-	return inst, nil
+	return inst, abort, nil
 }
 
 // writePIDFile writes a new pid file, never through a symlink (the directory is

@@ -11,6 +11,9 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+
+	"github.com/fcmhost/fcm/internal/vmm"
+	"github.com/fcmhost/fcm/internal/vmm/qemu"
 )
 
 // Firecracker's fault messages that clients may match on.
@@ -35,6 +38,15 @@ var handlers = map[string]handler{
 	"PUT /machine-config":                (*api).putMachineConfig,
 	"PUT /network-interfaces/{iface_id}": (*api).putNetworkInterface,
 	"PUT /actions":                       (*api).putAction,
+	"PATCH /vm":                          (*api).patchVM,
+	"PUT /snapshot/create":               (*api).createSnapshot,
+	"PUT /snapshot/load":                 (*api).loadSnapshot,
+}
+
+// notBootPath are the operations that may precede PUT /snapshot/load; any
+// other that succeeds puts the process on the boot path.
+var notBootPath = map[string]bool{
+	"PUT /logger": true, "PUT /metrics": true, "PUT /snapshot/load": true,
 }
 
 // api is the stand-in's state: the configuration, then the running VM.
@@ -46,13 +58,18 @@ type api struct {
 	maxPayload int64
 	exit       func(code int) // cleans up and ends the process
 
-	mu      sync.Mutex // serializes requests, as Firecracker's single API thread does
-	started bool
-	boot    *bootSource
-	drives  []*drive
-	ifaces  []*netIface
-	machine machineConfig
-	vm      *vmProcess
+	mu       sync.Mutex // serializes requests, as Firecracker's single API thread does
+	started  bool
+	bootPath bool // a resource was configured: no snapshot load any more
+	paused   bool // PATCH /vm Paused, or loaded without resume_vm
+	vmspec   vmm.Spec
+	accel    qemu.Accel
+	memFile  string // the memory file a loaded snapshot's guest memory maps
+	boot     *bootSource
+	drives   []*drive
+	ifaces   []*netIface
+	machine  machineConfig
+	vm       *vmProcess
 }
 
 // record is one line of the request log.
@@ -69,10 +86,13 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	status, payload, fault := http.StatusBadRequest, any(nil), ""
+	var fatal bool
 	if readErr != nil {
 		fault = fmt.Sprintf("Request payload is larger than the limit of %d allowed by server: %v", a.maxPayload, readErr)
 	} else if result, err := a.handle(r.Method, r.URL.Path, body); err != nil {
 		fault = err.Error()
+		var fe fatalError
+		fatal = errors.As(err, &fe)
 	} else if result == nil {
 		status = http.StatusNoContent
 	} else {
@@ -90,6 +110,14 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(data)
+	if fatal {
+		// Answered, then ended, as Firecracker ends after a failed load.
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		logf("%s: exiting", fault)
+		a.exit(1)
+	}
 }
 
 // log appends the request to the record file.
@@ -168,7 +196,11 @@ func (a *api) handle(method, path string, body []byte) (any, error) {
 	if h == nil {
 		return nil, fmt.Errorf("%s %s is not implemented by the fcm stand-in", method, path)
 	}
-	return h(a, params, body)
+	result, err := h(a, params, body)
+	if err == nil && method != "GET" && !notBootPath[method+" "+tmpl] {
+		a.bootPath = true
+	}
+	return result, err
 }
 
 func schemaName(sp *apiSpec, s *schema) string {

@@ -40,7 +40,10 @@ func defaultMachine() machineConfig {
 
 func (a *api) getInstance(map[string]string, []byte) (any, error) {
 	state := "Not started"
-	if a.started {
+	switch {
+	case a.started && a.paused:
+		state = "Paused"
+	case a.started:
 		state = "Running"
 	}
 	id := a.id

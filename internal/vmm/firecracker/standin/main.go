@@ -27,6 +27,14 @@
 // driver's microvm machine, KVM or TCG), the guest console on stdout as
 // Firecracker's; SendCtrlAltDel presses Ctrl-Alt-Del through QMP. When QEMU
 // exits (the guest rebooted) the stand-in exits 0, as Firecracker does.
+//
+// The snapshot calls follow Firecracker's rules (snapshot.go): PATCH /vm
+// pauses and resumes a booted microVM (repeats are no-ops); PUT
+// /snapshot/create, of a paused one only, writes a state file and a memory
+// file (Full; Diff is refused) and leaves it paused; PUT /snapshot/load, only
+// before anything but the logger or metrics is configured, restores one with
+// its memory file mapped privately, paused unless resume_vm, and any failure
+// of it ends the process.
 package main
 
 import (

@@ -32,6 +32,7 @@ type vmProcess struct {
 	cmd     *exec.Cmd
 	qmpSock string        // for SendCtrlAltDel
 	events  net.Conn      // a second QMP monitor, ours alone (see watch)
+	r       *bufio.Reader // events, read
 	done    chan struct{} // closed once QEMU has exited and been reaped
 	stderr  tail
 }
@@ -88,22 +89,72 @@ func (a *api) start() error {
 	if err != nil {
 		return err
 	}
-	// The event monitor is one end of a socket pair, QEMU's fd 3: no path, and
-	// connected before the guest runs (-S, until watch has said "cont").
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	// Guest RAM is a memory backend named as a restored VM's is (see
+	// load), so that a snapshot of either loads into the other.
+	accel := probeAccel()
+	args := withMemory(reportDiskErrors(qemu.MachineArgs(spec, accel, qemu.HostTSCKHz())),
+		fmt.Sprintf("memory-backend-ram,id=%s,size=%dM", memBackend, spec.MemoryMiB))
+	vm, err := a.spawn("InstanceStart", args, true)
 	if err != nil {
 		return fmt.Errorf("Failed to start the microVM: %v", err)
+	}
+	a.vmspec, a.accel = spec, accel
+	a.run(vm)
+	return nil
+}
+
+// probeAccel is the accelerator QEMU runs the guest with (KVM or TCG).
+func probeAccel() qemu.Accel {
+	accel, why := qemu.ProbeAccel()
+	logf("accelerator %s (%s)", accel, why)
+	return accel
+}
+
+// memBackend is the id of the guest's RAM backend, which names its RAM block
+// in QEMU's migration stream.
+const memBackend = "mem"
+
+// withMemory puts guest RAM in the memory backend object obj (whose id is
+// memBackend), replacing one MachineArgs may have given.
+func withMemory(args []string, obj string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		switch {
+		case args[i] == "-object" && i+1 < len(args) && strings.HasPrefix(args[i+1], "memory-backend-"):
+			i++
+			continue
+		case i > 0 && args[i-1] == "-machine" && !strings.Contains(args[i], "memory-backend="):
+			out = append(out, args[i]+",memory-backend="+memBackend, "-object", obj)
+			continue
+		case i > 0 && args[i-1] == "-machine":
+			out = append(out, args[i], "-object", obj)
+			continue
+		}
+		out = append(out, args[i])
+	}
+	return out
+}
+
+// spawn runs QEMU with the machine args plus the stand-in's console, QMP
+// sockets and -S, and returns once its event monitor has answered (and, when
+// runGuest, once the guest runs and QEMU has lived startGrace). An error says
+// how QEMU ended. what names the operation in the log.
+func (a *api) spawn(what string, machine []string, runGuest bool) (*vmProcess, error) {
+	// The event monitor is one end of a socket pair, QEMU's fd 3: no path, and
+	// connected before the guest runs (-S, until the handshake says "cont").
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "qmp-events"), os.NewFile(uintptr(fds[1]), "qmp-events-qemu")
 	defer theirs.Close()
 	events, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
-		return fmt.Errorf("Failed to start the microVM: %v", err)
+		return nil, err
 	}
-	accel, why := qemu.ProbeAccel()
 	vm := &vmProcess{qmpSock: a.sock + ".qmp", events: events, done: make(chan struct{})}
-	args := append(reportDiskErrors(qemu.MachineArgs(spec, accel, qemu.HostTSCKHz())),
+	args := append(machine,
 		"-serial", "stdio",
 		"-qmp", "unix:"+strings.ReplaceAll(vm.qmpSock, ",", ",,")+",server=on,wait=off",
 		// A guest power-off stops emulation but not the process, as on Firecracker.
@@ -112,7 +163,7 @@ func (a *api) start() error {
 		"-chardev", "socket,id=fcmevents,fd=3", "-mon", "chardev=fcmevents,mode=control",
 		"-S",
 	)
-	logf("InstanceStart: %s with %s (%s): %s", qemuBinary, accel, why, strings.Join(args, " "))
+	logf("%s: %s %s", what, qemuBinary, strings.Join(args, " "))
 	os.Remove(vm.qmpSock)
 	vm.cmd = exec.Command(qemuBinary, args...)
 	vm.cmd.Stdin, vm.cmd.Stdout = os.Stdin, os.Stdout
@@ -134,41 +185,51 @@ func (a *api) start() error {
 	}()
 	if err := <-started; err != nil {
 		events.Close()
-		return fmt.Errorf("Failed to start the microVM: %s: %v", qemuBinary, err)
+		return nil, fmt.Errorf("%s: %v", qemuBinary, err)
 	}
 	theirs.Close()
-	// failed reaps a QEMU that did not start (killing it if it is still there).
-	failed := func(why error) error {
-		vm.kill()
-		events.Close()
-		state := fmt.Sprint(vm.cmd.ProcessState)
-		if why != nil {
-			state += "; " + why.Error()
-		}
-		return fmt.Errorf("Failed to start the microVM: %s exited (%s): %s", qemuBinary, state, strings.TrimSpace(vm.stderr.String()))
-	}
-	r, err := vm.handshake()
+	r, err := vm.handshake(runGuest)
 	if err != nil {
 		select {
 		case <-vm.done: // it exited by itself: its stderr says why
 			err = nil
 		case <-time.After(time.Second):
 		}
-		return failed(err)
+		return nil, vm.failed(err)
 	}
-	select {
-	case <-vm.done:
-		return failed(nil)
-	case <-time.After(startGrace):
+	vm.r = r
+	if runGuest {
+		select {
+		case <-vm.done:
+			return nil, vm.failed(nil)
+		case <-time.After(startGrace):
+		}
 	}
+	return vm, nil
+}
+
+// failed reaps a QEMU that did not start (killing it if it is still there)
+// and says how it ended.
+func (vm *vmProcess) failed(why error) error {
+	vm.kill()
+	vm.events.Close()
+	state := fmt.Sprint(vm.cmd.ProcessState)
+	if why != nil {
+		state += "; " + why.Error()
+	}
+	return fmt.Errorf("%s exited (%s): %s", qemuBinary, state, strings.TrimSpace(vm.stderr.String()))
+}
+
+// run makes vm the microVM: its events are watched, and its end ends the
+// stand-in, as the end of Firecracker's guest ends Firecracker.
+func (a *api) run(vm *vmProcess) {
 	a.started, a.vm = true, vm
-	go vm.watch(r)
+	go vm.watch(vm.r)
 	go func() {
 		<-vm.done
 		logf("%s exited (%v): the microVM has ended", qemuBinary, vm.cmd.ProcessState)
 		a.exit(0)
 	}()
-	return nil
 }
 
 // reportDiskErrors makes QEMU's disks fail a guest's request on a host I/O
@@ -198,16 +259,21 @@ type qmpMessage struct {
 	} `json:"data"`
 }
 
-// handshake reads the event monitor's greeting, enables commands and lets the
-// guest run. An error means QEMU did not start (or has already exited).
-func (vm *vmProcess) handshake() (*bufio.Reader, error) {
+// handshake reads the event monitor's greeting, enables commands and, when
+// runGuest, lets the guest run. An error means QEMU did not start (or has
+// already exited).
+func (vm *vmProcess) handshake(runGuest bool) (*bufio.Reader, error) {
 	vm.events.SetDeadline(time.Now().Add(30 * time.Second))
 	defer vm.events.SetDeadline(time.Time{})
 	r := bufio.NewReader(vm.events)
 	if _, err := readQMP(r, false); err != nil {
 		return nil, fmt.Errorf("QMP greeting: %w", err)
 	}
-	for _, cmd := range []string{"qmp_capabilities", "cont"} {
+	cmds := []string{"qmp_capabilities"}
+	if runGuest {
+		cmds = append(cmds, "cont")
+	}
+	for _, cmd := range cmds {
 		if _, err := fmt.Fprintf(vm.events, `{"execute":%q}`+"\n", cmd); err != nil {
 			return nil, fmt.Errorf("QMP %s: %w", cmd, err)
 		}
