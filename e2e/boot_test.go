@@ -256,7 +256,7 @@ func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
 	if err := inst.Wait(wctx); err != nil {
 		t.Fatalf("after the power button: %v\nconsole:\n%s", err, vm.console())
 	}
-	if n := strings.Count(vm.console(), "fcm-init: power failure: shutting down"); n != 1 {
+	if n := strings.Count(vm.console(), "fcm-init: shutdown: poweroff (power failure)"); n != 1 {
 		t.Errorf("console shows %d power-button shutdowns, want 1:\n%s", n, vm.console())
 	}
 
