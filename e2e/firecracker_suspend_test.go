@@ -40,7 +40,7 @@ func TestFirecracker_SuspendRestore(t *testing.T) {
 		t.Fatalf("%v\nconsole:\n%s", err, readFile(filepath.Join(v.spec.Dir, firecracker.ConsoleLog)))
 	}
 	bootID := v.run(t, "cat /proc/sys/kernel/random/boot_id")
-	pid := v.run(t, "setsid sh -c 'while :; do date +%s > /root/tick; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!")
+	pid := v.run(t, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/tick.new; mv /root/tick.new /root/tick; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!")
 	v.run(t, "echo kept > /root/file; sync")
 
 	for round := 1; round <= 2; round++ {

@@ -28,7 +28,7 @@ func TestQEMU_SuspendRestore(t *testing.T) {
 	v.spec.MemoryFile = filepath.Join(v.spec.Dir, "mem.ram")
 	inst := v.boot(t, d)
 	bootID := v.run(t, "cat /proc/sys/kernel/random/boot_id")
-	pid := v.run(t, "setsid sh -c 'while :; do date +%s > /root/tick; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!")
+	pid := v.run(t, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/tick.new; mv /root/tick.new /root/tick; sleep 0.2; done' </dev/null >/dev/null 2>&1 & echo $!")
 	v.run(t, "echo kept > /root/file; sync")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -57,15 +56,20 @@ func newGuestCmd() *cobra.Command {
 			return nil
 		},
 	}, &cobra.Command{
-		Use:   "resumed UNIX_NANOS SEED_HEX",
+		Use:   "resumed",
 		Short: "Set the clock and reseed the random pool after the VM was woken (the daemon runs it)",
-		Args:  cobra.ExactArgs(2),
+		Long: `Prints "ready", then reads one line from the daemon: the host's time in
+Unix nanoseconds and 64 random bytes in hex; sets the clock to it and mixes the
+bytes into the kernel's random pool.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ns, err := strconv.ParseInt(args[0], 10, 64)
-			if err != nil {
-				return fmt.Errorf("time: %w", err)
+			fmt.Print("ready\n")
+			var ns int64
+			var seedHex string
+			if _, err := fmt.Fscanln(os.Stdin, &ns, &seedHex); err != nil {
+				return fmt.Errorf("read the host's time: %w", err)
 			}
-			seed, err := hex.DecodeString(args[1])
+			seed, err := hex.DecodeString(seedHex)
 			if err != nil {
 				return fmt.Errorf("seed: %w", err)
 			}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -124,22 +125,58 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 }
 
 // fixGuest sets a woken guest's clock (it stood still while it slept) and
-// reseeds its random pool, over SSH; the guest serves meanwhile.
+// reseeds its random pool, over SSH; the guest serves meanwhile. The host's
+// time is sent once the guest's command is up and waiting for it, so neither
+// the SSH handshake nor the command's start makes it late.
 func (m *Manager) fixGuest(vm *store.VM) {
+	if err := m.sendResumed(vm); err != nil {
+		m.log.Warn("woken vm: its clock was not set", "name", vm.Name, "err", err)
+	}
+}
+
+func (m *Manager) sendResumed(vm *store.VM) error {
 	c, err := m.Shared(vm)
 	if err != nil {
-		m.log.Warn("woken vm: its clock was not set", "name", vm.Name, "err", err)
-		return
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sess, err := c.Session(ctx)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	sess.Stderr = &stderr
+	if err := sess.Start("/usr/sbin/fcm-init guest resumed"); err != nil {
+		return err
+	}
+	ready := make([]byte, len(guestResumedReady))
+	if _, err := io.ReadFull(stdout, ready); err != nil || string(ready) != guestResumedReady {
+		sess.Wait()
+		return fmt.Errorf("the guest's fcm-init did not wait for the time (%v): %s", err, strings.TrimSpace(stderr.String()))
 	}
 	seed := make([]byte, 64)
 	rand.Read(seed)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := fmt.Sprintf("/usr/sbin/fcm-init guest resumed %d %x", time.Now().UnixNano(), seed)
-	if out, err := c.Run(ctx, cmd); err != nil {
-		m.log.Warn("woken vm: its clock was not set", "name", vm.Name, "err", err, "output", strings.TrimSpace(string(out)))
+	fmt.Fprintf(stdin, "%d %x\n", time.Now().UnixNano(), seed)
+	stdin.Close()
+	if err := sess.Wait(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
+	return nil
 }
+
+// guestResumedReady is what `fcm guest resumed` prints once it waits for
+// the host's time on its standard input.
+const guestResumedReady = "ready\n"
 
 // restore is Wake's work: the tap (a host restart loses it), the hypervisor
 // on the saved state, and the guest let run, each step recorded first.
