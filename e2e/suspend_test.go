@@ -225,7 +225,7 @@ func TestSuspend_WakeOnRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, status := curl(t, env, url, "-D", "-", "--max-time", "60")
-	if !strings.HasPrefix(status, "503") || !strings.Contains(body, "Retry-After: 5") {
+	if !strings.HasPrefix(status, "503") || !strings.Contains(strings.ToLower(body), "retry-after: 5") {
 		t.Errorf("a request whose wake failed: %s\n%s", status, body)
 	}
 	v = d.waitVM(t, work, "napper", time.Minute, "stopped", func(v api.VM) bool { return v.State == api.StateStopped })

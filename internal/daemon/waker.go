@@ -24,6 +24,9 @@ import (
 const (
 	WakeMaxWaiting = 1000             // requests waiting for one VM
 	WakeMaxWait    = 30 * time.Second // how long one waits
+	// RouteBackAfter is how long after a wake the VM's route is put back
+	// to go straight to it.
+	RouteBackAfter = 2 * time.Second
 )
 
 // waker takes the requests Caddy sends for a sleeping VM (its route points
@@ -148,7 +151,10 @@ func (wk *waker) run(c *wakeCall, v *store.VM) {
 				return
 			}
 			wk.s.logger().Info("waker: vm woken by a request", "vm", cur.Name, "took", time.Since(t).Round(time.Millisecond))
-			wk.s.routeChanged(nil, woke)
+			// The route goes straight to it again, once the requests that
+			// waited are through: a config reload under them would end their
+			// HTTP/2 connections. Meanwhile the waker forwards new ones.
+			time.AfterFunc(RouteBackAfter, func() { wk.s.routeChanged(nil, woke) })
 			c.vm = woke
 			return
 		case api.StateSuspending, api.StateWaking:
