@@ -93,7 +93,7 @@ func TestSuspend_Resume(t *testing.T) {
 func suspendResume(t *testing.T, hv string) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d, work := startDaemonHV(t, hv, dataDir), t.TempDir()
+	d, work := startDaemonHV(t, hv, dataDir, "--suspend", "on"), t.TempDir()
 	d.mustCLI(work, "create", "--name", "dozy")
 	if hv == "firecracker" {
 		defer checkContract(t, dataDir)
@@ -179,7 +179,7 @@ func TestSuspend_WakeOnRequest(t *testing.T) {
 	t.Cleanup(env.Close)
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	d := startDaemonHV(t, "qemu", dataDir, append(edgeFlags(env), "--suspend", "on")...)
 	work := t.TempDir()
 	d.mustCLI(work, "create", "--name", "napper", "--no-git")
 	url := "https://napper." + edgeDomain + "/"

@@ -141,6 +141,7 @@ The guest image must exist first: sudo fcm image build.`,
 	f.Float64Var(&o.DiskOvercommit, "disk-overcommit", vm.DefaultDiskOvercommit, "how many times the free space (less --disk-reserve) the VMs' disks may be promised: 1 never promises more than is free; more admits more VMs at the risk of a full disk, where VMs that write are paused until space is freed")
 	f.DurationVar(&o.BuildTimeout, "build-timeout", deploy.DefaultBuildTimeout, "how long one release of an app (build, release command, switch) may take before it is stopped and fails")
 	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
+	f.Var(onOff{&o.Suspend}, "suspend", "on: VMs can be suspended to disk (fcm suspend) and are woken by a request to their URL or fcm resume; with QEMU their RAM is then a file in their directory, counted in the disk admission (off: the default for now)")
 	f.IntVar(&o.BootConcurrency, "boot-concurrency", vm.DefaultBootConcurrency(), "how many VMs the daemon boots at once by itself: VMs that should run after a host restart, and VMs restarted after their hypervisor died (each also needs its memory free)")
 	f.DurationVar(&o.NameHold, "name-hold", store.TombstoneAge, "how long a destroyed VM's name (and its URL) stays its last owner's: links to it may still be out there; 0 frees names at once")
 	f.DurationVar(&o.BootTimeout, "boot-timeout", 2*time.Minute, "how long create and start wait for a VM to boot and answer on SSH before giving up (and undoing a create)")
@@ -159,3 +160,27 @@ The guest image must exist first: sudo fcm image build.`,
 	f.IntVar(&o.Git.MaxPushes, "max-pushes", deploy.DefaultMaxPushes, "git pushes at once on the host; 0: no limit")
 	return cmd
 }
+
+// onOff is a boolean flag spelled on or off.
+type onOff struct{ v *bool }
+
+func (f onOff) String() string {
+	if f.v != nil && *f.v {
+		return "on"
+	}
+	return "off"
+}
+
+func (f onOff) Set(s string) error {
+	switch s {
+	case "on":
+		*f.v = true
+	case "off":
+		*f.v = false
+	default:
+		return fmt.Errorf("want on or off, not %q", s)
+	}
+	return nil
+}
+
+func (onOff) Type() string { return "on|off" }

@@ -76,6 +76,8 @@ type Options struct {
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (--boot-concurrency; 0: vm.DefaultBootConcurrency).
 	BootConcurrency int
+	// Suspend lets VMs be suspended and woken (--suspend on).
+	Suspend bool
 	// MaxBuildOutput and BuildTimeout bound each release of an app: what it
 	// may print, how long it may take (--max-build-output, --build-timeout).
 	MaxBuildOutput int64
@@ -225,7 +227,7 @@ func Run(ctx context.Context, o Options) error {
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
 		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit,
-		BootConcurrency: o.BootConcurrency,
+		BootConcurrency: o.BootConcurrency, Suspend: o.Suspend,
 	})
 	if err != nil {
 		return err

@@ -212,11 +212,11 @@ func (m *Manager) unusedPromise(vm *store.VM) int64 {
 	return max(promised-occupied(m.dir(vm.ID), dataFile, swapFile, legacyFile, MemoryFile), 0)
 }
 
-// snapshots says whether VMs keep their memory in a file on the data dir
-// (their driver can suspend them).
+// snapshots says whether VMs can be suspended (the daemon's --suspend, and a
+// driver that can): they then keep their memory in a file on the data dir.
 func (m *Manager) snapshots() bool {
 	_, ok := m.cfg.Driver.(vmm.Snapshotter)
-	return ok
+	return ok && m.cfg.Suspend
 }
 
 // occupied is the host blocks files in dir take (missing ones: none).

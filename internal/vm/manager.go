@@ -74,6 +74,11 @@ type Config struct {
 	// VMs' disks may be promised (fcm daemon --disk-overcommit); zero means
 	// DefaultDiskOvercommit.
 	DiskOvercommit float64
+	// Suspend lets VMs be suspended (fcm daemon --suspend on): with QEMU their
+	// RAM is then in a file in their directory (MemoryFile), which the host
+	// may write back to disk under memory pressure instead of OOM-killing
+	// them; off keeps guest RAM anonymous and refuses fcm suspend.
+	Suspend bool
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.
 	BootConcurrency int
@@ -273,7 +278,7 @@ func (m *Manager) spec(ctx context.Context, vm *store.VM) (vmm.Spec, error) {
 	}
 	s.Kernel, s.Initrd = b.Kernel(), b.Initrd()
 	s.Drives = m.drives(vm, b)
-	if _, ok := m.cfg.Driver.(vmm.Snapshotter); ok {
+	if m.snapshots() {
 		s.MemoryFile = filepath.Join(s.Dir, MemoryFile)
 	}
 	return s, nil

@@ -29,6 +29,9 @@ func (m *Manager) snapshotter() (vmm.Snapshotter, error) {
 	if !ok {
 		return nil, invalidf("the %s driver cannot suspend vms", m.cfg.Driver.Name())
 	}
+	if !m.cfg.Suspend {
+		return nil, invalidf("this daemon does not suspend vms (fcm daemon --suspend on)")
+	}
 	return s, nil
 }
 
