@@ -215,8 +215,9 @@ func TestHostDisk_Full(t *testing.T) {
 
 // TestHostDisk_FirecrackerReports: Firecracker does not pause a guest whose
 // disk write fails on the host; the guest gets an I/O error. The stand-in
-// does the same: with the host's disk full, a guest's write fails, its VM
-// stays running and answers, and nothing is recorded paused.
+// does the same: with the host's disk full, a guest's write fails (its
+// kernel logs the I/O error), its VM stays running and answers, and nothing
+// is recorded paused.
 func TestHostDisk_FirecrackerReports(t *testing.T) {
 	dataDir := loopDataDir(t, 3<<30)
 	cleanupVMs(t, dataDir)
@@ -232,24 +233,37 @@ func TestHostDisk_FirecrackerReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	d.inVM(work, "fc", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=200 conv=fsync 2>/run/dd.err; echo $? > /run/dd.done' </dev/null >/dev/null 2>&1 &")
+	// The guest's kernel gets the error. What its dd then sees depends on
+	// when: a failed fsync returns it, but pages dirtied after ext4 aborted its
+	// journal can never be written back, and dd waits on them for ever (as it
+	// would under Firecracker). So the test reads the guest's kernel log.
+	d.inVM(work, "fc", "setsid sh -c 'dd if=/dev/zero of=/root/big bs=1M count=200 conv=fsync' </dev/null >/dev/null 2>&1 &")
 	deadline := time.Now().Add(2 * time.Minute)
-	for d.inVM(work, "fc", "cat /run/dd.done 2>/dev/null || true") == "" {
+	var klog string
+	for {
+		klog = d.inVM(work, "fc", "dmesg | grep -m3 'I/O error, dev vdb, .*WRITE'; true")
+		if strings.Contains(klog, "I/O error, dev vdb") {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the guest's write neither finished nor failed (paused?): %+v", d.vms(work)["fc"])
+			diag, err := d.inVMErr(work, "fc", "ps -o pid,stat,wchan:20,args; dmesg | tail -20")
+			t.Fatalf("the guest's kernel reported no write error on its disk within 2 min: %+v\nin the guest (%v):\n%s", d.vms(work)["fc"], err, diag)
 		}
 		time.Sleep(time.Second)
 	}
+	t.Logf("the guest's kernel:\n%s", klog)
 	if free := freeOn(t, dataDir); free > 8<<20 {
 		t.Errorf("the host's disk was not full: %d MiB free", free>>20)
-	}
-	if got := d.inVM(work, "fc", "cat /run/dd.done /run/dd.err"); strings.HasPrefix(got, "0\n") || !strings.Contains(got, "error") {
-		t.Errorf("the guest's write on a full host disk did not fail with an error:\n%s", got)
 	}
 	time.Sleep(2 * vm.HostDiskEvery)
 	if v := d.vms(work)["fc"]; v.State != api.StateRunning || v.Reason != "" {
 		t.Errorf("the firecracker vm is %s (%q), want running", v.State, v.Reason)
 	}
+	if got := d.inVM(work, "fc", "echo answers"); got != "answers\n" && got != "answers" {
+		t.Errorf("the guest after its disk failed: %q", got)
+	}
 	os.Remove(filler)
+	began := time.Now()
 	d.mustCLI(work, "destroy", "fc")
+	t.Logf("destroyed in %s", time.Since(began).Round(time.Millisecond))
 }
