@@ -157,6 +157,17 @@ func suspendResume(t *testing.T, hv string) {
 	if !strings.Contains(readFile(filepath.Join(d.dataDir, "vms", v.ID, "console.log")), " resumed (the clock moved") {
 		t.Error("fcm-init logged no resumed stage on the console")
 	}
+	// Commands that reach into a vm wake it first, saying so.
+	d.mustCLI(work, "suspend", "dozy")
+	if out, _ := d.cli(work, "ps", "dozy"); !strings.Contains(out, "Waking dozy... ") {
+		t.Errorf("fcm ps of a suspended vm did not say it woke it:\n%s", out)
+	}
+	if v := d.vms(work)["dozy"]; v.State != api.StateRunning {
+		t.Errorf("after fcm ps of a suspended vm it is %s", v.State)
+	}
+	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
+		t.Errorf("fcm ps booted the vm afresh instead of waking it")
+	}
 	// A stop, then a start: a cold boot, whatever it slept through.
 	d.mustCLI(work, "suspend", "dozy")
 	d.mustCLI(work, "stop", "dozy")

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/client"
@@ -251,6 +252,9 @@ func newLogsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := awake(cmd, name); err != nil {
+				return err
+			}
 			return client.FromEnv().Logs(cmd.Context(), name, lines, follow, cmd.OutOrStdout())
 		},
 	}
@@ -268,6 +272,9 @@ func newPsCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := target(cmd, args)
 			if err != nil {
+				return err
+			}
+			if err := awake(cmd, name); err != nil {
 				return err
 			}
 			procs, err := client.FromEnv().Processes(cmd.Context(), name)
@@ -307,6 +314,9 @@ func newRestartCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := awake(cmd, name); err != nil {
+				return err
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Restarting %s... ", name)
 			procs, err := client.FromEnv().Restart(cmd.Context(), name)
 			if err != nil {
@@ -331,6 +341,9 @@ func newRunCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := awake(cmd, name); err != nil {
+				return err
+			}
 			code, err := client.FromEnv().Run(cmd.Context(), name, args, os.Stdout)
 			if err != nil {
 				return err
@@ -343,4 +356,23 @@ func newRunCmd() *cobra.Command {
 	}
 	app = appFlag(cmd)
 	return cmd
+}
+
+// awake wakes VM name first when it is suspended, saying so on stderr
+// ("Waking cosmic-nova... 41ms"): commands that reach into a VM need it
+// running.
+func awake(cmd *cobra.Command, name string) error {
+	c := client.FromEnv()
+	v, err := c.GetVM(cmd.Context(), name)
+	if err != nil || v.State != api.StateSuspended {
+		return nil // the command itself says what is wrong
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Waking %s... ", name)
+	t := time.Now()
+	if _, err := c.ResumeVM(cmd.Context(), name); err != nil {
+		fmt.Fprintln(cmd.ErrOrStderr())
+		return err
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s\n", time.Since(t).Round(time.Millisecond))
+	return nil
 }

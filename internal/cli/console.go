@@ -36,6 +36,9 @@ restart: Ctrl+] detaches and leaves it running, 'exit' ends it, and
 
 // openConsole attaches the terminal to session id of vm, made first if id is "".
 func openConsole(cmd *cobra.Command, vm, id string) error {
+	if err := awake(cmd, vm); err != nil {
+		return err
+	}
 	c := client.FromEnv()
 	if id == "" {
 		s, err := c.CreateSession(cmd.Context(), vm, "")

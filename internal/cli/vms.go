@@ -396,6 +396,8 @@ func stateText(v api.VM) string {
 		s = v.Reason
 	case v.Reason != "":
 		s += " (" + v.Reason + ")"
+	case v.State == api.StateSuspended && v.SuspendedAt != nil:
+		s += " " + ago(*v.SuspendedAt)
 	}
 	return s
 }

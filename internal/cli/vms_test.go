@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
 )
@@ -157,5 +158,23 @@ func TestTokenRotate(t *testing.T) {
 	}
 	if r := f.requests(); r != "" {
 		t.Errorf("sent %q with a refused token file", r)
+	}
+}
+
+// TestStateText: ls says why a VM is where it is, and since when it sleeps.
+func TestStateText(t *testing.T) {
+	slept := time.Now().Add(-3 * time.Minute)
+	for _, tc := range []struct {
+		vm   api.VM
+		want string
+	}{
+		{api.VM{State: "running"}, "running"},
+		{api.VM{State: "starting", Reason: "after host restart"}, "starting (after host restart)"},
+		{api.VM{State: "crashed", Reason: "crashed 5 times in 10 min: out of memory"}, "crashed 5 times in 10 min: out of memory"},
+		{api.VM{State: "suspended", SuspendedAt: &slept}, "suspended 3m ago"},
+	} {
+		if got := stateText(tc.vm); got != tc.want {
+			t.Errorf("stateText(%+v) = %q, want %q", tc.vm, got, tc.want)
+		}
 	}
 }
