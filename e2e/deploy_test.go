@@ -194,7 +194,9 @@ func startPush(t *testing.T, dir string, env []string, remote, want string) (*ex
 func TestDeploy_QuickStart(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d := startDaemon(t, dataDir)
+	// VMs may be suspended (a push wakes one, below), but none sleeps by itself.
+	sleepy := []string{"--suspend", "on", "--suspend-after", "off"}
+	d := startDaemonHV(t, "qemu", dataDir, sleepy...)
 	work := t.TempDir()
 	d.mustGit(work, "init", "-q", "-b", "main")
 	out := d.mustCLI(work, "create", "--name", "hello")
@@ -357,16 +359,18 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if err := push.Wait(); err == nil {
 			t.Errorf("the push succeeded though the daemon was killed:\n%s", buf.String())
 		}
-		d = startDaemon(t, dataDir)
+		d = startDaemonHV(t, "qemu", dataDir, sleepy...)
 		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("after the kill the app says %q", body)
 		}
 		if out := d.mustCLI(work, "releases"); !strings.Contains(out, "v8  Deploy ") || !strings.Contains(out, "interrupted: the daemon stopped") || !strings.Contains(out, "Current: v7") {
 			t.Errorf("releases after the kill:\n%s", out)
 		}
+		// A push to a suspended app wakes it first.
+		d.mustCLI(work, "suspend")
 		d.commit(work, "quick release", map[string]string{"Procfile": "web: python3 app.py\nrelease: echo migrated\n"})
 		out := d.mustGit(work, "push", "fcm", "main")
-		for _, want := range []string{"Running release command: echo migrated", "Procfile declares types -> web, release", "Deploy successful! v9 is live"} {
+		for _, want := range []string{"remote: -----> Waking hello...", "remote:        hello is awake (", "Running release command: echo migrated", "Procfile declares types -> web, release", "Deploy successful! v9 is live"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("push after the restart lacks %q:\n%s", want, out)
 			}

@@ -180,8 +180,10 @@ func suspendResume(t *testing.T, hv string) {
 
 // TestSuspend_WakeOnRequest: requests through the real Caddy to a suspended
 // VM's URL wake it, once however many arrive together, and are all
-// answered; a wake that fails answers 503 with Retry-After and leaves the VM
-// stopped, and fcm start then boots it cold.
+// answered; the idle policy (idlePolicy) and memory pressure
+// (memoryPressure) suspend it by themselves; a wake that fails answers 503
+// with Retry-After and leaves the VM stopped, and fcm start then boots it
+// cold.
 func TestSuspend_WakeOnRequest(t *testing.T) {
 	env, err := edgetest.Start(t.TempDir(), edgeAddr)
 	if err != nil {
@@ -228,6 +230,8 @@ func TestSuspend_WakeOnRequest(t *testing.T) {
 	if got := d.inVM(work, "napper", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
 		t.Errorf("the vm booted again instead of waking")
 	}
+	idlePolicy(t, d, env, work, "napper", url, bootID)
+	d = memoryPressure(t, d, env, work, "napper", url)
 
 	// A wake that fails: its saved state is damaged.
 	d.mustCLI(work, "suspend", "napper")

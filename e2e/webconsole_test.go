@@ -153,7 +153,7 @@ func TestWebConsole(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	base := "http://" + daemonListen
-	flags := oidcFlags(t)
+	flags := append(oidcFlags(t), "--suspend", "on", "--suspend-after", "off")
 	d := startDaemonHV(t, "qemu", dataDir, flags...)
 	b := browsertest.New(t)
 	c := &webConsole{t: t, b: b}
@@ -254,6 +254,24 @@ func TestWebConsole(t *testing.T) {
 	c.waitConnected()
 	c.typeLine("echo back-$((2*3))")
 	c.waitFor(`(?m)^back-6\s*$`)
+
+	// The VM suspended under the page: the page reconnects, which wakes it,
+	// and the session is as it was.
+	alice("suspend", vm)
+	for deadline := time.Now().Add(10 * time.Second); c.status() == "connected" && !strings.Contains(d.log(), "vm woken for a command"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the page still says connected with the vm suspended")
+		}
+	}
+	c.waitConnected()
+	c.typeLine("echo awake-$((4*4))")
+	c.waitFor(`(?m)^awake-16\s*$`)
+	if !strings.Contains(d.log(), "vm woken for a command") {
+		t.Errorf("the console's reconnect did not wake the vm:\n%s", tail(d.log(), 2000))
+	}
+	if out := alice("ls"); !regexp.MustCompile(`(?m)^` + vm + `\s.*\brunning\b`).MatchString(out) {
+		t.Errorf("after the console woke it, fcm ls:\n%s", out)
+	}
 
 	// Another origin (another port) may not attach or act with alice's cookie.
 	attachPath := "/v1/vms/" + vm + "/sessions/" + session + "/attach"

@@ -46,6 +46,9 @@ type VM struct {
 	Desired string `json:"desired,omitempty"`
 	// SuspendedAt is when it was suspended (state suspended).
 	SuspendedAt *time.Time `json:"suspended_at,omitempty"`
+	// SuspendAfter is how long it may sit idle before the daemon suspends
+	// it, as FormatSuspendAfter writes it; "" when it never sleeps by itself.
+	SuspendAfter string `json:"suspend_after,omitempty"`
 	// Events are the last things that happened to it by themselves (deaths,
 	// restarts, give-ups, a guest's poweroff, pauses), oldest first.
 	Events     []VMEvent `json:"events,omitempty"`
@@ -81,6 +84,15 @@ type CreateVMRequest struct {
 	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	Port      int    `json:"port,omitempty"`
 	NoExpose  bool   `json:"no_expose,omitempty"` // no public URL through the edge
+	// SuspendAfter: how long it may sit idle before it is suspended ("5m",
+	// "off"); "" takes the daemon's default (off for a VM with NoExpose).
+	SuspendAfter string `json:"suspend_after,omitempty"`
+}
+
+// UpdateVMRequest is the body of PATCH /v1/vms/{name}: the fields given are
+// changed, the others kept.
+type UpdateVMRequest struct {
+	SuspendAfter *string `json:"suspend_after,omitempty"`
 }
 
 // Defaults and limits of a VM.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/daemon"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
@@ -136,12 +137,15 @@ The guest image must exist first: sudo fcm image build.`,
 	f.BoolVar(&o.RotateAdminToken, "rotate-admin-token", false, "make a new admin token in <data-dir>/.token at start; the old one stops working (a running daemon: fcm token rotate)")
 	f.IntVar(&o.MaxCPUs, "max-cpus", vm.DefaultMaxCPUs, "most vCPUs one VM may have; create refuses more")
 	f.IntVar(&o.MaxMemoryMiB, "max-memory", vm.DefaultMaxMemoryMiB, "most memory in MiB one VM may have; create refuses more")
+	f.IntVar(&o.MemoryReserveMiB, "memory-reserve", vm.DefaultMemoryReserveMiB, "memory in MiB kept for the host: creates and starts are refused when the VMs that hold memory would have more than the rest (with --suspend on, idle VMs that may sleep are suspended first, least recently used first)")
 	f.StringVar(&maxDisk, "max-disk", "64G", "largest root disk one VM may have; create refuses more")
 	f.StringVar(&diskReserve, "disk-reserve", "2G", "free space kept on the data dir's filesystem for the store, repositories and logs: creates and pushes are refused below it, and VMs paused on a full disk resume above it")
 	f.Float64Var(&o.DiskOvercommit, "disk-overcommit", vm.DefaultDiskOvercommit, "how many times the free space (less --disk-reserve) the VMs' disks may be promised: 1 never promises more than is free; more admits more VMs at the risk of a full disk, where VMs that write are paused until space is freed")
 	f.DurationVar(&o.BuildTimeout, "build-timeout", deploy.DefaultBuildTimeout, "how long one release of an app (build, release command, switch) may take before it is stopped and fails")
 	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
 	f.Var(onOff{&o.Suspend}, "suspend", "on: VMs can be suspended to disk (fcm suspend) and are woken by a request to their URL or fcm resume; with QEMU their RAM is then a file in their directory, counted in the disk admission (off: the default for now)")
+	o.SuspendAfter = DefaultSuspendAfter
+	f.Var(suspendAfterFlag{&o.SuspendAfter}, "suspend-after", "with --suspend on: how long a new VM with a public URL may sit idle (no request through its URL, no console attached, no command or deploy running) before it is suspended, unless fcm create --suspend-after says otherwise; off: never by itself (VMs created with --no-expose never are unless asked)")
 	f.IntVar(&o.BootConcurrency, "boot-concurrency", vm.DefaultBootConcurrency(), "how many VMs the daemon boots at once by itself: VMs that should run after a host restart, and VMs restarted after their hypervisor died (each also needs its memory free)")
 	f.DurationVar(&o.NameHold, "name-hold", store.TombstoneAge, "how long a destroyed VM's name (and its URL) stays its last owner's: links to it may still be out there; 0 frees names at once")
 	f.DurationVar(&o.BootTimeout, "boot-timeout", 2*time.Minute, "how long create and start wait for a VM to boot and answer on SSH before giving up (and undoing a create)")
@@ -184,3 +188,27 @@ func (f onOff) Set(s string) error {
 }
 
 func (onOff) Type() string { return "on|off" }
+
+// DefaultSuspendAfter is fcm daemon --suspend-after.
+const DefaultSuspendAfter = 5 * time.Minute
+
+// suspendAfterFlag is a duration such as 5m, or off.
+type suspendAfterFlag struct{ v *time.Duration }
+
+func (f suspendAfterFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return api.FormatSuspendAfter(*f.v)
+}
+
+func (f suspendAfterFlag) Set(s string) error {
+	d, err := api.ParseSuspendAfter(s)
+	if err != nil {
+		return err
+	}
+	*f.v = d
+	return nil
+}
+
+func (suspendAfterFlag) Type() string { return "duration|off" }

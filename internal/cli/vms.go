@@ -112,12 +112,20 @@ credential helper. Then: git push fcm main.`,
 				}
 				req.DiskBytes = n
 			}
+			if req.SuspendAfter != "" {
+				if _, err := api.ParseSuspendAfter(req.SuspendAfter); err != nil {
+					return usageError{cmd: "create", err: err}
+				}
+			}
 			c := client.FromEnv()
 			v, err := c.CreateVM(cmd.Context(), req, printProgress(cmd, "Creating VM..."))
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "VM created: %s\n  IP:  %s\n  URL: %s\n", v.Name, v.IP, urlNote(*v))
+			if v.SuspendAfter != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "  Sleeps after %s idle; the first request wakes it (fcm update --suspend-after)\n", v.SuspendAfter)
+			}
 			if err := os.WriteFile(dotFile, []byte(v.Name+"\n"), 0o644); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "note: could not write %s: %v\n", dotFile, err)
 			} else {
@@ -136,6 +144,7 @@ credential helper. Then: git push fcm main.`,
 	f.StringVar(&disk, "disk", "2G", "root disk size")
 	f.IntVar(&req.Port, "port", api.DefaultPort, "port the app listens on in the VM (served at https://<name>.<domain>)")
 	f.BoolVar(&req.NoExpose, "no-expose", false, "no public URL: the VM is reached only from this host")
+	f.StringVar(&req.SuspendAfter, "suspend-after", "", "suspend the VM after it sits idle this long (30s, 5m, 1h; no request through its URL, no console attached, no command or deploy running), waking it on the next; off: never (default: the daemon's --suspend-after, off with --no-expose)")
 	f.BoolVar(&noGit, "no-git", false, "do not make a git repository or add the remote fcm here")
 	return cmd
 }
@@ -273,53 +282,6 @@ itself is stopped the same way.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s\n", v.Name, v.State)
-			return nil
-		},
-	}
-}
-
-func newSuspendCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "suspend [vm]",
-		Short: "Write a running VM's memory to disk and free the host of it",
-		Long: `Suspend a running VM: its guest is paused, its device state written beside
-its memory (already in a file in the VM's directory) and its hypervisor ends,
-so the host has its memory and CPU back. It keeps its name, address, URL,
-disks and console sessions (tmux runs on in its memory). fcm resume wakes it
-where it was: the same boot, its processes running on.`,
-		Args: maxOneArg,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := target(cmd, args)
-			if err != nil {
-				return err
-			}
-			t := time.Now()
-			v, err := client.FromEnv().SuspendVM(cmd.Context(), name)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s (%s)\n", v.Name, v.State, time.Since(t).Round(time.Millisecond))
-			return nil
-		},
-	}
-}
-
-func newResumeCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "resume [vm]",
-		Short: "Wake a suspended VM where it was",
-		Args:  maxOneArg,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := target(cmd, args)
-			if err != nil {
-				return err
-			}
-			t := time.Now()
-			v, err := client.FromEnv().ResumeVM(cmd.Context(), name)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s is %s again (%s)\n", v.Name, v.State, time.Since(t).Round(time.Millisecond))
 			return nil
 		},
 	}

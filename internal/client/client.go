@@ -314,6 +314,12 @@ func (c *Client) SuspendVM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/suspend", nil, &v)
 }
 
+// UpdateVM changes a VM's settings (the fields req gives).
+func (c *Client) UpdateVM(ctx context.Context, name string, req api.UpdateVMRequest) (*api.VM, error) {
+	var v api.VM
+	return &v, c.call(ctx, http.MethodPatch, "/v1/vms/"+url.PathEscape(name), req, &v)
+}
+
 // ResumeVM wakes a suspended VM where it was.
 func (c *Client) ResumeVM(ctx context.Context, name string) (*api.VM, error) {
 	var v api.VM

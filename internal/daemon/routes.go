@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -44,6 +45,10 @@ type route struct {
 	rule rule
 	h    func(*Server, http.ResponseWriter, *http.Request, *store.Token)
 	raw  http.Handler
+	// use: the request uses its VM (a console, a command, a deploy): a
+	// sleeping VM is woken first, and it counts as in use until the
+	// request ends (see awake).
+	use bool
 }
 
 // routes is the API: pattern -> rule and handler.
@@ -73,12 +78,13 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/vms/{name}/suspend": {rule: ruleVM, h: (*Server).suspendVM},
 		"POST /v1/vms/{name}/resume":  {rule: ruleVM, h: (*Server).resumeVM},
 		"DELETE /v1/vms/{name}":       {rule: ruleVM, h: (*Server).destroyVM},
+		"PATCH /v1/vms/{name}":        {rule: ruleVM, h: (*Server).updateVM},
 
 		"GET /v1/sessions":                        {rule: ruleToken, h: (*Server).listAllSessions},
-		"GET /v1/vms/{name}/sessions":             {rule: ruleVM, h: (*Server).listVMSessions},
-		"POST /v1/vms/{name}/sessions":            {rule: ruleVM, h: (*Server).createSession},
+		"GET /v1/vms/{name}/sessions":             {rule: ruleVM, h: (*Server).listVMSessions, use: true},
+		"POST /v1/vms/{name}/sessions":            {rule: ruleVM, h: (*Server).createSession, use: true},
 		"DELETE /v1/vms/{name}/sessions/{id}":     {rule: ruleVM, h: (*Server).killSession},
-		"GET /v1/vms/{name}/sessions/{id}/attach": {rule: ruleVM, h: (*Server).attachSession},
+		"GET /v1/vms/{name}/sessions/{id}/attach": {rule: ruleVM, h: (*Server).attachSession, use: true},
 
 		"GET /v1/keys":                     {rule: ruleToken, h: (*Server).listKeys},
 		"POST /v1/keys":                    {rule: ruleToken, h: (*Server).addKey},
@@ -87,13 +93,13 @@ func (s *Server) apiRoutes() map[string]route {
 
 		"GET /v1/vms/{name}/releases":                  {rule: ruleVM, h: (*Server).listReleases},
 		"GET /v1/vms/{name}/releases/{version}/output": {rule: ruleVM, h: (*Server).releaseOutput},
-		"POST /v1/vms/{name}/rollback":                 {rule: ruleVM, h: (*Server).rollback},
+		"POST /v1/vms/{name}/rollback":                 {rule: ruleVM, h: (*Server).rollback, use: true},
 		"GET /v1/vms/{name}/config":                    {rule: ruleVM, h: (*Server).getConfig},
-		"PATCH /v1/vms/{name}/config":                  {rule: ruleVM, h: (*Server).changeConfig},
-		"GET /v1/vms/{name}/ps":                        {rule: ruleVM, h: (*Server).listProcesses},
-		"POST /v1/vms/{name}/restart":                  {rule: ruleVM, h: (*Server).restartApp},
-		"GET /v1/vms/{name}/logs":                      {rule: ruleVM, h: (*Server).logs},
-		"POST /v1/vms/{name}/run":                      {rule: ruleVM, h: (*Server).run},
+		"PATCH /v1/vms/{name}/config":                  {rule: ruleVM, h: (*Server).changeConfig, use: true},
+		"GET /v1/vms/{name}/ps":                        {rule: ruleVM, h: (*Server).listProcesses, use: true},
+		"POST /v1/vms/{name}/restart":                  {rule: ruleVM, h: (*Server).restartApp, use: true},
+		"GET /v1/vms/{name}/logs":                      {rule: ruleVM, h: (*Server).logs, use: true},
+		"POST /v1/vms/{name}/run":                      {rule: ruleVM, h: (*Server).run, use: true},
 
 		"GET /v1/whoami":               {rule: ruleToken, h: (*Server).whoami},
 		"GET /v1/tokens":               {rule: ruleToken, h: (*Server).listTokens},
@@ -166,6 +172,16 @@ func (s *Server) guard(rt route) http.Handler {
 			if err != nil || !visible(tok, v) {
 				writeError(w, http.StatusNotFound, api.CodeNotFound, "no vm named \""+name+"\"")
 				return
+			}
+			if rt.use {
+				woke, done, err := s.awake(r.Context(), v)
+				if err != nil {
+					w.Header().Set("Retry-After", "5")
+					writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, fmt.Sprintf("vm %s could not be woken: %v", name, err))
+					return
+				}
+				defer done()
+				v = woke
 			}
 			r = r.WithContext(context.WithValue(r.Context(), vmKey{}, v))
 		}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/base"
@@ -76,8 +77,14 @@ type Options struct {
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (--boot-concurrency; 0: vm.DefaultBootConcurrency).
 	BootConcurrency int
+	// MemoryReserveMiB is the memory kept for the host (--memory-reserve);
+	// zero: vm's default.
+	MemoryReserveMiB int
 	// Suspend lets VMs be suspended and woken (--suspend on).
 	Suspend bool
+	// SuspendAfter is how long a new VM with a public URL may sit idle
+	// before it is suspended (--suspend-after; 0: never).
+	SuspendAfter time.Duration
 	// MaxBuildOutput and BuildTimeout bound each release of an app: what it
 	// may print, how long it may take (--max-build-output, --build-timeout).
 	MaxBuildOutput int64
@@ -222,12 +229,20 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	o.Log.Info("image", "id", base.Short(cur.ID), "variant", cur.Manifest.Variant, "built", cur.Manifest.Built.Format(time.RFC3339))
+	// What the daemon does when it suspends a VM by itself: set once the
+	// server is, before anything does.
+	var slept atomic.Pointer[func(*store.VM)]
 	mgr, err := vm.New(vm.Config{
 		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
-		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit,
-		BootConcurrency: o.BootConcurrency, Suspend: o.Suspend,
+		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit, MemoryReserveMiB: o.MemoryReserveMiB,
+		BootConcurrency: o.BootConcurrency, Suspend: o.Suspend, SuspendAfter: o.SuspendAfter,
+		Slept: func(v *store.VM) {
+			if f := slept.Load(); f != nil {
+				(*f)(v)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -262,6 +277,14 @@ func Run(ctx context.Context, o Options) error {
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		MaxMemoryPerUser: o.MaxMemoryPerUser, MaxCPUsPerUser: o.MaxCPUsPerUser,
 		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}
+	onSleep := func(v *store.VM) {
+		server.closeConsoles(v, "the VM was suspended: reconnecting wakes it")
+		server.routeChanged(nil, v) // to the waker
+	}
+	slept.Store(&onSleep)
+	if o.Suspend {
+		go mgr.SuspendIdle(ctx)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -269,7 +292,7 @@ func Run(ctx context.Context, o Options) error {
 	o.Git.UID, o.Git.GID = deploy.DefaultGitUID, deploy.DefaultGitUID // git never runs as root
 	server.Deploys = &deploy.Service{DataDir: o.DataDir, DiskReserve: o.DiskReserve, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
-		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track}
+		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track, Awake: server.awake}
 	if err := server.Deploys.Prepare(ctx); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}

@@ -48,6 +48,13 @@ type Sleeper interface {
 
 var _ Sleeper = (*vm.Manager)(nil)
 
+// Updater changes a VM's settings in place.
+type Updater interface {
+	SetSuspendAfter(name, id string, d time.Duration) (*store.VM, error)
+}
+
+var _ Updater = (*vm.Manager)(nil)
+
 // Server serves the API.
 type Server struct {
 	Store      *store.Store
@@ -75,6 +82,9 @@ type Server struct {
 	consolesOnce sync.Once
 	live         liveConns     // console WebSockets and log follows, ended on revocation
 	keyProofs    keyChallenges // pending challenges of fcm keys add
+
+	wkOnce sync.Once
+	wk     *waker // wakes sleeping VMs (see waker)
 }
 
 // Handler returns the API's routes: the table in routes, each under its rule.
@@ -87,7 +97,7 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
 	})
 	apiH := bodyDeadline(mux)
-	wk := &waker{s: s}
+	wk := s.waker()
 	return s.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.isWake(r) {
 			wk.ServeHTTP(w, r) // a request for a sleeping VM, from Caddy
@@ -310,6 +320,35 @@ func (s *Server) suspendVM(w http.ResponseWriter, r *http.Request, tok *store.To
 	})
 }
 
+// updateVM changes a VM's settings: how long it may sit idle before it is
+// suspended.
+func (s *Server) updateVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.UpdateVMRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
+		return
+	}
+	up, ok := s.VMs.(Updater)
+	if !ok || req.SuspendAfter == nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "nothing to change: give suspend_after")
+		return
+	}
+	d, err := api.ParseSuspendAfter(*req.SuspendAfter)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
+		return
+	}
+	v, err := up.SetSuspendAfter(found.Name, found.ID, d)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.toAPI(v))
+}
+
 // resumeVM wakes a suspended VM where it was.
 func (s *Server) resumeVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	s.sleepOrWake(w, r, tok, func(sl Sleeper, ctx context.Context, name, id string) (*store.VM, error) {
@@ -331,6 +370,9 @@ func (s *Server) sleepOrWake(w http.ResponseWriter, r *http.Request, tok *store.
 	if err != nil {
 		s.fail(w, err)
 		return
+	}
+	if v.State == api.StateSuspended {
+		s.closeConsoles(v, "the VM was suspended: reconnecting wakes it")
 	}
 	s.routeChanged(nil, v) // to the waker while it sleeps, straight to it when it runs
 	writeJSON(w, http.StatusOK, s.toAPI(v))

@@ -193,3 +193,36 @@ func forward(w http.ResponseWriter, r *http.Request, v *store.VM) {
 	}
 	rp.ServeHTTP(w, r)
 }
+
+// waker is the server's one waker: requests from Caddy and commands that use
+// a sleeping VM share its wakes.
+func (s *Server) waker() *waker {
+	s.wkOnce.Do(func() { s.wk = &waker{s: s} })
+	return s.wk
+}
+
+// Active is a VM manager that records the VMs' use (vm.Manager): a VM in
+// use is not suspended for being idle.
+type Active interface {
+	Activity() *vm.Activity
+}
+
+// awake returns v running, waking it first when it sleeps (one wake
+// however many wait, as for requests through its URL), and counts it in use
+// until done is called: a console, a command or a deploy keeps it awake.
+func (s *Server) awake(ctx context.Context, v *store.VM) (woke *store.VM, done func(), err error) {
+	done = func() {}
+	if a, ok := s.VMs.(Active); ok {
+		done = a.Activity().Use(v.ID)
+	}
+	if !edge.Sleeping(v.State) {
+		return v, done, nil
+	}
+	t := time.Now()
+	if v, err = s.waker().wake(ctx, v); err != nil {
+		done()
+		return nil, nil, err
+	}
+	s.logger().Info("vm woken for a command", "vm", v.Name, "took", time.Since(t).Round(time.Millisecond))
+	return v, done, nil
+}

@@ -52,7 +52,10 @@ type Service struct {
 	// Live, when set, records a git push or fetch of tok on VM vmID as a live
 	// connection: end is called once the token may no longer act on it
 	// (revoked, its user denied or removed); the returned func forgets it.
-	Live     func(tok *store.Token, vmID string, end func(reason string)) (forget func())
+	Live func(tok *store.Token, vmID string, end func(reason string)) (forget func())
+	// Awake, when set, returns a VM running, waking it first if it sleeps
+	// (suspended), and counts it in use until done is called.
+	Awake    func(ctx context.Context, vm *store.VM) (woke *store.VM, done func(), err error)
 	Git      GitOptions // git's limits and unprivileged user (gitlimits.go)
 	gitState            // receive-packs and SSH handshakes in progress (gitlimits.go)
 
@@ -200,6 +203,23 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 		fmt.Fprintf(out, " !     %s moved to %s while this push waited (another deploy): fetch, merge or rebase, and push again\n",
 			strings.TrimPrefix(ref, "refs/heads/"), short(now))
 		return fmt.Errorf("ref moved")
+	}
+	if s.Awake != nil {
+		sleeping := vm.State == api.StateSuspended || vm.State == api.StateSuspending || vm.State == api.StateWaking
+		if sleeping {
+			fmt.Fprintf(out, "-----> Waking %s...\n", vm.Name)
+		}
+		t := time.Now()
+		woke, done, err := s.Awake(ctx, vm)
+		if err != nil {
+			fmt.Fprintf(out, " !     %s could not be woken: %v; start it with 'fcm start %s', then push again\n", vm.Name, err, vm.Name)
+			return err
+		}
+		defer done()
+		if sleeping {
+			fmt.Fprintf(out, "       %s is awake (%d ms)\n", vm.Name, time.Since(t).Milliseconds())
+		}
+		vm = woke
 	}
 	if vm.State == api.StatePaused {
 		fmt.Fprintf(out, " !     %s is paused: %s; it resumes by itself once space is freed on the host, then push again\n", vm.Name, vm.Reason)

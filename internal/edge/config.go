@@ -126,6 +126,11 @@ func (c Config) URL(name string) string { return "https://" + c.Host(name) }
 // cut by someone else's VM.
 const StreamCloseDelay = "1h"
 
+// UpstreamIdle is how long Caddy keeps an idle connection to a VM's app open
+// after a request: the daemon takes an open one as the VM in use (see
+// vm.Manager.SuspendIdle), so it must not linger much past the request.
+const UpstreamIdle = "2s"
+
 // RouteID is the @id of a VM's route.
 func RouteID(name string) string { return routePrefix + name }
 
@@ -134,6 +139,7 @@ func (c Config) route(s Site) map[string]any {
 	switch {
 	case s.State == "running":
 		handle = []any{map[string]any{"handler": "reverse_proxy", "stream_close_delay": StreamCloseDelay,
+			"transport": map[string]any{"protocol": "http", "keep_alive": map[string]any{"idle_timeout": UpstreamIdle}},
 			"upstreams": []any{map[string]any{"dial": net.JoinHostPort(s.IP, fmt.Sprint(s.Port))}}}}
 	case Sleeping(s.State) && c.WakeSecret != "":
 		// The daemon's waker wakes it (once, however many requests wait) and

@@ -54,7 +54,7 @@ func TestServerConfig(t *testing.T) {
 	for _, want := range []string{
 		`"listen":[":443"]`, `"tls_connection_policies":[{}]`,
 		`{"@id":"fcm-daemon","handle":[{"flush_interval":-1,"handler":"reverse_proxy","stream_close_delay":"1h","upstreams":[{"dial":"127.0.0.1:7777"}]}],"match":[{"host":["fcm.apps.test"]}],"terminal":true}`,
-		`"@id":"fcm-vm-zeta","handle":[{"handler":"reverse_proxy","stream_close_delay":"1h","upstreams":[{"dial":"172.16.0.51:3000"}]}],"match":[{"host":["zeta.apps.test"]}]`,
+		`"@id":"fcm-vm-zeta","handle":[{"handler":"reverse_proxy","stream_close_delay":"1h","transport":{"keep_alive":{"idle_timeout":"2s"},"protocol":"http"},"upstreams":[{"dial":"172.16.0.51:3000"}]}],"match":[{"host":["zeta.apps.test"]}]`,
 		`"body":"alpha is stopped: start it with: fcm start alpha\n"`, `"status_code":503`,
 		// A sleeping VM's requests go to the daemon's waker, with the secret.
 		`"@id":"fcm-vm-dozy","handle":[{"flush_interval":-1,"handler":"reverse_proxy","headers":{"request":{"set":{"X-Fcm-Vm":["dozy"],"X-Fcm-Wake":["s3cret"]}}},"stream_close_delay":"1h","upstreams":[{"dial":"127.0.0.1:7777"}]}]`,

@@ -69,6 +69,9 @@ type VM struct {
 	Deaths []time.Time `json:"deaths,omitempty"`
 	// SuspendedAt is when it was suspended (state suspended).
 	SuspendedAt time.Time `json:"suspended_at,omitempty"`
+	// SuspendAfter is how long it may sit idle before the daemon suspends
+	// it; 0: never by itself.
+	SuspendAfter time.Duration `json:"suspend_after,omitempty"`
 	// RestartAt is when a VM in state restarting is booted again.
 	RestartAt time.Time `json:"restart_at,omitempty"`
 	// Events are the last MaxEvents things that happened to it by themselves.

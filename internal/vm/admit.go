@@ -244,12 +244,7 @@ func (m *Manager) checkMemory(tx *store.Tx, self string, memMiB int) error {
 	if err != nil {
 		return err
 	}
-	used := 0
-	for _, v := range vms {
-		if v.State != api.StateStopped && v.State != api.StateSuspended && v.State != api.StateCrashed && v.ID != self {
-			used += v.MemoryMiB // a suspended vm's memory is on disk
-		}
-	}
+	used := memoryUsed(vms, self)
 	if avail := total - m.cfg.MemoryReserveMiB; used+memMiB > avail {
 		return &roomError{kind: ErrInsufficientCapacity,
 			msg: fmt.Sprintf("not enough memory: vms that are not stopped have %d MiB, this one needs %d MiB, and the host has %d MiB for vms (MemTotal %d MiB less a %d MiB reserve)",

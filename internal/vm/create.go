@@ -95,7 +95,12 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 	if err != nil {
 		return nil, err
 	}
-	vm, op, err := m.reserve(owner, req, b.ID, ident)
+	suspendAfter, err := m.suspendAfterFor(req)
+	if err != nil {
+		return nil, err
+	}
+	m.makeRoom(ctx, req.MemoryMiB, "")
+	vm, op, err := m.reserve(owner, req, b.ID, ident, suspendAfter)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +131,7 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 // the transaction (and unmarked if it fails), so a create racing a destroy of
 // the same name either waits for nothing (ErrBusy) or finds it free: it never
 // leaves a record nothing works on.
-func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, ident *guest.Identity) (*store.VM, *store.Op, error) {
+func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, ident *guest.Identity, suspendAfter time.Duration) (*store.VM, *store.Op, error) {
 	var vm *store.VM
 	var op *store.Op
 	busy := ""
@@ -175,7 +180,7 @@ func (m *Manager) reserve(owner Owner, req api.CreateVMRequest, baseID string, i
 			CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, SwapMiB: api.DefaultSwapMiB,
 			DiskBytes: req.DiskBytes, Port: req.Port, NoExpose: req.NoExpose, Hypervisor: m.cfg.Driver.Name(),
 			HostKey: string(ssh.MarshalAuthorizedKey(ident.HostKey)), Base: baseID, Layout: LayoutOverlay,
-			CreatedAt: now,
+			CreatedAt: now, SuspendAfter: suspendAfter,
 		}
 		if err := tx.InsertVM(vm); err != nil {
 			return err

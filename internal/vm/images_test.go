@@ -152,7 +152,7 @@ func TestPruneImages_RacingCreate(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			vm, _, createErr = m.reserve(Owner{ID: "admin"}, req, old, ident)
+			vm, _, createErr = m.reserve(Owner{ID: "admin"}, req, old, ident, 0)
 			if createErr == nil {
 				m.end(vm.Name)
 			}

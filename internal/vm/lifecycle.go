@@ -39,7 +39,7 @@ func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *s
 			return fmt.Errorf("%w: vm %q is %s", ErrBadState, name, vm.State)
 		}
 		prev = vm.State
-		if kind == "start" || kind == "restart" {
+		if kind == "start" || kind == "restart" || kind == "wake" {
 			if err := m.checkMemory(tx, vm.ID, vm.MemoryMiB); err != nil {
 				return err
 			}
@@ -92,6 +92,8 @@ func contains(list []string, s string) bool {
 func (m *Manager) Start(ctx context.Context, name, id string, progress Progress) (*store.VM, error) {
 	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended {
 		return m.Wake(ctx, name, id) // where it was, not a cold boot
+	} else if err == nil && v.State == api.StateStopped || err == nil && v.State == api.StateCrashed {
+		m.makeRoom(ctx, v.MemoryMiB, v.ID)
 	}
 	return m.startAs(ctx, "start", name, id, progress)
 }
@@ -353,6 +355,7 @@ func (m *Manager) Destroy(ctx context.Context, name, id string) error {
 	}
 	defer m.end(name)
 	m.log.Info("destroying vm", "name", vm.Name, "id", vm.ID)
+	defer m.activity.forget(vm.ID)
 	if err := m.teardown(ctx, vm.ID, vm, op); err != nil {
 		m.markError(vm.ID, op.ID, err)
 		return err

@@ -379,5 +379,5 @@ func reserve(t *testing.T, m *Manager, req api.CreateVMRequest) (*store.VM, *sto
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m.reserve(Owner{ID: "admin"}, req, b.ID, ident)
+	return m.reserve(Owner{ID: "admin"}, req, b.ID, ident, 0)
 }

@@ -79,6 +79,13 @@ type Config struct {
 	// may write back to disk under memory pressure instead of OOM-killing
 	// them; off keeps guest RAM anonymous and refuses fcm suspend.
 	Suspend bool
+	// SuspendAfter is how long a new VM with a public URL may sit idle before
+	// it is suspended, unless its create says otherwise (fcm daemon
+	// --suspend-after); 0: never. It needs Suspend.
+	SuspendAfter time.Duration
+	// Slept is told of each VM the daemon suspends by itself (idle, or to
+	// make room), so that its route goes to the waker.
+	Slept func(*store.VM)
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.
 	BootConcurrency int
@@ -103,6 +110,8 @@ type Manager struct {
 
 	// hostRestarted: the host booted since the daemon last ran (Reconcile).
 	hostRestarted bool
+
+	activity *Activity // when each VM was last used (SuspendIdle)
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
@@ -170,7 +179,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Templates = &disk.Templates{Dir: filepath.Join(cfg.DataDir, "templates")}
 	}
 	return &Manager{cfg: cfg, pool: pool, log: cfg.Log,
-		busy: map[string]string{}, instances: map[string]vmm.Instance{},
+		busy: map[string]string{}, instances: map[string]vmm.Instance{}, activity: newActivity(),
 		crashAt: os.Getenv(CrashEnv), freeSpace: FreeSpace, memTotal: memTotalMiB}, nil
 }
 
@@ -298,6 +307,9 @@ func ToAPI(vm *store.VM) api.VM {
 		Hypervisor: vm.Hypervisor, PID: vm.PID, HostKey: vm.HostKey, CreatedAt: vm.CreatedAt,
 	}
 	a.Desired = vm.DesiredState()
+	if vm.SuspendAfter > 0 {
+		a.SuspendAfter = api.FormatSuspendAfter(vm.SuspendAfter)
+	}
 	if vm.State == api.StateSuspended && !vm.SuspendedAt.IsZero() {
 		at := vm.SuspendedAt
 		a.SuspendedAt = &at

@@ -174,7 +174,7 @@ func reserveFor(t *testing.T, m *Manager, owner Owner, req api.CreateVMRequest) 
 	if err != nil {
 		return nil, nil, err
 	}
-	return m.reserve(owner, req, b.ID, ident)
+	return m.reserve(owner, req, b.ID, ident, 0)
 }
 
 // TestReserve_Tombstone (L7): a destroyed VM's name may be taken again for

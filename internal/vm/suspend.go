@@ -48,6 +48,12 @@ func writesMemory(s vmm.Snapshotter) bool {
 // address, tap and disks, and the host has its memory back. A non-empty id:
 // as for Stop.
 func (m *Manager) Suspend(ctx context.Context, name, id string) (*store.VM, error) {
+	return m.suspend(ctx, name, id, "")
+}
+
+// suspend is Suspend; why, when the daemon suspends a VM by itself, is its
+// reason while it sleeps and an event.
+func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM, error) {
 	snap, err := m.snapshotter()
 	if err != nil {
 		return nil, err
@@ -86,9 +92,16 @@ func (m *Manager) Suspend(ctx context.Context, name, id string) (*store.VM, erro
 	}
 	m.setInstance(vm.ID, nil)
 	m.log.Info("vm suspended", "name", name, "took", time.Since(t).Round(time.Millisecond))
-	return m.finish(vm, op, func(v *store.VM) {
-		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, "", 0, time.Now().UTC()
+	out, err := m.finish(vm, op, func(v *store.VM) {
+		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, why, 0, time.Now().UTC()
+		if why != "" {
+			v.AddEvent(v.SuspendedAt, "suspended", why)
+		}
 	})
+	if err == nil && why != "" && m.cfg.Slept != nil {
+		m.cfg.Slept(out)
+	}
+	return out, err
 }
 
 // Wake restores a suspended VM from its directory and lets it run on where it
@@ -98,6 +111,9 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	snap, err := m.snapshotter()
 	if err != nil {
 		return nil, err
+	}
+	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended {
+		m.makeRoom(ctx, v.MemoryMiB, v.ID)
 	}
 	vm, op, _, err := m.opFor(name, id, "wake", "waking", api.StateSuspended)
 	if err != nil {
@@ -122,6 +138,7 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	if err != nil {
 		return nil, err
 	}
+	m.activity.Touch(vm.ID)
 	go m.watch(name, vm.ID, inst)
 	go m.fixGuest(out)
 	return out, nil
