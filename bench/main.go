@@ -4,10 +4,14 @@
 // power-off, QEMU's memory for a 512 MiB guest, the API, the steps of create,
 // the issue's targets in one table (create overhead and host disk per VM on ext4
 // and XFS, parallel creates, list latency, fcm's share of boot), HTTPS through
-// Caddy, git push deploys, the console against direct ssh, and self-healing (a
-// host restart with 20 VMs serving apps, a hypervisor killed). It needs root
-// and the minimal image (`make bench` builds it); VMs run in a network namespace
-// of its own with no route out.
+// Caddy, git push deploys, the console against direct ssh, self-healing (a
+// host restart with 20 VMs serving apps, a hypervisor killed), and suspend and
+// wake (-only suspend: fcm's share of a suspend and of a wake on a request
+// through Caddy, 256 MiB against 2 GiB guests, against a cold boot). -only
+// density, run only when asked for because it is long, creates -density VMs of
+// 512 MiB that sleep when idle under a 24 GiB memory budget and requests each
+// by its URL. It needs root and the minimal image (`make bench` builds it); VMs
+// run in a network namespace of its own with no route out.
 package main
 
 import (
@@ -15,13 +19,18 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/fcmhost/fcm/internal/cgroup"
 	"github.com/fcmhost/fcm/internal/netns"
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console or heal")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console, heal, suspend or density (density runs only when named)")
+	cycles := flag.Int("cycles", 10, "suspend/wake cycles per guest size (-only suspend)")
+	density := flag.Int("density", 200, "VMs the density bench creates")
+	densityBudget := flag.Int("density-budget", 24<<10, "the density bench's memory budget for VMs in MiB (capped at the host's memory)")
+	densityIdle := flag.Duration("density-suspend-after", 10*time.Second, "the density bench's VMs' --suspend-after")
 	runs := flag.Int("runs", 5, "boots to time")
 	keystrokes := flag.Int("keystrokes", 200, "keystrokes to time per console path")
 	flag.Parse()
@@ -114,6 +123,21 @@ func main() {
 		fmt.Println("== self-healing: a host restart with 20 VMs serving apps, a hypervisor killed (QEMU, real daemon)")
 		if err := runHealBench(ctx, os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: heal: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	if *only == "" || *only == "suspend" {
+		fmt.Printf("== suspend and wake: %d cycles per guest size, wakes by a request through Caddy, cold boots beside them (QEMU, real daemon)\n", *cycles)
+		if err := runSuspendBench(ctx, os.Stdout, *cycles); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: suspend: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	if *only == "density" {
+		fmt.Printf("== density: %d VMs of 512 MiB that sleep when idle, each requested by its URL (QEMU, real daemon)\n", *density)
+		if err := runDensityBench(ctx, os.Stdout, densityOpts{n: *density, budgetMiB: *densityBudget, suspendAfter: *densityIdle}); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: density: %v\n", err)
 			os.Exit(1)
 		}
 	}
