@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -327,8 +328,8 @@ func (b *sleepBench) cycle(ctx context.Context, r *sizeResult, i int) error {
 	for _, pid := range procs {
 		rss += int64(rssKiB(pid))
 	}
-	old, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", v.PID))
-	if strings.Contains(string(old), dir) && len(procs) == 0 { // a zombie: procsMentioning skips it
+	old, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", v.PID)) // empty when gone or a zombie
+	if !slices.Contains(procs, v.PID) && strings.Contains(string(old), dir) {
 		rss += int64(rssKiB(v.PID))
 	}
 	r.suspendedRSS = max(r.suspendedRSS, rss)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,9 @@ const (
 	densityMemory = 512
 	densityDisk   = 1 << 30
 	densitySubnet = "172.23.0.0/22"
+	// densityFloorKiB: below this much MemAvailable the bench stops creating
+	// and requesting (the host is shared; its other work must not be killed).
+	densityFloorKiB = 1536 << 10
 )
 
 // densityOpts are the density bench's flags.
@@ -50,6 +54,7 @@ type densityResult struct {
 	wakeShare                   []time.Duration
 	diskKiB                     int64
 	visitTook                   time.Duration
+	stopped                     atomic.Pointer[string] // why the bench stopped early
 }
 
 // runDensityBench measures issue 22's density target with a real daemon
@@ -86,6 +91,11 @@ func runDensityBench(ctx context.Context, w io.Writer, o densityOpts) error {
 		for {
 			if kib := memInUseKiB(); kib > r.memMaxKiB {
 				r.memMaxKiB, r.memMaxAt = kib, time.Since(start)
+			}
+			if avail := meminfo()["MemAvailable"]; avail < densityFloorKiB && r.stopped.Load() == nil {
+				why := fmt.Sprintf("stopped early after %s: MemAvailable %s, below the bench's floor of %s",
+					time.Since(start).Round(time.Second), diskBenchGiB(avail<<10), diskBenchGiB(densityFloorKiB<<10))
+				r.stopped.Store(&why)
 			}
 			if vms, err := b.c.ListVMs(ctx); err == nil {
 				n := 0
@@ -149,6 +159,9 @@ func (b *sleepBench) densityCreate(ctx context.Context, r *densityResult, o dens
 	done := map[string]bool{}
 	t := time.Now()
 	eachAtOnce(names, 2, func(name string) error {
+		if why := r.stopped.Load(); why != nil {
+			return fmt.Errorf("not created: %s", *why)
+		}
 		s := time.Now()
 		_, err := b.c.CreateVM(ctx, api.CreateVMRequest{Name: name, MemoryMiB: densityMemory, DiskBytes: densityDisk,
 			Port: healPort, SuspendAfter: api.FormatSuspendAfter(o.suspendAfter)}, nil)
@@ -178,6 +191,10 @@ func (b *sleepBench) densityCreate(ctx context.Context, r *densityResult, o dens
 func (b *sleepBench) densityVisit(ctx context.Context, r *densityResult) {
 	t := time.Now()
 	for i, name := range r.created {
+		if why := r.stopped.Load(); why != nil {
+			r.failures = append(r.failures, fmt.Sprintf("%s and %d more not requested: %s", name, len(r.created)-i-1, *why))
+			break
+		}
 		v, err := b.c.GetVM(ctx, name)
 		if err != nil {
 			r.failures = append(r.failures, fmt.Sprintf("%s: %v", name, err))
@@ -228,10 +245,14 @@ func densityRows(r *densityResult, o densityOpts, budgetMiB int) []targetRow {
 	if len(r.createErrs) > 0 {
 		createDetail += fmt.Sprintf("; %d failed, first: %s", len(r.createErrs), r.createErrs[0])
 	}
-	rows := []targetRow{
+	var rows []targetRow
+	if why := r.stopped.Load(); why != nil {
+		rows = append(rows, targetRow{"density: the run", "stopped", "complete", "MISS", *why})
+	}
+	rows = append(rows, []targetRow{
 		{fmt.Sprintf("density: VMs of %d MiB created, 2 at a time", densityMemory), fmt.Sprintf("%d of %d", len(r.created), o.n),
 			strconv.Itoa(o.n), verdict(len(r.created) == o.n), createDetail},
-	}
+	}...)
 	visitDetail := fmt.Sprintf("in %s: %d woke for the request, %d were running already", diskBenchDur(r.visitTook), r.woke, r.wasRunning)
 	if len(r.failures) > 0 {
 		visitDetail += fmt.Sprintf("; %d not answered with the VM's page, first: %s", len(r.failures), strings.Join(r.failures[:min(3, len(r.failures))], "; "))
