@@ -98,6 +98,9 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 			v.AddEvent(v.SuspendedAt, "suspended", why)
 		}
 	})
+	if err == nil {
+		m.prepareStandby(out)
+	}
 	if err == nil && why != "" && m.cfg.Slept != nil {
 		m.cfg.Slept(out)
 	}
@@ -215,7 +218,7 @@ func (m *Manager) restore(ctx context.Context, snap vmm.Snapshotter, vm *store.V
 	if err != nil {
 		return nil, err
 	}
-	inst, err := snap.Restore(ctx, spec)
+	inst, err := m.restoreFrom(ctx, snap, vm, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -253,9 +256,26 @@ func (m *Manager) finish(vm *store.VM, op *store.Op, set setter) (*store.VM, err
 	return out, err
 }
 
+// restoreFrom loads vm's state into its standby hypervisor when it has one,
+// else into one started now.
+func (m *Manager) restoreFrom(ctx context.Context, snap vmm.Snapshotter, vm *store.VM, spec vmm.Spec) (vmm.Instance, error) {
+	if sb, inst := m.standbyer(), m.takeStandby(vm.ID); sb != nil && inst != nil {
+		err := sb.RestoreInto(ctx, inst, spec)
+		if err == nil {
+			m.log.Info("vm restored into its standby hypervisor", "name", vm.Name, "pid", inst.PID())
+			return inst, nil
+		}
+		m.log.Warn("restore into the standby hypervisor failed; starting another", "name", vm.Name, "err", err)
+	} else if inst != nil {
+		endStandby(inst)
+	}
+	return snap.Restore(ctx, spec)
+}
+
 // discardImage removes a VM's suspend image and memory file: it boots cold
 // from now on (a halt's, a failed wake's, a destroyed host state's).
 func (m *Manager) discardImage(id string) {
+	m.dropStandby(id)
 	os.Remove(filepath.Join(m.dir(id), vmm.StateFile))
 	os.Remove(filepath.Join(m.dir(id), MemoryFile))
 }
