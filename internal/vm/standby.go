@@ -18,8 +18,8 @@ const DefaultStandbys = 4
 // that finds one skips QEMU's start. At most Config.Standbys are kept, for
 // the VMs suspended last.
 type standbys struct {
-	inst      map[string]vmm.Instance   // vm id -> its waiting hypervisor
-	order     []string                  // vm ids, the oldest standby first
+	inst      map[string]vmm.Instance  // vm id -> its waiting hypervisor
+	order     []string                 // vm ids, the oldest standby first
 	preparing map[string]chan struct{} // vm id -> closed once its standby is made (or not)
 }
 
