@@ -236,6 +236,27 @@ func suspendResume(t *testing.T, hv string) {
 			t.Errorf("the wake after the daemon's restart booted the vm afresh")
 		}
 	}
+	// Its disk changed on the host while it slept: the image cannot be used,
+	// and the wake boots it cold, saying why.
+	d.mustCLI(work, "suspend", "dozy")
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(d.dataDir, "vms", v.ID, "data.img"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	d.mustCLI(work, "resume", "dozy")
+	v = d.vms(work)["dozy"]
+	if n := len(v.Events); v.State != api.StateRunning || n == 0 || v.Events[n-1].Kind != "woke-cold" ||
+		!strings.Contains(v.Events[n-1].Detail, "its disk changed on the host since it was suspended (data.img)") {
+		t.Errorf("a wake after the disk changed: %s, events %+v", v.State, v.Events)
+	}
+	coldID := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id")
+	if coldID == bootID {
+		t.Errorf("a wake after the disk changed used the stale image")
+	}
+	if got := d.inVM(work, "dozy", "cat /root/file"); got != "kept" {
+		t.Errorf("after the cold wake the guest's file: %q", got)
+	}
+	bootID = coldID
 	// A stop, then a start: a cold boot, whatever it slept through.
 	d.mustCLI(work, "suspend", "dozy")
 	d.mustCLI(work, "stop", "dozy")

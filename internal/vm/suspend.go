@@ -91,6 +91,9 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 		return nil, err
 	}
 	m.setInstance(vm.ID, nil)
+	if err := m.writeImageMeta(spec); err != nil {
+		m.log.Warn("suspend image: its record could not be written; a wake will not check it", "name", name, "err", err)
+	}
 	m.log.Info("vm suspended", "name", name, "took", time.Since(t).Round(time.Millisecond))
 	out, err := m.finish(vm, op, func(v *store.VM) {
 		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, why, 0, time.Now().UTC()
@@ -115,7 +118,10 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	if err != nil {
 		return nil, err
 	}
-	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended {
+	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended && (id == "" || v.ID == id) {
+		if why := m.imageStale(ctx, v); why != "" {
+			return m.wakeCold(ctx, name, id, why)
+		}
 		m.makeRoom(ctx, v.MemoryMiB, v.ID)
 	}
 	vm, op, _, err := m.opFor(name, id, "wake", "waking", api.StateSuspended)
@@ -278,6 +284,7 @@ func (m *Manager) discardImage(id string) {
 	m.dropStandby(id)
 	os.Remove(filepath.Join(m.dir(id), vmm.StateFile))
 	os.Remove(filepath.Join(m.dir(id), MemoryFile))
+	os.Remove(filepath.Join(m.dir(id), ImageMetaFile))
 }
 
 // hasImage says whether VM id has a suspend image to wake from.

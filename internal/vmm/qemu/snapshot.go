@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -150,4 +152,26 @@ func (d *Driver) RestoreInto(ctx context.Context, inst vmm.Instance, spec vmm.Sp
 		return fail(err)
 	}
 	return nil // paused: Resume (cont) lets it run
+}
+
+// Fingerprint is what a suspend image of spec depends on: the QEMU binary
+// (its path, size and time) and the machine as its command line describes it
+// (devices, memory, drives, in order), less what a restore does not use (the
+// kernel, initrd and command line: the guest's kernel is in its memory). A
+// wake under another fingerprint cannot load the image.
+func (d *Driver) Fingerprint(spec vmm.Spec) string {
+	h := sha256.New()
+	if st, err := os.Stat(d.binary); err == nil {
+		fmt.Fprintf(h, "%s %d %d\n", d.binary, st.Size(), st.ModTime().UnixNano())
+	}
+	args := MachineArgs(spec, d.accel, d.tscKHz)
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "-kernel", "-initrd", "-append":
+			i++
+			continue
+		}
+		fmt.Fprintf(h, "%s\x00", args[i])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
