@@ -85,6 +85,7 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 		return nil, err
 	}
 	t := time.Now()
+	m.syncGuest(ctx, vm)
 	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
 	if err := snap.Suspend(ctx, inst, spec); err != nil {
 		m.abandon(vm, op, prev)
@@ -151,6 +152,24 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	go m.watch(name, vm.ID, inst)
 	go m.fixGuest(out)
 	return out, nil
+}
+
+// syncGuest has the guest write what it holds for its disks (best effort,
+// bounded): should its suspend image be lost (a host restart) or refused (its
+// disk changed), its cold boot finds them there.
+func (m *Manager) syncGuest(ctx context.Context, vm *store.VM) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	t := time.Now()
+	c, err := m.Shared(vm)
+	if err == nil {
+		_, err = c.Run(ctx, "sync")
+	}
+	if err != nil {
+		m.log.Warn("suspend: the guest's sync failed; suspending anyway", "name", vm.Name, "err", err)
+		return
+	}
+	m.log.Info("suspend: the guest synced its disks", "name", vm.Name, "took", time.Since(t).Round(time.Millisecond))
 }
 
 // fixGuest sets a woken guest's clock (it stood still while it slept) and
