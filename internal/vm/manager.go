@@ -87,7 +87,8 @@ type Config struct {
 	// wake, the last suspended (fcm daemon --standbys); 0: none.
 	Standbys int
 	// Slept is told of each VM the daemon suspends by itself (idle, or to
-	// make room), so that its route goes to the waker.
+	// make room), as the suspend starts and once it is done, so that its
+	// route goes to the waker.
 	Slept func(*store.VM)
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.

@@ -84,6 +84,9 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 		m.abandon(vm, op, prev)
 		return nil, err
 	}
+	if why != "" && m.cfg.Slept != nil {
+		m.cfg.Slept(vm) // requests from now on wait in the waker for its wake
+	}
 	t := time.Now()
 	m.syncGuest(ctx, vm)
 	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
