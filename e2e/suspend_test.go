@@ -218,8 +218,14 @@ func suspendResume(t *testing.T, hv string) {
 	if hv == "qemu" {
 		// The daemon killed (kill -9) with a standby waiting: its next run
 		// takes the standby back, and the wake uses it.
+		const ready = "standby hypervisor waits for the vm's wake"
+		n := strings.Count(d.log(), ready)
 		d.mustCLI(work, "suspend", "dozy")
-		d.waitLog("standby hypervisor waits for the vm's wake")
+		for deadline := time.Now().Add(20 * time.Second); strings.Count(d.log(), ready) == n; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no standby after the suspend:\n%s", tail(d.log(), 2000))
+			}
+		}
 		d.stop(syscall.SIGKILL)
 		d = startDaemonHV(t, hv, dataDir, "--suspend", "on")
 		if !strings.Contains(d.log(), "re-adopted a standby hypervisor") {
