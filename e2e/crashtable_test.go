@@ -38,7 +38,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 			rows++
 			rowStart := time.Now()
 			// The VM in the state the operation starts from, with a daemon of its own.
-			d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on")
+			d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
 			switch step.Op {
 			case "create":
 				ensureVM(d, work, name, "gone")
@@ -57,7 +57,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 			}
 
 			os.Setenv(vm.CrashEnv, step.String())
-			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on")
+			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
 			os.Unsetenv(vm.CrashEnv)
 			args := []string{step.Op, name}
 			switch step.Op {
@@ -73,7 +73,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 			}
 			assertKilledAt(t, d, step.String())
 
-			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on")
+			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
 			waitSettled(t, d, work, name)
 			state := assertNoLeaks(t, d, dataDir, work, name)
 			want := map[string]bool{"running": true, "gone": true}
@@ -107,7 +107,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 		})
 	}
 	t.Logf("crash table: %d rows of %d steps in %s", rows, len(vm.Steps), time.Since(began).Round(time.Second))
-	d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on")
+	d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
 	ensureVM(d, work, name, "gone")
 }
 
@@ -282,7 +282,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 		return nil
 	})
 	st.Close()
-	*d = *startDaemonHV(t, "qemu", dataDir, "--suspend", "on")
+	*d = *startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
 	return state
 }
 

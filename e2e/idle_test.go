@@ -165,3 +165,14 @@ func memoryPressure(t *testing.T, d *daemonProc, env *edgetest.Env, work, name, 
 	d.mustCLI(work, "destroy", "third")
 	return d
 }
+
+// vmRSS is the resident memory /proc says process pid holds.
+func vmRSS(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			return strings.Join(strings.Fields(strings.TrimPrefix(line, "VmRSS:")), " ")
+		}
+	}
+	return "?"
+}

@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,6 +80,36 @@ func TestQEMU_SuspendRestore(t *testing.T) {
 	if t2 <= t1 {
 		t.Errorf("the guest's loop does not run after the restore: tick %d then %d", t1, t2)
 	}
+
+	// Again, into a QEMU started ahead (Standby): it waits without running
+	// the guest, and the restore skips QEMU's start.
+	if err := d.Suspend(ctx, restored, v.spec); err != nil {
+		t.Fatal(err)
+	}
+	v.client.Close()
+	standby, err := d.Standby(ctx, v.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { standby.Kill(); standby.Wait(context.Background()) })
+	if st, err := standby.(*qemu.Instance).Status(ctx); err != nil || st != vmm.StandbyStatus {
+		t.Errorf("a standby QEMU's status: %q %v, want %s", st, err, vmm.StandbyStatus)
+	}
+	t.Logf("a standby QEMU holds %s", vmRSS(standby.PID()))
+	began = time.Now()
+	if err := d.RestoreInto(ctx, standby, v.spec); err != nil {
+		t.Fatalf("%v\nqemu log:\n%s", err, readFile(filepath.Join(v.spec.Dir, qemu.LogFile)))
+	}
+	if err := standby.(vmm.Pauser).Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored into the standby in %s", time.Since(began).Round(time.Millisecond))
+	if err := v.client.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.run(t, "cat /proc/sys/kernel/random/boot_id; kill -0 "+pid+" && echo alive"); got != bootID+"\nalive" {
+		t.Errorf("after the restore into the standby: %q", got)
+	}
 }
 
 // TestSuspend_Resume: fcm suspend ends a VM's hypervisor and keeps the VM
@@ -111,7 +143,19 @@ func suspendResume(t *testing.T, hv string) {
 	if v.State != api.StateSuspended || v.PID != 0 || v.SuspendedAt == nil || v.IP != before.IP {
 		t.Errorf("after fcm suspend: %s, pid %d, suspended at %v, ip %s", v.State, v.PID, v.SuspendedAt, v.IP)
 	}
-	if pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/"); len(pids) != 0 {
+	if before.PID > 0 && syscall.Kill(before.PID, 0) == nil {
+		t.Errorf("the suspended vm's hypervisor (pid %d) still runs", before.PID)
+	}
+	if hv == "qemu" {
+		// The last suspended VMs keep a QEMU waiting for their wake (--standbys).
+		d.waitLog("standby hypervisor waits for the vm's wake")
+		pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/")
+		if len(pids) != 1 || !strings.Contains(readFile(fmt.Sprintf("/proc/%d/cmdline", pids[0])), "-incoming\x00defer") {
+			t.Errorf("processes of a suspended vm: %v, want its standby QEMU only", pids)
+		} else {
+			t.Logf("the standby QEMU holds %s", vmRSS(pids[0]))
+		}
+	} else if pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/"); len(pids) != 0 {
 		t.Errorf("hypervisors of a suspended vm: %v", pids)
 	}
 	if !tapExists("tap_" + v.ID) {
@@ -127,6 +171,9 @@ func suspendResume(t *testing.T, hv string) {
 	out = d.mustCLI(work, "resume", "dozy")
 	if !strings.HasPrefix(out, "dozy is running again (") {
 		t.Errorf("fcm resume said %q", out)
+	}
+	if hv == "qemu" && !strings.Contains(d.log(), "vm restored into its standby hypervisor") {
+		t.Errorf("the wake did not use the standby QEMU:\n%s", tail(d.log(), 2000))
 	}
 	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
 		t.Errorf("boot id %s after the wake, was %s: the guest booted again", got, bootID)
@@ -168,9 +215,60 @@ func suspendResume(t *testing.T, hv string) {
 	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
 		t.Errorf("fcm ps booted the vm afresh instead of waking it")
 	}
+	if hv == "qemu" {
+		// The daemon killed (kill -9) with a standby waiting: its next run
+		// takes the standby back, and the wake uses it.
+		const ready = "standby hypervisor waits for the vm's wake"
+		n := strings.Count(d.log(), ready)
+		d.mustCLI(work, "suspend", "dozy")
+		for deadline := time.Now().Add(20 * time.Second); strings.Count(d.log(), ready) == n; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no standby after the suspend:\n%s", tail(d.log(), 2000))
+			}
+		}
+		d.stop(syscall.SIGKILL)
+		d = startDaemonHV(t, hv, dataDir, "--suspend", "on")
+		if !strings.Contains(d.log(), "re-adopted a standby hypervisor") {
+			t.Errorf("the restarted daemon did not take the standby back:\n%s", tail(d.log(), 2000))
+		}
+		d.mustCLI(work, "resume", "dozy")
+		if !strings.Contains(d.log(), "vm restored into its standby hypervisor") {
+			t.Errorf("the wake after the daemon's restart did not use the standby:\n%s", tail(d.log(), 2000))
+		}
+		if pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/"); len(pids) != 1 {
+			t.Errorf("hypervisors after the wake: %v, want 1", pids)
+		}
+		if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got != bootID {
+			t.Errorf("the wake after the daemon's restart booted the vm afresh")
+		}
+	}
+	// Its disk changed on the host while it slept: the image cannot be used,
+	// and the wake boots it cold, saying why.
+	d.mustCLI(work, "suspend", "dozy")
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(d.dataDir, "vms", v.ID, "data.img"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	d.mustCLI(work, "resume", "dozy")
+	v = d.vms(work)["dozy"]
+	if n := len(v.Events); v.State != api.StateRunning || n == 0 || v.Events[n-1].Kind != "woke-cold" ||
+		!strings.Contains(v.Events[n-1].Detail, "its disk changed on the host since it was suspended (data.img)") {
+		t.Errorf("a wake after the disk changed: %s, events %+v", v.State, v.Events)
+	}
+	coldID := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id")
+	if coldID == bootID {
+		t.Errorf("a wake after the disk changed used the stale image")
+	}
+	if got := d.inVM(work, "dozy", "cat /root/file"); got != "kept" {
+		t.Errorf("after the cold wake the guest's file: %q", got)
+	}
+	bootID = coldID
 	// A stop, then a start: a cold boot, whatever it slept through.
 	d.mustCLI(work, "suspend", "dozy")
 	d.mustCLI(work, "stop", "dozy")
+	if pids := procsMentioning(filepath.Join(d.dataDir, "vms") + "/"); len(pids) != 0 {
+		t.Errorf("processes of a stopped vm (its standby?): %v", pids)
+	}
 	d.mustCLI(work, "start", "dozy")
 	if got := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id"); got == bootID {
 		t.Errorf("a start after a stop of a suspended vm did not boot afresh")

@@ -82,6 +82,9 @@ type Options struct {
 	MemoryReserveMiB int
 	// Suspend lets VMs be suspended and woken (--suspend on).
 	Suspend bool
+	// Standbys is how many suspended VMs keep a hypervisor waiting for their
+	// wake (--standbys).
+	Standbys int
 	// SuspendAfter is how long a new VM with a public URL may sit idle
 	// before it is suspended (--suspend-after; 0: never).
 	SuspendAfter time.Duration
@@ -237,7 +240,7 @@ func Run(ctx context.Context, o Options) error {
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
 		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit, MemoryReserveMiB: o.MemoryReserveMiB,
-		BootConcurrency: o.BootConcurrency, Suspend: o.Suspend, SuspendAfter: o.SuspendAfter,
+		BootConcurrency: o.BootConcurrency, Suspend: o.Suspend, SuspendAfter: o.SuspendAfter, Standbys: o.Standbys,
 		Slept: func(v *store.VM) {
 			if f := slept.Load(); f != nil {
 				(*f)(v)

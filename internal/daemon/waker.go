@@ -171,6 +171,16 @@ func (wk *waker) run(c *wakeCall, v *store.VM) {
 	}
 }
 
+// wakeTransport is the waker's to VMs: like Caddy's (edge.UpstreamIdle), it
+// keeps an idle connection no longer than 2 s, since an open one counts as
+// the VM in use (vm.Manager.SuspendIdle).
+var wakeTransport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.IdleConnTimeout = 2 * time.Second
+	return t
+}()
+
 // forward proxies r to v's port as Caddy would have: the Host and Caddy's
 // X-Forwarded-* headers kept, responses streamed, upgrades passed through.
 func forward(w http.ResponseWriter, r *http.Request, v *store.VM) {
@@ -186,6 +196,7 @@ func forward(w http.ResponseWriter, r *http.Request, v *store.VM) {
 			}
 		},
 		FlushInterval: -1,
+		Transport:     wakeTransport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.Header().Set("Retry-After", "5")
 			http.Error(w, fmt.Sprintf("%s does not answer: %v\n", v.Name, err), http.StatusBadGateway)

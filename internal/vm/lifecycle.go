@@ -248,6 +248,7 @@ func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, set sett
 // stopHypervisor ends the VM's hypervisor, if one runs: gracefully within the
 // stop timeout when it answers, killed through its pidfd when it does not.
 func (m *Manager) stopHypervisor(ctx context.Context, vm *store.VM) error {
+	m.dropStandby(vm.ID) // it never ran the guest: nothing to shut down
 	inst, stray := m.liveInstance(ctx, vm)
 	if inst == nil {
 		m.setInstance(vm.ID, nil)
@@ -377,6 +378,7 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *sto
 	if err := record(stepKill); err != nil {
 		return err
 	}
+	m.dropStandby(id)
 	if vm != nil {
 		if inst, stray := m.liveInstance(ctx, vm); inst != nil {
 			if stray != nil {

@@ -83,8 +83,12 @@ type Config struct {
 	// it is suspended, unless its create says otherwise (fcm daemon
 	// --suspend-after); 0: never. It needs Suspend.
 	SuspendAfter time.Duration
+	// Standbys is how many suspended VMs keep a hypervisor waiting for their
+	// wake, the last suspended (fcm daemon --standbys); 0: none.
+	Standbys int
 	// Slept is told of each VM the daemon suspends by itself (idle, or to
-	// make room), so that its route goes to the waker.
+	// make room), as the suspend starts and once it is done, so that its
+	// route goes to the waker.
 	Slept func(*store.VM)
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.
@@ -112,6 +116,7 @@ type Manager struct {
 	hostRestarted bool
 
 	activity *Activity // when each VM was last used (SuspendIdle)
+	sb       standbys  // hypervisors waiting for wakes (under mu)
 
 	crashAt   string                          // test-only: see CrashEnv
 	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem

@@ -116,6 +116,13 @@ func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string
 		vmm.Close(inst)
 		m.log.Error("vm's hypervisor runs but cannot be managed", "name", vm.Name, "err", stray)
 		m.markError(vm.ID, "", fmt.Errorf("%v; stop or destroy the vm to kill it", stray))
+	case inst != nil && vm.State == api.StateSuspended && isStandby(ctx, inst):
+		// A standby of the daemon's last run: it waits for this VM's wake.
+		m.log.Info("re-adopted a standby hypervisor", "name", vm.Name, "pid", inst.PID())
+		m.mu.Lock()
+		delete(m.instances, vm.ID) // not the VM's running hypervisor
+		m.mu.Unlock()
+		m.keepStandby(vm.ID, inst)
 	case inst != nil && (vm.State == api.StateRunning || vm.State == api.StatePaused):
 		m.log.Info("re-adopted running vm", "name", vm.Name, "pid", inst.PID())
 		ip, _ := netip.ParseAddr(vm.IP)

@@ -84,13 +84,20 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 		m.abandon(vm, op, prev)
 		return nil, err
 	}
+	if why != "" && m.cfg.Slept != nil {
+		m.cfg.Slept(vm) // requests from now on wait in the waker for its wake
+	}
 	t := time.Now()
+	m.syncGuest(ctx, vm)
 	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
 	if err := snap.Suspend(ctx, inst, spec); err != nil {
 		m.abandon(vm, op, prev)
 		return nil, err
 	}
 	m.setInstance(vm.ID, nil)
+	if err := m.writeImageMeta(spec); err != nil {
+		m.log.Warn("suspend image: its record could not be written; a wake will not check it", "name", name, "err", err)
+	}
 	m.log.Info("vm suspended", "name", name, "took", time.Since(t).Round(time.Millisecond))
 	out, err := m.finish(vm, op, func(v *store.VM) {
 		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, why, 0, time.Now().UTC()
@@ -98,6 +105,9 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 			v.AddEvent(v.SuspendedAt, "suspended", why)
 		}
 	})
+	if err == nil {
+		m.prepareStandby(out)
+	}
 	if err == nil && why != "" && m.cfg.Slept != nil {
 		m.cfg.Slept(out)
 	}
@@ -112,7 +122,10 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	if err != nil {
 		return nil, err
 	}
-	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended {
+	if v, err := m.cfg.Store.GetVM(name); err == nil && v.State == api.StateSuspended && (id == "" || v.ID == id) {
+		if why := m.imageStale(ctx, v); why != "" {
+			return m.wakeCold(ctx, name, id, why)
+		}
 		m.makeRoom(ctx, v.MemoryMiB, v.ID)
 	}
 	vm, op, _, err := m.opFor(name, id, "wake", "waking", api.StateSuspended)
@@ -142,6 +155,24 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	go m.watch(name, vm.ID, inst)
 	go m.fixGuest(out)
 	return out, nil
+}
+
+// syncGuest has the guest write what it holds for its disks (best effort,
+// bounded): should its suspend image be lost (a host restart) or refused (its
+// disk changed), its cold boot finds them there.
+func (m *Manager) syncGuest(ctx context.Context, vm *store.VM) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	t := time.Now()
+	c, err := m.Shared(vm)
+	if err == nil {
+		_, err = c.Run(ctx, "sync")
+	}
+	if err != nil {
+		m.log.Warn("suspend: the guest's sync failed; suspending anyway", "name", vm.Name, "err", err)
+		return
+	}
+	m.log.Info("suspend: the guest synced its disks", "name", vm.Name, "took", time.Since(t).Round(time.Millisecond))
 }
 
 // fixGuest sets a woken guest's clock (it stood still while it slept) and
@@ -215,7 +246,7 @@ func (m *Manager) restore(ctx context.Context, snap vmm.Snapshotter, vm *store.V
 	if err != nil {
 		return nil, err
 	}
-	inst, err := snap.Restore(ctx, spec)
+	inst, err := m.restoreFrom(ctx, snap, vm, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -253,11 +284,29 @@ func (m *Manager) finish(vm *store.VM, op *store.Op, set setter) (*store.VM, err
 	return out, err
 }
 
+// restoreFrom loads vm's state into its standby hypervisor when it has one,
+// else into one started now.
+func (m *Manager) restoreFrom(ctx context.Context, snap vmm.Snapshotter, vm *store.VM, spec vmm.Spec) (vmm.Instance, error) {
+	if sb, inst := m.standbyer(), m.takeStandby(vm.ID); sb != nil && inst != nil {
+		err := sb.RestoreInto(ctx, inst, spec)
+		if err == nil {
+			m.log.Info("vm restored into its standby hypervisor", "name", vm.Name, "pid", inst.PID())
+			return inst, nil
+		}
+		m.log.Warn("restore into the standby hypervisor failed; starting another", "name", vm.Name, "err", err)
+	} else if inst != nil {
+		endStandby(inst)
+	}
+	return snap.Restore(ctx, spec)
+}
+
 // discardImage removes a VM's suspend image and memory file: it boots cold
 // from now on (a halt's, a failed wake's, a destroyed host state's).
 func (m *Manager) discardImage(id string) {
+	m.dropStandby(id)
 	os.Remove(filepath.Join(m.dir(id), vmm.StateFile))
 	os.Remove(filepath.Join(m.dir(id), MemoryFile))
+	os.Remove(filepath.Join(m.dir(id), ImageMetaFile))
 }
 
 // hasImage says whether VM id has a suspend image to wake from.

@@ -179,6 +179,21 @@ type Snapshotter interface {
 	Restore(ctx context.Context, spec Spec) (Instance, error)
 }
 
+// Standbyer is a Snapshotter that can start a VM's hypervisor ahead of its
+// wake, waiting for the state (its start is then off the wake's path).
+type Standbyer interface {
+	// Standby starts a hypervisor for spec that waits for the state Suspend
+	// wrote; it runs no guest and holds no guest memory of its own. Its
+	// Status is "inmigrate" while it waits.
+	Standby(ctx context.Context, spec Spec) (Instance, error)
+	// RestoreInto loads the state into inst (from Standby), its guest paused,
+	// as Restore does; on an error inst is killed.
+	RestoreInto(ctx context.Context, inst Instance, spec Spec) error
+}
+
+// StandbyStatus is the QMP status of a hypervisor from Standby.
+const StandbyStatus = "inmigrate"
+
 // StateFile is the name, in a VM's directory, of the device state a
 // Snapshotter's Suspend writes.
 const StateFile = "suspend.state"

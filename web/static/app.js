@@ -61,6 +61,16 @@ function sizeText(vm) {
   return vm.cpus + " CPU, " + mem + " RAM, " + disk + " disk";
 }
 
+// reasonText is why a VM is in its state, and since when it sleeps.
+function reasonText(vm) {
+  let why = vm.reason || "";
+  if (vm.state === "suspended" && vm.suspended_at) {
+    const at = new Date(vm.suspended_at).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    why = (why ? why + ", " : "") + "since " + at;
+  }
+  return why;
+}
+
 function setState(root, state, reason) {
   const el = $('[data-field="state"]', root);
   if (el && el.textContent !== state) {
@@ -187,7 +197,7 @@ async function refreshList() {
   for (const vm of data.vms) {
     seen.add(vm.name);
     const row = rowFor(tbody, vm);
-    setState(row, vm.state, vm.reason);
+    setState(row, vm.state, reasonText(vm));
     setURL($('[data-field="url"]', row), vm.url || "");
     const size = $('[data-field="size"]', row);
     const st = sizeText(vm);
@@ -298,7 +308,7 @@ async function refreshVM() {
     }
     throw err;
   }
-  setState(root, vm.state, vm.reason);
+  setState(root, vm.state, reasonText(vm));
   const url = $('[data-field="url"]', root);
   if (vm.url) setURL(url, vm.url);
   if (vm.state === "running" && !logsFollowing) followLogs(root.dataset.vm);

@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -87,28 +89,52 @@ func (d *Driver) Suspend(ctx context.Context, inst vmm.Instance, spec vmm.Spec) 
 // RAM is the memory file, mapped again: nothing is copied); the guest stays
 // paused until Resume.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
-	if spec.MemoryFile == "" {
-		return nil, fmt.Errorf("vm %s: no memory file to restore", spec.ID)
-	}
-	state, err := os.Open(filepath.Join(spec.Dir, vmm.StateFile))
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", spec.ID, err)
-	}
-	defer state.Close()
-	if _, err := os.Stat(spec.MemoryFile); err != nil {
-		return nil, fmt.Errorf("vm %s: its memory: %w", spec.ID, err)
-	}
-	inst, err := d.start(ctx, spec, "-incoming", "defer")
+	inst, err := d.Standby(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (vmm.Instance, error) {
-		inst.Kill()
-		inst.Wait(context.WithoutCancel(ctx))
-		inst.Close()
-		return nil, fmt.Errorf("vm %s: restore: %w", spec.ID, err)
+	if err := d.RestoreInto(ctx, inst, spec); err != nil {
+		return nil, err
 	}
-	s, err := openSession(ctx, inst.qmpSocket)
+	return inst, nil
+}
+
+var _ vmm.Standbyer = (*Driver)(nil)
+
+// Standby implements vmm.Standbyer: a QEMU with the VM's machine, memory
+// file and tap, waiting under -incoming defer for its state (QMP status
+// inmigrate). It holds no guest memory of its own; it takes QEMU's start off
+// a wake.
+func (d *Driver) Standby(ctx context.Context, spec vmm.Spec) (vmm.Instance, error) {
+	if spec.MemoryFile == "" {
+		return nil, fmt.Errorf("vm %s: no memory file to restore", spec.ID)
+	}
+	if _, err := os.Stat(spec.MemoryFile); err != nil {
+		return nil, fmt.Errorf("vm %s: its memory: %w", spec.ID, err)
+	}
+	return d.start(ctx, spec, "-incoming", "defer")
+}
+
+// RestoreInto implements vmm.Standbyer: the device state from the state file
+// into inst (from Standby), over an fd; the guest stays paused until Resume.
+// On an error inst is killed.
+func (d *Driver) RestoreInto(ctx context.Context, inst vmm.Instance, spec vmm.Spec) error {
+	qi, ok := inst.(*Instance)
+	if !ok {
+		return fmt.Errorf("vm %s: not a qemu instance", spec.ID)
+	}
+	fail := func(err error) error {
+		qi.Kill()
+		qi.Wait(context.WithoutCancel(ctx))
+		qi.Close()
+		return fmt.Errorf("vm %s: restore: %w", spec.ID, err)
+	}
+	state, err := os.Open(filepath.Join(spec.Dir, vmm.StateFile))
+	if err != nil {
+		return fail(err)
+	}
+	defer state.Close()
+	s, err := openSession(ctx, qi.qmpSocket)
 	if err != nil {
 		return fail(err)
 	}
@@ -125,5 +151,27 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec) (vmm.Instance, erro
 	if err := s.waitMigration(ctx); err != nil {
 		return fail(err)
 	}
-	return inst, nil // paused: Resume (cont) lets it run
+	return nil // paused: Resume (cont) lets it run
+}
+
+// Fingerprint is what a suspend image of spec depends on: the QEMU binary
+// (its path, size and time) and the machine as its command line describes it
+// (devices, memory, drives, in order), less what a restore does not use (the
+// kernel, initrd and command line: the guest's kernel is in its memory). A
+// wake under another fingerprint cannot load the image.
+func (d *Driver) Fingerprint(spec vmm.Spec) string {
+	h := sha256.New()
+	if st, err := os.Stat(d.binary); err == nil {
+		fmt.Fprintf(h, "%s %d %d\n", d.binary, st.Size(), st.ModTime().UnixNano())
+	}
+	args := MachineArgs(spec, d.accel, d.tscKHz)
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "-kernel", "-initrd", "-append":
+			i++
+			continue
+		}
+		fmt.Fprintf(h, "%s\x00", args[i])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
