@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/edge/edgetest"
 	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/vm"
 )
 
 // The suspend and density benches' edge: every name resolves to this address
@@ -235,6 +237,8 @@ func (b *sleepBench) nthLogDur(n int, msg, attr, name, key string) (time.Duratio
 // sizeResult is what the suspend bench measured for one guest size.
 type sizeResult struct {
 	memMiB                             int
+	standbys                           int   // the daemon's --standbys in this run
+	standbyRSS                         int64 // KiB, the most a standby QEMU held
 	name                               string
 	suspendLog, suspendAPI, routeSleep []time.Duration
 	wakeShare, wakeTook, restore       []time.Duration
@@ -252,7 +256,7 @@ type sizeResult struct {
 // of the same VMs (fcm stop, fcm start) for comparison. One table.
 func runSuspendBench(ctx context.Context, w io.Writer, cycles int) error {
 	load := loadAvg()
-	b, err := startSleepBench(ctx, healSubnet, "--suspend-after", "off")
+	b, err := startSleepBench(ctx, healSubnet, "--suspend-after", "off", "--standbys", strconv.Itoa(vm.DefaultStandbys))
 	if err != nil {
 		return err
 	}
@@ -273,6 +277,19 @@ func runSuspendBench(ctx context.Context, w io.Writer, cycles int) error {
 	}
 	setupTook := time.Since(setup)
 	for _, r := range results {
+		r.standbys = vm.DefaultStandbys
+		for i := 0; i < cycles && r.err == nil; i++ {
+			r.err = b.cycle(ctx, r, i)
+		}
+	}
+	// Again with QEMU started on the wake's path (--standbys 0): the daemon
+	// restarted with that flag, the same VMs.
+	if err := b.restartDaemon(ctx, "--standbys", "0"); err != nil {
+		return err
+	}
+	for _, mem := range sleepSizes {
+		r := &sizeResult{memMiB: mem, name: fmt.Sprintf("nap-%d", mem)}
+		results = append(results, r)
 		for i := 0; i < cycles && r.err == nil; i++ {
 			r.err = b.cycle(ctx, r, i)
 		}
@@ -288,7 +305,8 @@ func runSuspendBench(ctx context.Context, w io.Writer, cycles int) error {
 	notes := []string{
 		fmt.Sprintf("setup (not measured, %s): a real fcm daemon (--hypervisor qemu --suspend on) behind Caddy with Pebble as its ACME CA, in the bench's own namespace; one VM per size (1 vCPU, minimal image %s, --suspend-after off), its certificate issued and its page served before the first timing",
 			diskBenchDur(setupTook), imageID(b.img)),
-		fmt.Sprintf("a cycle (%d per size): wait until Caddy routes the VM straight to it; fcm suspend (API); wait until Caddy routes it to the daemon's waker; one GET of its URL with curl (a new process and connection: DNS via --resolve, TLS, HTTP/2), answered 200 with the VM's page", cycles),
+		fmt.Sprintf("two runs, the same VMs: the daemon with --standbys %d (after a suspend it starts a QEMU waiting under -incoming defer; the cycle waits for it, as a later request would find it), then restarted with --standbys 0 (QEMU started on the wake's path)", vm.DefaultStandbys),
+		fmt.Sprintf("a cycle (%d per size and run): wait until Caddy routes the VM straight to it; fcm suspend (API); wait until Caddy routes it to the daemon's waker; one GET of its URL with curl (a new process and connection: DNS via --resolve, TLS, HTTP/2), answered 200 with the VM's page", cycles),
 		"fcm's share of a suspend: the daemon log's `vm suspended took=` (QMP stop, device state migrated to a file beside the memory file, QEMU quit and reaped); of a wake: the log's `waker: request forwarded waited=` (from the waker getting Caddy's request to forwarding it to the running guest: QEMU started with -incoming defer, device state loaded, cont), `waker: vm woken by a request took=` is the wake alone, `vm woken took=` the manager's restore",
 		"host RSS of a suspended VM: the summed VmRSS of every process whose command line has the VM's directory, and of its former QEMU pid if it still lived (0 when none)",
 		fmt.Sprintf("cold boot: fcm stop, then fcm start of the same VM (%d per size; the suspend image is discarded on stop), until its URL answers with its page", sleepColdBoots),
@@ -323,9 +341,22 @@ func (b *sleepBench) cycle(ctx context.Context, r *sizeResult, i int) error {
 	}
 	r.suspendLog = append(r.suspendLog, took)
 	dir := b.vmDir(v.ID) + "/"
+	if r.standbys > 0 {
+		// The daemon starts a standby QEMU for its wake: wait for it, as a
+		// request some time later would find it.
+		if _, err := b.nthLogDur(i, "standby hypervisor waits for the vm's wake", "name", r.name, "took"); err != nil {
+			return err
+		}
+	}
 	var rss int64
-	procs := procsMentioning(dir)
-	for _, pid := range procs {
+	var procs []int
+	for _, pid := range procsMentioning(dir) {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmdline), "-incoming\x00defer") && pid != v.PID {
+			r.standbyRSS = max(r.standbyRSS, int64(rssKiB(pid))) // a standby, not the VM
+			continue
+		}
+		procs = append(procs, pid)
 		rss += int64(rssKiB(pid))
 	}
 	old, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", v.PID)) // empty when gone or a zombie
@@ -372,6 +403,23 @@ func (b *sleepBench) cycle(ctx context.Context, r *sizeResult, i int) error {
 
 // coldBoots stops and starts r's VM sleepColdBoots times, timing fcm start
 // and until its URL answers with its page.
+// restartDaemon stops the daemon (SIGTERM: its VMs run on) and starts it
+// again with its flags and extra, which override earlier ones.
+func (b *sleepBench) restartDaemon(ctx context.Context, extra ...string) error {
+	b.d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.d.exited:
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("the daemon did not exit on SIGTERM\n%s", b.d.tail())
+	}
+	b.d.args = append(b.d.args, extra...)
+	if err := b.d.start(ctx); err != nil {
+		return err
+	}
+	b.c = b.d.client()
+	return nil
+}
+
 func (b *sleepBench) coldBoots(ctx context.Context, r *sizeResult) error {
 	for i := 0; i < sleepColdBoots; i++ {
 		if _, err := b.c.StopVM(ctx, r.name); err != nil {
@@ -408,14 +456,22 @@ func p50(d []time.Duration) time.Duration {
 	return percentile(d, 0.5)
 }
 
+// mode says how r's wakes found QEMU.
+func (r *sizeResult) mode() string {
+	if r.standbys > 0 {
+		return "standby QEMU"
+	}
+	return "QEMU started on wake"
+}
+
 func suspendRows(results []*sizeResult) []targetRow {
 	var rows []targetRow
 	var suspendAll []time.Duration
 	var detail []string
 	for _, r := range results {
 		suspendAll = append(suspendAll, r.suspendLog...)
-		detail = append(detail, fmt.Sprintf("%d MiB: %s, fcm suspend (API) p50 %s, then Caddy routes to the waker after p50 %s",
-			r.memMiB, durs(r.suspendLog), diskBenchDur(p50(r.suspendAPI)), diskBenchDur(p50(r.routeSleep))))
+		detail = append(detail, fmt.Sprintf("%d MiB (%s): %s, fcm suspend (API) p50 %s, then Caddy routes to the waker after p50 %s",
+			r.memMiB, r.mode(), durs(r.suspendLog), diskBenchDur(p50(r.suspendAPI)), diskBenchDur(p50(r.routeSleep))))
 	}
 	if len(suspendAll) > 0 {
 		s := percentile(suspendAll, 0.5)
@@ -423,42 +479,46 @@ func suspendRows(results []*sizeResult) []targetRow {
 			verdict(s <= goalSuspend), strings.Join(detail, "; ")})
 	}
 	gone, cycles := 0, 0
-	var rss int64
+	var rss, standbyRSS int64
 	var running []string
 	for _, r := range results {
-		gone, cycles, rss = gone+r.gone, cycles+r.cycles, max(rss, r.suspendedRSS)
+		gone, cycles, rss, standbyRSS = gone+r.gone, cycles+r.cycles, max(rss, r.suspendedRSS), max(standbyRSS, r.standbyRSS)
 		if len(r.runningRSS) > 0 {
 			running = append(running, fmt.Sprintf("%d MiB guest: %s", r.memMiB, diskBenchMiB(percentile64(r.runningRSS, 0.5)<<10)))
 		}
 	}
 	if cycles > 0 {
 		rows = append(rows, targetRow{"host RSS of a suspended VM", diskBenchMiB(rss << 10), "0 (no process)", verdict(rss == 0 && gone == cycles),
-			fmt.Sprintf("after %d of %d suspends its QEMU pid was gone and no process had its directory on its command line; RSS of its QEMU while running (p50): %s",
-				gone, cycles, strings.Join(running, ", "))})
+			fmt.Sprintf("after %d of %d suspends its QEMU pid was gone and no process but a standby had its directory on its command line; RSS of its QEMU while running (p50): %s; a standby QEMU (the last %d suspended VMs keep one) held at most %s",
+				gone, cycles, strings.Join(running, ", "), vm.DefaultStandbys, diskBenchMiB(standbyRSS<<10))})
 	}
 	for _, r := range results {
 		if len(r.wakeShare) == 0 {
 			continue
 		}
 		s := percentile(r.wakeShare, 0.5)
-		rows = append(rows, targetRow{fmt.Sprintf("wake, fcm's share, %d MiB guest (waker: request in -> forwarded)", r.memMiB), diskBenchDur(s),
+		rows = append(rows, targetRow{fmt.Sprintf("wake, fcm's share, %d MiB guest, %s (waker: request in -> forwarded)", r.memMiB, r.mode()), diskBenchDur(s),
 			"p50 <= " + diskBenchDur(goalWake), verdict(s <= goalWake),
 			fmt.Sprintf("%s; the wake alone (waker) p50 %s; the restore (manager: QEMU start, state, cont) p50 %s",
 				durs(r.wakeShare), diskBenchDur(p50(r.wakeTook)), diskBenchDur(p50(r.restore)))})
 	}
-	if len(results) == 2 && len(results[0].wakeShare) > 0 && len(results[1].wakeShare) > 0 {
-		small, big := p50(results[0].wakeShare), p50(results[1].wakeShare)
+	for i := 0; i+1 < len(results); i += 2 {
+		a, b := results[i], results[i+1]
+		if len(a.wakeShare) == 0 || len(b.wakeShare) == 0 {
+			continue
+		}
+		small, big := p50(a.wakeShare), p50(b.wakeShare)
 		ratio := float64(big) / float64(max(small, time.Microsecond))
-		rows = append(rows, targetRow{fmt.Sprintf("wake, %d MiB vs %d MiB guest (fcm's share, p50)", results[1].memMiB, results[0].memMiB),
+		rows = append(rows, targetRow{fmt.Sprintf("wake, %d MiB vs %d MiB guest, %s (fcm's share, p50)", b.memMiB, a.memMiB, a.mode()),
 			fmt.Sprintf("%.2fx", ratio), fmt.Sprintf("<= %.0fx", goalWakeRatio), verdict(ratio <= goalWakeRatio && 1/ratio <= goalWakeRatio),
 			fmt.Sprintf("%s vs %s; end to end (curl) p50 %s vs %s", diskBenchDur(big), diskBenchDur(small),
-				diskBenchDur(p50(results[1].curlTotal)), diskBenchDur(p50(results[0].curlTotal)))})
+				diskBenchDur(p50(b.curlTotal)), diskBenchDur(p50(a.curlTotal)))})
 	}
 	for _, r := range results {
 		if len(r.curlTotal) == 0 {
 			continue
 		}
-		rows = append(rows, targetRow{fmt.Sprintf("wake, the guest's first answer, %d MiB (curl total, via Caddy)", r.memMiB),
+		rows = append(rows, targetRow{fmt.Sprintf("wake, the guest's first answer, %d MiB, %s (curl total, via Caddy)", r.memMiB, r.mode()),
 			diskBenchDur(p50(r.curlTotal)), "report", "-",
 			fmt.Sprintf("%s; TLS done p50 %s, first byte p50 %s", durs(r.curlTotal), diskBenchDur(p50(r.curlTLS)), diskBenchDur(p50(r.curlFirst)))})
 	}
@@ -473,7 +533,7 @@ func suspendRows(results []*sizeResult) []targetRow {
 	}
 	for _, r := range results {
 		if r.err != nil {
-			rows = append(rows, errorRow(fmt.Sprintf("%d MiB guest: suspend/wake cycles and cold boots", r.memMiB), "no error", r.err))
+			rows = append(rows, errorRow(fmt.Sprintf("%d MiB guest, %s: suspend/wake cycles and cold boots", r.memMiB, r.mode()), "no error", r.err))
 		}
 	}
 	return rows
