@@ -87,8 +87,8 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 	if why != "" && m.cfg.Slept != nil {
 		m.cfg.Slept(vm) // requests from now on wait in the waker for its wake
 	}
-	t := time.Now()
-	m.syncGuest(ctx, vm)
+	m.syncGuest(ctx, vm) // the guest's own work, logged apart
+	t := time.Now()      // fcm's share: stop, save, quit
 	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
 	if err := snap.Suspend(ctx, inst, spec); err != nil {
 		m.abandon(vm, op, prev)
