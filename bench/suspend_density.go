@@ -28,6 +28,12 @@ const (
 	// densityFloorKiB: below this much MemAvailable the bench stops creating
 	// and requesting (the host is shared; its other work must not be killed).
 	densityFloorKiB = 1536 << 10
+	// densityDiskFloor: below this much free space on the data dir's
+	// filesystem the bench stops creating and requesting, as for memory.
+	densityDiskFloor = 10 << 30
+	// densityFileEstimate is what one VM's files take on the host, for the
+	// overcommit ratio: its memory file as the guest touched it, its disks.
+	densityFileEstimate = 160 << 20
 )
 
 // densityOpts are the density bench's flags.
@@ -70,9 +76,11 @@ func runDensityBench(ctx context.Context, w io.Writer, o densityOpts) error {
 	if err != nil {
 		return err
 	}
-	room := float64(free - 2<<30) // less --disk-reserve's default
+	// Admission weighs the free space, which shrinks as the VMs' memory
+	// files fill (about 115 MiB each here): the ratio leaves room for that.
+	room := float64(free - 2<<30 - int64(o.n)*densityFileEstimate) // less --disk-reserve's default
 	perVM := float64(densityDisk + int64(api.DefaultSwapMiB+densityMemory)<<20)
-	overcommit := max(1, math.Ceil(float64(o.n)*perVM*1.25/max(room, 1)))
+	overcommit := max(1, math.Ceil(float64(o.n)*perVM*1.25/max(room, 1<<30)))
 	b, err := startSleepBench(ctx, densitySubnet, "--suspend-after", "off",
 		"--memory-reserve", strconv.Itoa(reserve), "--disk-overcommit", strconv.FormatFloat(overcommit, 'f', -1, 64))
 	if err != nil {
@@ -95,6 +103,11 @@ func runDensityBench(ctx context.Context, w io.Writer, o densityOpts) error {
 			if avail := meminfo()["MemAvailable"]; avail < densityFloorKiB && r.stopped.Load() == nil {
 				why := fmt.Sprintf("stopped early after %s: MemAvailable %s, below the bench's floor of %s",
 					time.Since(start).Round(time.Second), diskBenchGiB(avail<<10), diskBenchGiB(densityFloorKiB<<10))
+				r.stopped.Store(&why)
+			}
+			if free, err := vm.FreeSpace(b.d.dataDir); err == nil && free < densityDiskFloor && r.stopped.Load() == nil {
+				why := fmt.Sprintf("stopped early after %s: %s free on the data dir's filesystem, below the bench's floor of %s",
+					time.Since(start).Round(time.Second), diskBenchGiB(free), diskBenchGiB(densityDiskFloor))
 				r.stopped.Store(&why)
 			}
 			if vms, err := b.c.ListVMs(ctx); err == nil {
