@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/cgroup"
+	"github.com/fcmhost/fcm/internal/edge"
+	"github.com/fcmhost/fcm/internal/edge/edgetest"
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
@@ -32,13 +35,20 @@ func TestDaemon_CrashTable(t *testing.T) {
 	cleanupVMs(t, dataDir)
 	work := t.TempDir()
 	const name = "crashy"
+	// A real Caddy in front: every row checks the VM's route too.
+	env, err := edgetest.Start(t.TempDir(), edgeAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	flags := append(edgeFlags(env), "--suspend", "on", "--standbys", "0")
 	began, rows := time.Now(), 0
 	for _, step := range vm.Steps {
 		t.Run(step.String(), func(t *testing.T) {
 			rows++
 			rowStart := time.Now()
 			// The VM in the state the operation starts from, with a daemon of its own.
-			d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
+			d := startDaemonHV(t, "qemu", dataDir, flags...)
 			switch step.Op {
 			case "create":
 				ensureVM(d, work, name, "gone")
@@ -57,7 +67,7 @@ func TestDaemon_CrashTable(t *testing.T) {
 			}
 
 			os.Setenv(vm.CrashEnv, step.String())
-			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
+			d = startDaemonHV(t, "qemu", dataDir, flags...)
 			os.Unsetenv(vm.CrashEnv)
 			args := []string{step.Op, name}
 			switch step.Op {
@@ -73,9 +83,9 @@ func TestDaemon_CrashTable(t *testing.T) {
 			}
 			assertKilledAt(t, d, step.String())
 
-			d = startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
+			d = startDaemonHV(t, "qemu", dataDir, flags...)
 			waitSettled(t, d, work, name)
-			state := assertNoLeaks(t, d, dataDir, work, name)
+			state := assertNoLeaks(t, d, dataDir, work, name, flags)
 			want := map[string]bool{"running": true, "gone": true}
 			switch step.Op {
 			case "start", "stop":
@@ -99,15 +109,16 @@ func TestDaemon_CrashTable(t *testing.T) {
 			if !(step.Op == "destroy" && state == "gone") && state != wantAfter {
 				d.mustCLI(work, args...)
 			}
-			after := assertNoLeaks(t, d, dataDir, work, name)
+			after := assertNoLeaks(t, d, dataDir, work, name, flags)
 			if after != wantAfter {
 				t.Errorf("after the retried %s %s is %s, want %s", step.Op, name, after, wantAfter)
 			}
+			assertAnswers(t, env, name, after)
 			t.Logf("crash at %s: %s after the restart, %s after the retry (%s)", step, state, after, time.Since(rowStart).Round(time.Second))
 		})
 	}
 	t.Logf("crash table: %d rows of %d steps in %s", rows, len(vm.Steps), time.Since(began).Round(time.Second))
-	d := startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
+	d := startDaemonHV(t, "qemu", dataDir, flags...)
 	ensureVM(d, work, name, "gone")
 }
 
@@ -206,9 +217,10 @@ func assertKilledAt(t *testing.T, d *daemonProc, step string) {
 // assertNoLeaks checks that the host holds exactly what VM name's state needs
 // and returns that state ("gone" when there is no VM): its tap, nft element,
 // directory, hypervisor and lease when running; its directory and lease when
-// stopped; nothing when gone; and never an interrupted operation. To read the
-// store it stops the daemon and starts another, which it returns through d.
-func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) string {
+// stopped; nothing when gone; and never an interrupted operation. Its route
+// in Caddy is the state's (assertRoute). To read the store it stops the
+// daemon and starts another (with flags), which it returns through d.
+func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string, flags []string) string {
 	t.Helper()
 	vms := d.vms(work)
 	v, exists := vms[name]
@@ -229,6 +241,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 	if state == "running" || state == "suspended" { // a suspended vm keeps its tap
 		wantTaps, wantElems = []string{"tap_" + v.ID}, []string{v.IP}
 	}
+	assertRoute(t, name, state, v.IP)
 	if got := linksNamed("tap_"); !equal(got, wantTaps) {
 		t.Errorf("taps: %v, want %v", got, wantTaps)
 	}
@@ -282,8 +295,69 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string) stri
 		return nil
 	})
 	st.Close()
-	*d = *startDaemonHV(t, "qemu", dataDir, "--suspend", "on", "--standbys", "0")
+	*d = *startDaemonHV(t, "qemu", dataDir, flags...)
 	return state
+}
+
+// assertRoute waits (the daemon syncs Caddy by itself) until VM name's route
+// in Caddy is its state's: straight to its address when running, to the
+// daemon's waker with the daemon's wake header when suspended, a 503 page
+// when stopped, none when gone.
+func assertRoute(t *testing.T, name, state, ip string) {
+	t.Helper()
+	var got string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		got = routeKind(caddyServer(t), name, ip)
+		if got == state || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got != state {
+		t.Errorf("the route of %s (%s) in Caddy is %s's", name, state, got)
+	}
+}
+
+// routeKind says which state VM name's route in server serves: running,
+// suspended, stopped or gone (no route), or what it is otherwise.
+func routeKind(server map[string]any, name, ip string) string {
+	routes, _ := server["routes"].([]any)
+	for _, r := range routes {
+		route, _ := r.(map[string]any)
+		if route["@id"] != edge.RouteID(name) {
+			continue
+		}
+		b, _ := json.Marshal(route["handle"])
+		h := string(b)
+		switch {
+		case strings.Contains(h, `"dial":"`+ip+`:`):
+			return "running"
+		case strings.Contains(h, `"`+edge.WakeHeader+`":`):
+			return "suspended"
+		case strings.Contains(h, `"static_response"`) && strings.Contains(h, "is stopped"):
+			return "stopped"
+		}
+		return "unknown: " + h
+	}
+	return "gone"
+}
+
+// assertAnswers checks what a user sees at VM name's URL in state: its page
+// when running, or suspended (the request wakes it); a page saying it is
+// stopped when stopped.
+func assertAnswers(t *testing.T, env *edgetest.Env, name, state string) {
+	t.Helper()
+	url := "https://" + name + "." + edgeDomain + "/"
+	// waitCurl: a new VM's certificate may still be on its way.
+	switch state {
+	case "running", "suspended":
+		if body, _ := waitCurl(t, env, url, "200", "--max-time", "60"); !strings.Contains(body, name) {
+			t.Errorf("%s (%s) answered %q", url, state, body)
+		}
+	case "stopped":
+		if body, _ := waitCurl(t, env, url, "503"); !strings.Contains(body, "is stopped") {
+			t.Errorf("%s (stopped) answered %q", url, body)
+		}
+	}
 }
 
 func linksNamed(prefix string) []string {

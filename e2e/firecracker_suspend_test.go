@@ -3,11 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,9 +26,14 @@ import (
 // memory in the memory file) and restores it in a fresh process: the same
 // boot, the process still running, the file there, the memory file never
 // written while the restored guest runs. Then again, from the restored
-// guest. Every call passed the stand-in's spec checks, in Firecracker's order.
+// guest, whose suspend is a Diff snapshot of the pages it wrote, merged onto
+// the memory file. Every call passed the stand-in's spec checks, in
+// Firecracker's order.
 func TestFirecracker_SuspendRestore(t *testing.T) {
-	d, err := firecracker.New(firecracker.Options{Binary: filepath.Join(standinDir, "firecracker")})
+	var logBuf strings.Builder
+	var logMu sync.Mutex
+	d, err := firecracker.New(firecracker.Options{Binary: filepath.Join(standinDir, "firecracker"),
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logBuf}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +74,8 @@ func TestFirecracker_SuspendRestore(t *testing.T) {
 			t.Errorf("memory file %d bytes, want the guest's %d MiB", mem.Size(), v.spec.MemoryMiB)
 		}
 		t.Logf("state file %d KiB, memory file %d MiB", st.Size()>>10, mem.Size()>>20)
-		for _, f := range []string{vmm.StateFile + ".new", "mem.ram.new", firecracker.SocketFile, firecracker.PIDFile} {
+		for _, f := range []string{vmm.StateFile + ".new", "mem.ram.new", "mem.ram" + vmm.MemoryLayerSuffix,
+			"mem.ram" + vmm.MemoryLayerSuffix + ".new", firecracker.SocketFile, firecracker.PIDFile} {
 			if _, err := os.Stat(filepath.Join(v.spec.Dir, f)); err == nil {
 				t.Errorf("suspend %d left %s behind", round, f)
 			}
@@ -111,6 +122,23 @@ func TestFirecracker_SuspendRestore(t *testing.T) {
 	if got := v.run(t, "cat /root/file2"); got != "round2" {
 		t.Errorf("after two rounds /root/file2 is %q", got)
 	}
+	// What each suspend wrote of the guest's memory: all of it, then only
+	// what the restored guest changed.
+	logMu.Lock()
+	log := logBuf.String()
+	logMu.Unlock()
+	re := regexp.MustCompile(`msg="vm suspended" .*snapshot=(\w+) memory_written_kib=(\d+)`)
+	var kinds []string
+	var kib []int
+	for _, m := range re.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.Atoi(m[2])
+		kinds, kib = append(kinds, m[1]), append(kib, n)
+	}
+	if strings.Join(kinds, ",") != "Full,Diff" || kib[1]*4 > kib[0] {
+		t.Errorf("suspends %v wrote %v KiB of memory, want a Full, then a Diff of much less:\n%s", kinds, kib, log)
+	} else {
+		t.Logf("memory written: Full %d KiB, Diff %d KiB", kib[0], kib[1])
+	}
 
 	// The driver's calls, as the stand-in recorded and accepted them.
 	var calls []string
@@ -125,18 +153,33 @@ func TestFirecracker_SuspendRestore(t *testing.T) {
 		}
 		calls = append(calls, call)
 	}
+	// The guest it booted: a Full snapshot; the guest it restored: a Diff
+	// (dirty pages tracked since the load) into a layer, merged onto the
+	// memory file once the process is gone.
 	dir := v.spec.Dir
-	suspend := []string{
-		`PATCH /vm {"state":"Paused"}`,
-		fmt.Sprintf(`PUT /snapshot/create {"snapshot_type":"Full","snapshot_path":"%s/suspend.state.new","mem_file_path":"%s/mem.ram.new"}`, dir, dir),
+	suspend := func(kind, mem string) []string {
+		return []string{`PATCH /vm {"state":"Paused"}`,
+			fmt.Sprintf(`PUT /snapshot/create {"snapshot_type":"%s","snapshot_path":"%s/suspend.state.new","mem_file_path":"%s/%s.new"}`, kind, dir, dir, mem)}
 	}
 	wake := []string{
-		fmt.Sprintf(`PUT /snapshot/load {"snapshot_path":"%s/suspend.state","mem_backend":{"backend_type":"File","backend_path":"%s/mem.ram"},"resume_vm":false}`, dir, dir),
+		fmt.Sprintf(`PUT /snapshot/load {"snapshot_path":"%s/suspend.state","mem_backend":{"backend_type":"File","backend_path":"%s/mem.ram"},"track_dirty_pages":true,"resume_vm":false}`, dir, dir),
 		"GET /",
 		`PATCH /vm {"state":"Resumed"}`,
 	}
-	tail := append(append(append(append([]string{}, suspend...), wake...), suspend...), wake...)
+	tail := slices.Concat(suspend("Full", "mem.ram"), wake, suspend("Diff", "mem.ram"+vmm.MemoryLayerSuffix), wake)
 	if len(calls) < len(tail) || strings.Join(calls[len(calls)-len(tail):], "\n") != strings.Join(tail, "\n") {
 		t.Errorf("the driver's calls:\n%s\nwant them to end:\n%s", strings.Join(calls, "\n"), strings.Join(tail, "\n"))
 	}
+}
+
+// lockedWriter serializes writes to w (a log read while it is written).
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -113,9 +113,11 @@ func TestQEMU_SuspendRestore(t *testing.T) {
 }
 
 // TestSuspend_Resume: fcm suspend ends a VM's hypervisor and keeps the VM
-// (name, address, tap, disk); fcm resume wakes it where it was: the same
-// boot, its process running on, its file there. With both hypervisors
-// (Firecracker: the stand-in, every call checked against its API spec).
+// (name, address, tap, disk); a request to its URL through the real Caddy
+// wakes it where it was: the same boot, its process running on, its file
+// there, its clock right. Commands wake it too, and so does fcm resume. With
+// both hypervisors (Firecracker: the stand-in, every call checked against
+// its API spec).
 func TestSuspend_Resume(t *testing.T) {
 	for _, hv := range hypervisors {
 		t.Run(hv, func(t *testing.T) { suspendResume(t, hv) })
@@ -123,10 +125,18 @@ func TestSuspend_Resume(t *testing.T) {
 }
 
 func suspendResume(t *testing.T, hv string) {
+	env, err := edgetest.Start(t.TempDir(), edgeAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(env.Close)
+	flags := append(edgeFlags(env), "--suspend", "on")
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d, work := startDaemonHV(t, hv, dataDir, "--suspend", "on"), t.TempDir()
+	d, work := startDaemonHV(t, hv, dataDir, flags...), t.TempDir()
 	d.mustCLI(work, "create", "--name", "dozy")
+	url := "https://dozy." + edgeDomain + "/"
+	waitCurl(t, env, url, "200")
 	if hv == "firecracker" {
 		defer checkContract(t, dataDir)
 	}
@@ -168,9 +178,12 @@ func suspendResume(t *testing.T, hv string) {
 
 	time.Sleep(3 * time.Second) // the guest's clock stands still meanwhile
 
-	out = d.mustCLI(work, "resume", "dozy")
-	if !strings.HasPrefix(out, "dozy is running again (") {
-		t.Errorf("fcm resume said %q", out)
+	// A request to its URL, through the real Caddy, wakes it and is answered.
+	if body, status := curl(t, env, url, "--max-time", "60"); !strings.HasPrefix(status, "200") || !strings.Contains(body, "dozy") {
+		t.Errorf("a request to the suspended vm: %s %q\ndaemon log:\n%s", status, body, tail(d.log(), 2000))
+	}
+	if !strings.Contains(d.log(), "waker: vm woken by a request") {
+		t.Errorf("the request did not wake the vm through the waker:\n%s", tail(d.log(), 2000))
 	}
 	if hv == "qemu" && !strings.Contains(d.log(), "vm restored into its standby hypervisor") {
 		t.Errorf("the wake did not use the standby QEMU:\n%s", tail(d.log(), 2000))
@@ -183,7 +196,7 @@ func suspendResume(t *testing.T, hv string) {
 	}
 	v = d.vms(work)["dozy"]
 	if v.State != api.StateRunning || v.PID == 0 {
-		t.Errorf("after fcm resume: %s, pid %d", v.State, v.PID)
+		t.Errorf("after the wake: %s, pid %d", v.State, v.PID)
 	}
 	// The daemon sets the woken guest's clock: within 1 s of the host's.
 	deadline := time.Now().Add(15 * time.Second)
@@ -227,11 +240,13 @@ func suspendResume(t *testing.T, hv string) {
 			}
 		}
 		d.stop(syscall.SIGKILL)
-		d = startDaemonHV(t, hv, dataDir, "--suspend", "on")
+		d = startDaemonHV(t, hv, dataDir, flags...)
 		if !strings.Contains(d.log(), "re-adopted a standby hypervisor") {
 			t.Errorf("the restarted daemon did not take the standby back:\n%s", tail(d.log(), 2000))
 		}
-		d.mustCLI(work, "resume", "dozy")
+		if out := d.mustCLI(work, "resume", "dozy"); !strings.HasPrefix(out, "dozy is running again (") {
+			t.Errorf("fcm resume said %q", out)
+		}
 		if !strings.Contains(d.log(), "vm restored into its standby hypervisor") {
 			t.Errorf("the wake after the daemon's restart did not use the standby:\n%s", tail(d.log(), 2000))
 		}
@@ -249,7 +264,9 @@ func suspendResume(t *testing.T, hv string) {
 	if err := os.Chtimes(filepath.Join(d.dataDir, "vms", v.ID, "data.img"), later, later); err != nil {
 		t.Fatal(err)
 	}
-	d.mustCLI(work, "resume", "dozy")
+	if out := d.mustCLI(work, "resume", "dozy"); !strings.HasPrefix(out, "dozy is running again (") {
+		t.Errorf("fcm resume said %q", out)
+	}
 	v = d.vms(work)["dozy"]
 	if n := len(v.Events); v.State != api.StateRunning || n == 0 || v.Events[n-1].Kind != "woke-cold" ||
 		!strings.Contains(v.Events[n-1].Detail, "its disk changed on the host since it was suspended (data.img)") {

@@ -88,7 +88,8 @@ type Config struct {
 	Standbys int
 	// Slept is told of each VM the daemon suspends by itself (idle, or to
 	// make room), as the suspend starts and once it is done, so that its
-	// route goes to the waker.
+	// route goes to the waker; and, if the suspend failed, once the VM runs
+	// on, so that the route comes back to it.
 	Slept func(*store.VM)
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.

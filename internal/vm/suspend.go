@@ -92,6 +92,9 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 	m.closeShared(vm.ID) // its SSH connection would time out while it sleeps
 	if err := snap.Suspend(ctx, inst, spec); err != nil {
 		m.abandon(vm, op, prev)
+		if why != "" && m.cfg.Slept != nil {
+			m.cfg.Slept(vm) // it runs on: its route goes back to it
+		}
 		return nil, err
 	}
 	m.setInstance(vm.ID, nil)
@@ -306,6 +309,7 @@ func (m *Manager) discardImage(id string) {
 	m.dropStandby(id)
 	os.Remove(filepath.Join(m.dir(id), vmm.StateFile))
 	os.Remove(filepath.Join(m.dir(id), MemoryFile))
+	os.Remove(filepath.Join(m.dir(id), MemoryFile+vmm.MemoryLayerSuffix))
 	os.Remove(filepath.Join(m.dir(id), ImageMetaFile))
 }
 

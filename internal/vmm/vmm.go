@@ -198,6 +198,13 @@ const StandbyStatus = "inmigrate"
 // Snapshotter's Suspend writes.
 const StateFile = "suspend.state"
 
+// MemoryLayerSuffix names, after spec.MemoryFile's name, a layer of guest
+// memory a Snapshotter's Suspend may leave beside it (Firecracker's Diff
+// snapshot: the pages written since the memory file was loaded): the memory
+// of the suspend image is the memory file with the layer on top, and Restore
+// merges it first. It goes with the state file whenever that is removed.
+const MemoryLayerSuffix = ".layer"
+
 // ErrNotRunning says a VM's hypervisor process is not (or no longer) running.
 var ErrNotRunning = errors.New("vm is not running")
 

@@ -110,8 +110,9 @@ type drive struct {
 }
 
 type machineConfig struct {
-	VCPUCount  int `json:"vcpu_count"`
-	MemSizeMiB int `json:"mem_size_mib"`
+	VCPUCount       int  `json:"vcpu_count"`
+	MemSizeMiB      int  `json:"mem_size_mib"`
+	TrackDirtyPages bool `json:"track_dirty_pages"`
 }
 
 type networkInterface struct {
@@ -136,9 +137,10 @@ type memBackend struct {
 }
 
 type snapshotLoad struct {
-	SnapshotPath string     `json:"snapshot_path"`
-	MemBackend   memBackend `json:"mem_backend"`
-	ResumeVM     bool       `json:"resume_vm"`
+	SnapshotPath    string     `json:"snapshot_path"`
+	MemBackend      memBackend `json:"mem_backend"`
+	TrackDirtyPages bool       `json:"track_dirty_pages"`
+	ResumeVM        bool       `json:"resume_vm"`
 }
 
 type action struct {

@@ -252,7 +252,7 @@ func configure(ctx context.Context, api *apiClient, spec vmm.Spec) error {
 			return err
 		}
 	}
-	if err := api.do(ctx, "PUT", "/machine-config", machineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB}, nil); err != nil {
+	if err := api.do(ctx, "PUT", "/machine-config", machineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB, TrackDirtyPages: true}, nil); err != nil {
 		return err
 	}
 	if spec.TapDevice != "" {
@@ -310,6 +310,10 @@ func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec) (vmm.Instance, error)
 type Instance struct {
 	*vmm.Process
 	api *apiClient
+	// restored: the guest was loaded from spec.MemoryFile by this process,
+	// which tracks the pages it dirtied since; its suspend can be a Diff
+	// snapshot on top of that file.
+	restored bool
 }
 
 var _ vmm.Instance = (*Instance)(nil)

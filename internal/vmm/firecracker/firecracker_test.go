@@ -91,7 +91,7 @@ func TestConfigure_OrderAndBodies(t *testing.T) {
 	checks := []map[string]any{
 		{"kernel_image_path": "/img/vmlinux.bin", "initrd_path": "/img/initrd.img", "boot_args": "console=ttyS0 reboot=k panic=1"},
 		{"drive_id": "rootfs", "path_on_host": "/vms/abc12345/rootfs.img", "is_root_device": true, "is_read_only": false},
-		{"vcpu_count": float64(2), "mem_size_mib": float64(1024)},
+		{"vcpu_count": float64(2), "mem_size_mib": float64(1024), "track_dirty_pages": true},
 		{"iface_id": "eth0", "host_dev_name": "tap_abc12345", "guest_mac": "06:00:ac:10:00:32"},
 		{"action_type": "InstanceStart"},
 	}

@@ -62,6 +62,7 @@ type api struct {
 	started  bool
 	bootPath bool // a resource was configured: no snapshot load any more
 	paused   bool // PATCH /vm Paused, or loaded without resume_vm
+	saved    bool // a snapshot was created since the last resume
 	vmspec   vmm.Spec
 	accel    qemu.Accel
 	memFile  string // the memory file a loaded snapshot's guest memory maps

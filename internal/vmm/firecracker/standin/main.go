@@ -31,10 +31,10 @@
 // The snapshot calls follow Firecracker's rules (snapshot.go): PATCH /vm
 // pauses and resumes a booted microVM (repeats are no-ops); PUT
 // /snapshot/create, of a paused one only, writes a state file and a memory
-// file (Full; Diff is refused) and leaves it paused; PUT /snapshot/load, only
-// before anything but the logger or metrics is configured, restores one with
-// its memory file mapped privately, paused unless resume_vm, and any failure
-// of it ends the process.
+// file (Full, or Diff: the pages changed since the load) and leaves it
+// paused; PUT /snapshot/load, only before anything but the logger or metrics
+// is configured, restores one with its memory file mapped privately, paused
+// unless resume_vm, and any failure of it ends the process.
 package main
 
 import (

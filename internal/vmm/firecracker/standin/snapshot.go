@@ -25,7 +25,12 @@ import (
 // the microVM's configuration as one JSON line (Firecracker's state file holds
 // its configuration too), then QEMU's migration stream less the guest's RAM;
 // and the memory file: all of guest memory, the size of the guest's RAM, its
-// zero pages left as holes. Both are truncated first. Firecracker's Full
+// zero pages left as holes. A Diff snapshot of a guest loaded from a memory
+// file writes only the pages that differ from that file (at least the pages
+// written since the load are what Firecracker's Diff holds; a page written
+// back unchanged is left out), the rest holes, so the file merged onto the
+// loaded one is the guest's memory; of a guest this process booted, a Diff
+// holds all of it, as after a boot every page counts as written. Both are truncated first. Firecracker's Full
 // snapshot writes all memory too: the stand-in reads it from QEMU's migration
 // stream (see stream.go), the only way QEMU 7.2 hands out the RAM of a
 // guest whose memory is mapped privately.
@@ -86,6 +91,7 @@ func (a *api) patchVM(_ map[string]string, body []byte) (any, error) {
 		return nil, fmt.Errorf("Failed to %s the microVM: %v", strings.ToLower(strings.TrimSuffix(v.State, "d")), err)
 	}
 	a.paused = pause
+	a.saved = a.saved && pause
 	return nil, nil
 }
 
@@ -101,10 +107,13 @@ func (a *api) createSnapshot(_ map[string]string, body []byte) (any, error) {
 		return nil, err
 	}
 	switch {
-	case c.SnapshotType == "Diff":
-		return nil, errors.New("Diff snapshots are not implemented by the fcm stand-in")
+	case c.SnapshotType != "" && c.SnapshotType != "Full" && c.SnapshotType != "Diff":
+		return nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Full` or `Diff`", c.SnapshotType)
 	case !a.paused:
 		return nil, errors.New(msgNotPaused)
+	case a.saved:
+		// QEMU 7.2 leaves its disks inactive after a migration, until cont.
+		return nil, errors.New("The fcm stand-in cannot snapshot a microVM twice unless it was resumed in between")
 	}
 	if a.memFile != "" && sameFile(a.memFile, c.MemFilePath) {
 		// Firecracker would truncate the file its guest's memory is mapped
@@ -125,15 +134,42 @@ func (a *api) createSnapshot(_ map[string]string, body []byte) (any, error) {
 	if _, err := fmt.Fprintf(state, "%s%s\n%s\n", snapshotMagic, a.spec.Info.Version, cfg); err != nil {
 		return nil, fmt.Errorf("Cannot save the microVM state: %v", err)
 	}
-	if err := a.vm.save(state, mem); err != nil {
+	var base []byte
+	if c.SnapshotType == "Diff" && a.memFile != "" {
+		// The pages written since the load are those that differ from the
+		// file it loaded (a guest this process booted: all of them).
+		if base, err = mapFile(a.memFile); err != nil {
+			return nil, fmt.Errorf("Cannot save the memory: %v", err)
+		}
+		defer syscall.Munmap(base)
+	}
+	if err := a.vm.save(state, mem, base); err != nil {
 		return nil, fmt.Errorf("Cannot save the microVM state: %v", err)
 	}
+	a.saved = true
 	return nil, nil
+}
+
+// mapFile maps a file read-only.
+func mapFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
 }
 
 // save streams QEMU's state to the files (see stream.go): migrate to one end
 // of a socket pair, split what comes out of the other.
-func (vm *vmProcess) save(state io.Writer, mem *os.File) error {
+func (vm *vmProcess) save(state io.Writer, mem *os.File, base []byte) error {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -143,7 +179,7 @@ func (vm *vmProcess) save(state io.Writer, mem *os.File) error {
 	defer theirs.Close()
 	split := make(chan error, 1)
 	go func() {
-		_, err := splitStream(ours, state, mem)
+		_, err := splitStream(ours, state, mem, base)
 		split <- err
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	endian "encoding/binary"
 	"errors"
 	"fmt"
@@ -58,12 +59,20 @@ type splitter struct {
 	memBytes int64         // the RAM block's size, from the setup
 	run      []byte        // contiguous memory pages not yet written
 	runAt    int64
+	// base, for a Diff snapshot of a guest loaded from a memory file, is
+	// that file, mapped: only the pages that differ from it are written (the
+	// guest is paused, so QEMU sends each page once).
+	base []byte
 }
+
+// zeroPage is a page of zeros.
+var zeroPage = make([]byte, pageSize)
 
 // splitStream reads a migration stream from in until EOF; see above.
 // It returns the size of the RAM block memBackend.
-func splitStream(in io.Reader, state io.Writer, mem *os.File) (int64, error) {
-	s := &splitter{in: bufio.NewReaderSize(in, streamBufBytes), out: bufio.NewWriterSize(state, streamBufBytes), mem: mem}
+// With a base, the memory file gets only the pages that differ from it.
+func splitStream(in io.Reader, state io.Writer, mem *os.File, base []byte) (int64, error) {
+	s := &splitter{in: bufio.NewReaderSize(in, streamBufBytes), out: bufio.NewWriterSize(state, streamBufBytes), mem: mem, base: base}
 	if err := s.split(); err != nil {
 		return 0, fmt.Errorf("QEMU's migration stream: %w", err)
 	}
@@ -179,6 +188,9 @@ func (s *splitter) setup(hdr uint64, total int64) error {
 		}
 		if name == memBackend {
 			s.memBytes = int64(n)
+			if s.base != nil && int64(len(s.base)) != s.memBytes {
+				return fmt.Errorf("the memory file the guest was loaded from is %d bytes, its memory %d", len(s.base), s.memBytes)
+			}
 			if err := s.mem.Truncate(s.memBytes); err != nil {
 				return err
 			}
@@ -217,9 +229,16 @@ func (s *splitter) page(flags uint64, addr int64) error {
 		}
 		if flags&flagZero != 0 {
 			if data[0] == 0 {
-				return nil // the file is new: a hole reads as zeros
+				data = zeroPage
+			} else {
+				data = bytesOf(data[0])
 			}
-			data = bytesOf(data[0])
+		}
+		switch {
+		case s.base != nil && bytes.Equal(s.base[addr:addr+pageSize], data):
+			return nil // not changed since the load: a hole in a Diff
+		case s.base == nil && &data[0] == &zeroPage[0]:
+			return nil // the file is new: a hole reads as zeros
 		}
 		return s.memPage(addr, data)
 	}
