@@ -10,7 +10,8 @@
 // through Caddy, 256 MiB against 2 GiB guests, against a cold boot). -only
 // density, run only when asked for because it is long, creates -density VMs of
 // 512 MiB that sleep when idle under a 24 GiB memory budget and requests each
-// by its URL. It needs root and the minimal image (`make bench` builds it); VMs
+// by its URL; -only writeback measures the host disk writes of a busy
+// guest's RAM in a file (--suspend on) against anonymous RAM. It needs root and the minimal image (`make bench` builds it); VMs
 // run in a network namespace of its own with no route out.
 package main
 
@@ -26,7 +27,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console, heal, suspend or density (density runs only when named)")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console, heal, suspend, writeback or density (writeback and density run only when named)")
 	cycles := flag.Int("cycles", 10, "suspend/wake cycles per guest size (-only suspend)")
 	density := flag.Int("density", 200, "VMs the density bench creates")
 	densityBudget := flag.Int("density-budget", 24<<10, "the density bench's memory budget for VMs in MiB (capped at the host's memory)")
@@ -131,6 +132,13 @@ func main() {
 		fmt.Printf("== suspend and wake: %d cycles per guest size, wakes by a request through Caddy, cold boots beside them (QEMU, real daemon)\n", *cycles)
 		if err := runSuspendBench(ctx, os.Stdout, *cycles); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: suspend: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	if *only == "writeback" {
+		fmt.Println("== write-back: the host disk writes of a guest's RAM in a file (--suspend on) against anonymous RAM (off), the guest busy (QEMU, real daemon)")
+		if err := runWritebackBench(ctx, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: writeback: %v\n", err)
 			os.Exit(1)
 		}
 	}
