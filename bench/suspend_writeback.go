@@ -5,13 +5,17 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/guest"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,9 +86,14 @@ func writebackRun(ctx context.Context, mode string) (writebackResult, error) {
 	if err != nil {
 		return r, fmt.Errorf("create: %w\n%s", err, b.d.tail())
 	}
+	g, err := guestOf(b.d.dataDir, v)
+	if err != nil {
+		return r, err
+	}
+	defer g.Close()
 	churn := fmt.Sprintf("setsid sh -c 'while :; do dd if=/dev/zero of=/dev/shm/churn bs=1M count=%d conv=notrunc 2>/dev/null; echo x >> /root/rounds; done' </dev/null >/dev/null 2>&1 &", writebackChurn)
-	if code, err := b.c.Run(ctx, "churn", []string{"sh", "-c", churn}, io.Discard); err != nil || code != 0 {
-		return r, fmt.Errorf("start the churn: exit %d, %v", code, err)
+	if out, err := g.Run(ctx, churn); err != nil {
+		return r, fmt.Errorf("start the churn: %v: %s", err, out)
 	}
 	time.Sleep(writebackWarmup)
 	dev, err := deviceOf(b.d.dataDir)
@@ -92,9 +101,8 @@ func writebackRun(ctx context.Context, mode string) (writebackResult, error) {
 		return r, err
 	}
 	rounds := func() int {
-		var out strings.Builder
-		b.c.Run(ctx, "churn", []string{"sh", "-c", "wc -l < /root/rounds"}, &out)
-		n, _ := strconv.Atoi(strings.TrimSpace(out.String()))
+		out, _ := g.Run(ctx, "wc -l < /root/rounds")
+		n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 		return n
 	}
 	before, r0 := sectorsWritten(dev), rounds()
@@ -153,4 +161,17 @@ func fileBlocks(path string) int64 {
 func sysctl(name string) string {
 	b, _ := os.ReadFile("/proc/sys/" + name)
 	return strings.TrimSpace(string(b))
+}
+
+// guestOf is an SSH client to VM v's guest with the daemon's own key.
+func guestOf(dataDir string, v *api.VM) (*guest.Client, error) {
+	key, err := guest.LoadOrCreateKey(filepath.Join(dataDir, "id_ed25519"))
+	if err != nil {
+		return nil, err
+	}
+	hk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(v.HostKey))
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: host key: %w", v.Name, err)
+	}
+	return &guest.Client{Addr: net.JoinHostPort(v.IP, "22"), Signer: key, HostKey: hk}, nil
 }

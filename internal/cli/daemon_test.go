@@ -377,3 +377,14 @@ func (d *usersDaemon) createVM(w http.ResponseWriter, r *http.Request, caller *f
 	}
 	writeErr(w, http.StatusNotImplemented, api.CodeInternal, "the fake daemon creates no VMs")
 }
+
+// TestDaemonDefaults: fcm daemon suspends idle VMs with a public URL after
+// 5 minutes unless told otherwise, as its --help says.
+func TestDaemonDefaults(t *testing.T) {
+	f := newDaemonCmd().Flags()
+	for name, want := range map[string]string{"suspend": "on", "suspend-after": "5m", "standbys": "4", "disk-overcommit": "1"} {
+		if got := f.Lookup(name).DefValue; got != want {
+			t.Errorf("--%s defaults to %q, want %q", name, got, want)
+		}
+	}
+}

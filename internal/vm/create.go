@@ -260,6 +260,9 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
 	}
+	if err := m.reserveMemory(spec); err != nil {
+		return vm, fmt.Errorf("boot: %w", err)
+	}
 	inst, err := m.cfg.Driver.Start(ctx, spec)
 	if err != nil {
 		return vm, fmt.Errorf("boot: %w", err)

@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // MemoryFile is the file in a VM's directory that holds its guest's RAM when
@@ -403,4 +405,38 @@ func (m *Manager) resumeSuspendOp(ctx context.Context, vm *store.VM, op *store.O
 	m.discardImage(vm.ID)
 	_, err := m.halt(ctx, vm, op, died(fmt.Sprintf("its %s was interrupted and its hypervisor is gone", op.Kind), time.Now()))
 	return err
+}
+
+// reserveMemory allocates the blocks of spec's memory file before its
+// hypervisor maps it (QEMU: the guest's RAM is that file, shared), so that a
+// full host disk can never take them: a write to a page of a sparse shared
+// mapping whose block cannot be allocated kills the hypervisor with SIGBUS,
+// where a full disk otherwise only pauses a guest's disk writes. The disk
+// admission promised those blocks already; only with --disk-overcommit above
+// 1 (promises beyond the free space, by the operator's choice) does the file
+// stay sparse, holding only what the guest touched. A driver that writes the
+// memory file at suspend (Firecracker) needs none: its guest's RAM is its own.
+func (m *Manager) reserveMemory(spec vmm.Spec) error {
+	snap, ok := m.cfg.Driver.(vmm.Snapshotter)
+	if spec.MemoryFile == "" || !ok || writesMemory(snap) || m.cfg.DiskOvercommit > 1 {
+		return nil
+	}
+	f, err := os.OpenFile(spec.MemoryFile, os.O_CREATE|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if spec.UID != 0 {
+		if err := f.Chown(spec.UID, spec.GID); err != nil {
+			return err
+		}
+	}
+	size := int64(spec.MemoryMiB) << 20
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+		if errors.Is(err, unix.ENOSPC) {
+			return fmt.Errorf("%w: not enough disk space for the vm's memory file (%d MiB) in %s", ErrInsufficientStorage, spec.MemoryMiB, spec.Dir)
+		}
+		return fmt.Errorf("the vm's memory file: %w", err)
+	}
+	return nil
 }
