@@ -141,6 +141,15 @@ func suspendResume(t *testing.T, hv string) {
 		defer checkContract(t, dataDir)
 	}
 	bootID := d.inVM(work, "dozy", "cat /proc/sys/kernel/random/boot_id")
+	if hv == "qemu" {
+		// Its RAM is a file allocated whole at boot: a full host disk cannot
+		// take its blocks from under the guest (SIGBUS).
+		v := d.vms(work)["dozy"]
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dataDir, "vms", v.ID, "mem.ram"), &st); err != nil || st.Size != int64(v.MemoryMiB)<<20 || st.Blocks*512 < st.Size {
+			t.Errorf("the vm's memory file: %v, %d bytes, %d allocated; want %d MiB, all allocated", err, st.Size, st.Blocks*512, v.MemoryMiB)
+		}
+	}
 	pid := d.inVM(work, "dozy", "setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & echo $!")
 	d.inVM(work, "dozy", "echo kept > /root/file")
 	before := d.vms(work)["dozy"]
