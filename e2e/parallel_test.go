@@ -11,7 +11,10 @@ import (
 )
 
 // TestDaemon_ParallelCreates: 20 creates at once get 20 distinct names and
-// addresses, all running; 20 destroys at once leave nothing.
+// addresses, all running; 20 destroys at once leave nothing. With the
+// Firecracker driver 10 at once: names and addresses are the daemon's, the
+// same with either driver; what is the driver's (its processes, sockets and
+// API calls side by side) shows with 10 as with 20, in half the time.
 func TestDaemon_ParallelCreates(t *testing.T) {
 	for _, hv := range hypervisors {
 		t.Run(hv, func(t *testing.T) { testParallelCreates(t, hv) })
@@ -19,7 +22,10 @@ func TestDaemon_ParallelCreates(t *testing.T) {
 }
 
 func testParallelCreates(t *testing.T, hv string) {
-	const n = 20
+	n := 20
+	if hv == "firecracker" {
+		n = 10
+	}
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	// Twenty guests booting at once under software emulation share two cores:
