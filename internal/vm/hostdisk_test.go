@@ -32,6 +32,8 @@ func (p *pausingInstance) RunState(context.Context) (string, error) {
 	defer p.mu.Unlock()
 	return p.state, nil
 }
+func (p *pausingInstance) Pause(context.Context) error { return nil }
+
 func (p *pausingInstance) Resume(context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

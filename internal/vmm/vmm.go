@@ -155,6 +155,10 @@ type Pauser interface {
 	// RunState is the hypervisor's own run state: RunStateIOError when it
 	// paused the guest on a host I/O error.
 	RunState(ctx context.Context) (string, error)
+	// Pause stops the guest's vCPUs; its block requests in flight complete
+	// first (a checkpoint's copy of its disk then holds every write the
+	// guest was told was done).
+	Pause(ctx context.Context) error
 	// Resume lets a paused guest run again; the failed write is retried.
 	Resume(ctx context.Context) error
 }

@@ -284,6 +284,12 @@ func (i *Instance) Status(ctx context.Context) (string, error) {
 // stopped the guest on a failed disk write (werror=enospc, QEMU's default).
 func (i *Instance) RunState(ctx context.Context) (string, error) { return i.Status(ctx) }
 
+// Pause implements vmm.Pauser: QMP stop, which drains the block requests in
+// flight before it answers.
+func (i *Instance) Pause(ctx context.Context) error {
+	return qmp(ctx, i.qmpSocket, "stop", nil, nil)
+}
+
 // Resume implements vmm.Pauser: QMP cont; QEMU retries the failed requests.
 func (i *Instance) Resume(ctx context.Context) error {
 	return qmp(ctx, i.qmpSocket, "cont", nil, nil)
