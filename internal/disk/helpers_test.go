@@ -22,13 +22,7 @@ const (
 	mib = int64(1) << 20
 	gib = int64(1) << 30
 
-	// FIEMAP, from linux/fs.h and linux/fiemap.h (not in x/sys/unix).
-	fsIocFiemap        = 0xC020660B // _IOWR('f', 11, struct fiemap)
-	fiemapFlagSync     = 0x1
-	fiemapExtentLast   = 0x1
-	fiemapExtentShared = 0x2000
-	fiemapHeaderSize   = 32
-	fiemapExtentSize   = 56
+	// FIEMAP's ioctl, flags and sizes are in exclusive.go.
 
 	xfsMagic  = 0x58465342
 	ext4Magic = 0xEF53
@@ -269,7 +263,7 @@ func fiemap(t *testing.T, path string) []extent {
 	}
 	defer f.Close()
 	const n = 128
-	buf := make([]byte, fiemapHeaderSize+n*fiemapExtentSize)
+	buf := make([]byte, fiemapHeader+n*fiemapExtentSize)
 	ne := binary.NativeEndian
 	var exts []extent
 	for start := uint64(0); ; {
@@ -286,7 +280,7 @@ func fiemap(t *testing.T, path string) []extent {
 			return exts
 		}
 		for i := range mapped {
-			b := buf[fiemapHeaderSize+i*fiemapExtentSize:]
+			b := buf[fiemapHeader+i*fiemapExtentSize:]
 			e := extent{
 				logical:  ne.Uint64(b[0:]),
 				physical: ne.Uint64(b[8:]),
