@@ -76,6 +76,9 @@ type VM struct {
 	RestartAt time.Time `json:"restart_at,omitempty"`
 	// Events are the last MaxEvents things that happened to it by themselves.
 	Events []Event `json:"events,omitempty"`
+	// LastCheckpoint is the number of its newest checkpoint (v<N>); numbers
+	// are never used twice, even after a checkpoint is removed.
+	LastCheckpoint int `json:"last_checkpoint,omitempty"`
 }
 
 // Event is one thing that happened to a VM without its owner asking.

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/fcmhost/fcm/internal/api"
 	"github.com/fcmhost/fcm/internal/disk"
+	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/vmm"
 )
 
 // A VM's checkpoints are directories in its own: checkpoints/v<N>/ holds
@@ -176,4 +180,128 @@ func syncPath(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// DefaultKeepCheckpoints is how many checkpoints a VM keeps (fcm daemon
+// --keep-checkpoints): a new one beyond it removes the oldest.
+const DefaultKeepCheckpoints = 20
+
+// CreateCheckpoint takes a checkpoint of VM name's disk, live: a running
+// guest first syncs its filesystems, then is paused (its block requests in
+// flight complete) for the moment of the copy, a reflink where the store can,
+// and runs on. The disk is then as after a clean power cut at that moment. A
+// stopped or suspended VM's disk is still already. A non-empty id: as for
+// Stop.
+func (m *Manager) CreateCheckpoint(ctx context.Context, name, id, message, by string) (*Checkpoint, error) {
+	if err := m.begin(name, "checkpointing"); err != nil {
+		return nil, err
+	}
+	defer m.end(name)
+	var vm *store.VM
+	op := &store.Op{Kind: "checkpoint", StartedAt: time.Now().UTC(), Steps: []string{stepCheckpointing}}
+	err := m.cfg.Store.Update(func(tx *store.Tx) error {
+		var err error
+		if vm, err = tx.VM(name); err != nil {
+			return err
+		}
+		if id != "" && vm.ID != id {
+			return fmt.Errorf("%w: vm %q", store.ErrNotFound, name)
+		}
+		switch vm.State {
+		case api.StateRunning, api.StateStopped, api.StateSuspended:
+		default:
+			return fmt.Errorf("%w: vm %q is %s: a checkpoint needs it running, stopped or suspended", ErrBadState, name, vm.State)
+		}
+		vm.LastCheckpoint++
+		op.ID, op.VMName, op.VMID = "checkpoint-"+vm.ID, vm.Name, vm.ID
+		if err := tx.PutVM(vm); err != nil {
+			return err
+		}
+		return tx.PutOp(op)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.crashPoint(op.Kind, stepCheckpointing)
+	c := Checkpoint{N: vm.LastCheckpoint, Created: time.Now().UTC(), Message: message, By: by}
+	var p vmm.Pauser
+	if vm.State == api.StateRunning {
+		inst, stray := m.liveInstance(ctx, vm)
+		if stray != nil || inst == nil {
+			m.endOp(op)
+			return nil, fmt.Errorf("%w: vm %q: its hypervisor is not running", ErrBadState, name)
+		}
+		var ok bool
+		if p, ok = inst.(vmm.Pauser); !ok {
+			m.endOp(op)
+			return nil, invalidf("the %s driver cannot pause a vm for a checkpoint", m.cfg.Driver.Name())
+		}
+		m.sync(ctx, vm)
+		if err := m.record(op, stepPause); err != nil {
+			m.endOp(op)
+			return nil, err
+		}
+		if err := p.Pause(ctx); err != nil {
+			m.endOp(op)
+			return nil, fmt.Errorf("vm %s: pause for the checkpoint: %w", name, err)
+		}
+	}
+	t := time.Now()
+	method, err := m.writeCheckpoint(ctx, vm.ID, c)
+	paused := time.Since(t)
+	if p != nil {
+		if rerr := p.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			m.log.Error("a vm paused for a checkpoint did not run again", "name", name, "err", rerr)
+			if err == nil {
+				err = fmt.Errorf("vm %s: it did not run again after the checkpoint: %w", name, rerr)
+			}
+		}
+	}
+	m.endOp(op)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint of vm %s: %w", name, err)
+	}
+	m.log.Info("checkpoint created", "name", name, "checkpoint", c.ID(), "copy", method, "paused", p != nil, "took", paused.Round(time.Microsecond))
+	if gone, err := m.pruneCheckpoints(vm.ID, m.keepCheckpoints()); err != nil {
+		m.log.Warn("old checkpoints could not be removed", "name", name, "err", err)
+	} else if len(gone) > 0 {
+		m.log.Info("old checkpoints removed", "name", name, "removed", strings.Join(gone, ","))
+	}
+	return &c, nil
+}
+
+// keepCheckpoints is how many checkpoints a VM keeps.
+func (m *Manager) keepCheckpoints() int {
+	if m.cfg.KeepCheckpoints > 0 {
+		return m.cfg.KeepCheckpoints
+	}
+	return DefaultKeepCheckpoints
+}
+
+// endOp removes a finished operation's record.
+func (m *Manager) endOp(op *store.Op) {
+	if err := m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) }); err != nil {
+		m.log.Error("end operation", "op", op.ID, "err", err)
+	}
+}
+
+// resumeCheckpointOp settles a checkpoint a crash interrupted: a guest
+// paused for it runs again; the half-made checkpoint is removed (its number
+// stays taken).
+func (m *Manager) resumeCheckpointOp(ctx context.Context, vm *store.VM, op *store.Op) error {
+	if slices.Contains(op.Steps, stepPause) {
+		if inst, stray := m.liveInstance(ctx, vm); stray == nil && inst != nil {
+			if p, ok := inst.(vmm.Pauser); ok {
+				if st, err := p.RunState(ctx); err == nil && st == "paused" {
+					if err := p.Resume(ctx); err != nil {
+						return fmt.Errorf("vm %s, paused for a checkpoint: %w", vm.Name, err)
+					}
+					m.log.Info("vm paused for an interrupted checkpoint runs again", "name", vm.Name)
+				}
+			}
+		}
+	}
+	m.removeHalfCheckpoints(vm.ID)
+	m.endOp(op)
+	return nil
 }

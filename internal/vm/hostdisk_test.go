@@ -18,6 +18,7 @@ type pausingInstance struct {
 	mu      sync.Mutex
 	state   string
 	resumes int
+	pauses  int
 }
 
 var _ vmm.Pauser = (*pausingInstance)(nil)
@@ -32,7 +33,12 @@ func (p *pausingInstance) RunState(context.Context) (string, error) {
 	defer p.mu.Unlock()
 	return p.state, nil
 }
-func (p *pausingInstance) Pause(context.Context) error { return nil }
+func (p *pausingInstance) Pause(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.state, p.pauses = "paused", p.pauses+1
+	return nil
+}
 
 func (p *pausingInstance) Resume(context.Context) error {
 	p.mu.Lock()

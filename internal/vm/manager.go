@@ -83,6 +83,9 @@ type Config struct {
 	// it is suspended, unless its create says otherwise (fcm daemon
 	// --suspend-after); 0: never. It needs Suspend.
 	SuspendAfter time.Duration
+	// KeepCheckpoints is how many checkpoints a VM keeps, the oldest removed
+	// first (fcm daemon --keep-checkpoints); 0: DefaultKeepCheckpoints.
+	KeepCheckpoints int
 	// Standbys is how many suspended VMs keep a hypervisor waiting for their
 	// wake, the last suspended (fcm daemon --standbys); 0: none.
 	Standbys int
@@ -119,9 +122,10 @@ type Manager struct {
 	activity *Activity // when each VM was last used (SuspendIdle)
 	sb       standbys  // hypervisors waiting for wakes (under mu)
 
-	crashAt   string                          // test-only: see CrashEnv
-	freeSpace func(dir string) (int64, error) // bytes free for us on dir's filesystem
-	memTotal  func() (int, error)             // the host's MemTotal in MiB
+	crashAt   string                           // test-only: see CrashEnv
+	freeSpace func(dir string) (int64, error)  // bytes free for us on dir's filesystem
+	memTotal  func() (int, error)              // the host's MemTotal in MiB
+	sync      func(context.Context, *store.VM) // has a guest sync its disks (syncGuest)
 }
 
 // Errors the API maps to status codes.
@@ -184,9 +188,11 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Templates == nil {
 		cfg.Templates = &disk.Templates{Dir: filepath.Join(cfg.DataDir, "templates")}
 	}
-	return &Manager{cfg: cfg, pool: pool, log: cfg.Log,
+	m := &Manager{cfg: cfg, pool: pool, log: cfg.Log,
 		busy: map[string]string{}, instances: map[string]vmm.Instance{}, activity: newActivity(),
-		crashAt: os.Getenv(CrashEnv), freeSpace: FreeSpace, memTotal: memTotalMiB}, nil
+		crashAt: os.Getenv(CrashEnv), freeSpace: FreeSpace, memTotal: memTotalMiB}
+	m.sync = m.syncGuest
+	return m, nil
 }
 
 // Pool is the address range VMs are leased from.

@@ -83,6 +83,15 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 			return err
 		}
 		return m.resumeSuspendOp(ctx, vm, op)
+	case "checkpoint":
+		vm, err := m.cfg.Store.GetVM(op.VMName)
+		if errors.Is(err, store.ErrNotFound) {
+			return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) })
+		}
+		if err != nil {
+			return err
+		}
+		return m.resumeCheckpointOp(ctx, vm, op)
 	case "start", "restart", "stop":
 		vm, err := m.cfg.Store.GetVM(op.VMName)
 		if errors.Is(err, store.ErrNotFound) {

@@ -39,9 +39,11 @@ var Steps = []Step{
 	{"suspend", stepSave},       // device state written, hypervisor ended
 	{"wake", stepWaking},        // the op, and the VM marked waking
 	{"wake", stepNetwork},
-	{"wake", stepRestore},       // a hypervisor restores the state, paused
-	{"wake", stepCont},          // the guest runs on: its suspend image is spent
-	{"destroy", stepDestroying}, // the op
+	{"wake", stepRestore},             // a hypervisor restores the state, paused
+	{"wake", stepCont},                // the guest runs on: its suspend image is spent
+	{"checkpoint", stepCheckpointing}, // the op, and the checkpoint's number taken
+	{"checkpoint", stepPause},         // the guest paused for the copy: recovery lets it run
+	{"destroy", stepDestroying},       // the op
 	{"destroy", stepKill},
 	{"destroy", stepUnplug},
 	{"destroy", stepRemoveDir},
@@ -50,24 +52,26 @@ var Steps = []Step{
 
 // Steps of operations, recorded before they act.
 const (
-	stepLease      = "lease"      // address leased and VM record made (one transaction)
-	stepDir        = "dir"        // the VM's directory, disk and keys
-	stepNetwork    = "network"    // tap and nft element
-	stepBoot       = "boot"       // hypervisor started
-	stepStarting   = "starting"   // start recorded
-	stepStopping   = "stopping"   // stop recorded
-	stepRestarting = "restarting" // restart recorded
-	stepSuspending = "suspending" // suspend recorded
-	stepSave       = "save"       // the guest paused and its state written
-	stepWaking     = "waking"     // wake recorded
-	stepRestore    = "restore"    // a hypervisor started on the saved state
-	stepCont       = "cont"       // the restored guest let run
-	stepDestroying = "destroying" // destroy recorded
-	stepHalt       = "halt"       // hypervisor powered off (killed after the stop timeout)
-	stepUnplug     = "unplug"     // tap and nft element removed
-	stepKill       = "kill"       // hypervisor killed
-	stepRemoveDir  = "remove-dir" // the VM's directory and disk removed
-	stepRelease    = "release"    // lease, record and op removed
+	stepLease         = "lease"         // address leased and VM record made (one transaction)
+	stepDir           = "dir"           // the VM's directory, disk and keys
+	stepNetwork       = "network"       // tap and nft element
+	stepBoot          = "boot"          // hypervisor started
+	stepStarting      = "starting"      // start recorded
+	stepStopping      = "stopping"      // stop recorded
+	stepRestarting    = "restarting"    // restart recorded
+	stepSuspending    = "suspending"    // suspend recorded
+	stepSave          = "save"          // the guest paused and its state written
+	stepWaking        = "waking"        // wake recorded
+	stepRestore       = "restore"       // a hypervisor started on the saved state
+	stepCont          = "cont"          // the restored guest let run
+	stepDestroying    = "destroying"    // destroy recorded
+	stepCheckpointing = "checkpointing" // checkpoint recorded, its number taken
+	stepPause         = "pause"         // the guest paused for a copy of its disk
+	stepHalt          = "halt"          // hypervisor powered off (killed after the stop timeout)
+	stepUnplug        = "unplug"        // tap and nft element removed
+	stepKill          = "kill"          // hypervisor killed
+	stepRemoveDir     = "remove-dir"    // the VM's directory and disk removed
+	stepRelease       = "release"       // lease, record and op removed
 )
 
 func isStep(op, name string) bool {
