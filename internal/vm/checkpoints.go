@@ -305,3 +305,42 @@ func (m *Manager) resumeCheckpointOp(ctx context.Context, vm *store.VM, op *stor
 	m.endOp(op)
 	return nil
 }
+
+// Checkpoints lists VM name's checkpoints, oldest first. A non-empty id: as
+// for Stop.
+func (m *Manager) Checkpoints(name, id string) ([]Checkpoint, error) {
+	vm, err := m.cfg.Store.GetVM(name)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" && vm.ID != id {
+		return nil, fmt.Errorf("%w: vm %q", store.ErrNotFound, name)
+	}
+	return m.checkpoints(vm.ID)
+}
+
+// RemoveCheckpoint removes checkpoint n of VM name's. A non-empty id: as
+// for Stop.
+func (m *Manager) RemoveCheckpoint(name, id string, n int) error {
+	if err := m.begin(name, "removing a checkpoint"); err != nil {
+		return err
+	}
+	defer m.end(name)
+	vm, err := m.cfg.Store.GetVM(name)
+	if err != nil {
+		return err
+	}
+	if id != "" && vm.ID != id {
+		return fmt.Errorf("%w: vm %q", store.ErrNotFound, name)
+	}
+	dir := m.checkpointDir(vm.ID, n)
+	if _, err := os.Stat(filepath.Join(dir, checkpointMeta)); err != nil {
+		return fmt.Errorf("%w: vm %q has no checkpoint v%d", store.ErrNotFound, name, n)
+	}
+	// Renamed first: a crash midway leaves a half-made checkpoint, which is
+	// removed, never a listed one with its disk half gone.
+	if err := os.Rename(dir, dir+checkpointNewExt); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir + checkpointNewExt)
+}

@@ -115,6 +115,7 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 func (m *Manager) reconcileVM(ctx context.Context, vm *store.VM, live map[string]bool) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout+killWait)
 	defer cancel()
+	m.removeHalfCheckpoints(vm.ID) // no operation runs yet
 	inst, stray := m.liveInstance(ctx, vm)
 	if inst != nil || vm.State == api.StateSuspended {
 		// Nothing it uses is removed while it runs, or sleeps with its tap.

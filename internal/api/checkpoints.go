@@ -1,0 +1,23 @@
+package api
+
+import "time"
+
+// Checkpoint is one of a VM's checkpoints: a copy of its disk as it was.
+type Checkpoint struct {
+	ID      string    `json:"id"` // v1, v2, ...: numbered per VM, never reused
+	Created time.Time `json:"created"`
+	Message string    `json:"message,omitempty"`
+	By      string    `json:"by,omitempty"`   // who took it: a user, or admin
+	Auto    string    `json:"auto,omitempty"` // why fcm took it by itself
+	// Bytes is what it holds that nothing else shares: what removing it
+	// gives back to the host.
+	Bytes int64 `json:"bytes"`
+}
+
+// CreateCheckpointRequest is POST /v1/vms/{name}/checkpoints.
+type CreateCheckpointRequest struct {
+	Message string `json:"message,omitempty"`
+}
+
+// MaxCheckpointMessage bounds a checkpoint's message, in bytes.
+const MaxCheckpointMessage = 500
