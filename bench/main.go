@@ -7,7 +7,10 @@
 // Caddy, git push deploys, the console against direct ssh, self-healing (a
 // host restart with 20 VMs serving apps, a hypervisor killed), and suspend and
 // wake (-only suspend: fcm's share of a suspend and of a wake on a request
-// through Caddy, 256 MiB against 2 GiB guests, against a cold boot). -only
+// through Caddy, 256 MiB against 2 GiB guests, against a cold boot), and
+// checkpoints (-only checkpoint: fcm's share of a checkpoint with 1 MiB and
+// 1 GiB written, the host disk each takes, restores and forks, on ext4 and
+// XFS). -only
 // density, run only when asked for because it is long, creates -density VMs of
 // 512 MiB that sleep when idle under a 24 GiB memory budget and requests each
 // by its URL; -only writeback measures the host disk writes of a busy
@@ -27,7 +30,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console, heal, suspend, writeback or density (writeback and density run only when named)")
+	only := flag.String("only", "", "run one benchmark: disk, boot, api, create, targets, edge, deploy, console, heal, suspend, checkpoint, writeback or density (writeback and density run only when named)")
 	cycles := flag.Int("cycles", 10, "suspend/wake cycles per guest size (-only suspend)")
 	density := flag.Int("density", 200, "VMs the density bench creates")
 	densityBudget := flag.Int("density-budget", 24<<10, "the density bench's memory budget for VMs in MiB (capped at the host's memory)")
@@ -132,6 +135,13 @@ func main() {
 		fmt.Printf("== suspend and wake: %d cycles per guest size, wakes by a request through Caddy, cold boots beside them (QEMU, real daemon)\n", *cycles)
 		if err := runSuspendBench(ctx, os.Stdout, *cycles); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: suspend: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	if *only == "" || *only == "checkpoint" {
+		fmt.Printf("== checkpoints, restores and forks: %d checkpoints per amount written, on ext4 (the XFS store in a loop file) and on XFS (QEMU, a real VM)\n", *cycles)
+		if err := runCheckpointBench(ctx, os.Stdout, *cycles); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: checkpoint: %v\n", err)
 			os.Exit(1)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -59,6 +61,15 @@ func TestDaemon_CrashTable(t *testing.T) {
 			default:
 				ensureVM(d, work, name, "running")
 			}
+			cp := ""
+			if step.Op == "restore" {
+				// Something to restore: a checkpoint of its own.
+				m := regexp.MustCompile(`Checkpoint (v\d+) created`).FindStringSubmatch(d.mustCLI(work, "checkpoint", "create", name))
+				if m == nil {
+					t.Fatal("fcm checkpoint create printed no id")
+				}
+				cp = m[1]
+			}
 			d.stop(syscall.SIGTERM)
 			if step.Op == "restart" {
 				// A host restart: the hypervisor is gone, and the next daemon
@@ -75,6 +86,10 @@ func TestDaemon_CrashTable(t *testing.T) {
 				args = []string{"create", "--name", name}
 			case "wake":
 				args = []string{"resume", name}
+			case "checkpoint":
+				args = []string{"checkpoint", "create", name}
+			case "restore":
+				args = []string{"restore", name, cp, "--yes"}
 			}
 			if step.Op != "restart" {
 				if out, code := d.cli(work, args...); code == 0 {
@@ -96,6 +111,10 @@ func TestDaemon_CrashTable(t *testing.T) {
 			case "suspend", "wake":
 				// Never two hypervisors, never a lost disk: awake or asleep.
 				want = map[string]bool{"running": true, "suspended": true}
+			case "checkpoint", "restore":
+				// A guest paused for the copy runs on; one whose restore was
+				// cut short boots again on a whole disk, the old or the new.
+				want = map[string]bool{"running": true}
 			}
 			if !want[state] {
 				t.Fatalf("after a crash at %s and a restart %s is %s", step, name, state)
@@ -105,8 +124,9 @@ func TestDaemon_CrashTable(t *testing.T) {
 			// has nothing left to retry: its name is free, which the next create
 			// proves; a start the restarted daemon finished by itself neither).
 			wantAfter := map[string]string{"create": "running", "start": "running", "restart": "running", "stop": "stopped", "destroy": "gone",
-				"suspend": "suspended", "wake": "running"}[step.Op]
-			if !(step.Op == "destroy" && state == "gone") && state != wantAfter {
+				"suspend": "suspended", "wake": "running", "checkpoint": "running", "restore": "running"}[step.Op]
+			again := step.Op == "checkpoint" || step.Op == "restore" // it leaves the state as it was
+			if !(step.Op == "destroy" && state == "gone") && (state != wantAfter || again) {
 				d.mustCLI(work, args...)
 			}
 			after := assertNoLeaks(t, d, dataDir, work, name, flags)
@@ -257,6 +277,7 @@ func assertNoLeaks(t *testing.T, d *daemonProc, dataDir, work, name string, flag
 		t.Errorf("vm dirs: %v, want %v", dirs, wantDirs)
 	}
 	assertOneBase(t, dataDir)
+	assertWholeCheckpoints(t, dataDir, wantDirs)
 	pids := procsMentioning(filepath.Join(dataDir, "vms") + "/")
 	if state == "running" && len(pids) != 1 || state != "running" && len(pids) != 0 {
 		t.Errorf("hypervisors of the data dir: %v with %s %s", pids, name, state)
@@ -418,5 +439,26 @@ func assertOneBase(t *testing.T, dataDir string) {
 	tmps, _ := filepath.Glob(filepath.Join(dataDir, "templates", ".*"))
 	if len(tmps) > 0 {
 		t.Errorf("half-made disk templates: %v", tmps)
+	}
+}
+
+// assertWholeCheckpoints checks that only VMs in ids have checkpoints, none
+// of them half made, and that no restore left its copy of a disk behind.
+func assertWholeCheckpoints(t *testing.T, dataDir string, ids []string) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(dataDir, "checkpoints"))
+	for _, e := range entries {
+		if !slices.Contains(ids, e.Name()) {
+			t.Errorf("checkpoints of a VM that is gone: %s", e.Name())
+		}
+		cps, _ := os.ReadDir(filepath.Join(dataDir, "checkpoints", e.Name()))
+		for _, c := range cps {
+			if !regexp.MustCompile(`^v\d+$`).MatchString(c.Name()) {
+				t.Errorf("a checkpoint a crash left half made: %s/%s", e.Name(), c.Name())
+			}
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dataDir, "vms", "*", "*.restore")); len(left) > 0 {
+		t.Errorf("a restore's copy left behind: %v", left)
 	}
 }

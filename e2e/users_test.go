@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"os"
 	"os/exec"
@@ -208,10 +209,23 @@ func TestUsers(t *testing.T) {
 	if out := bob.must("ls"); strings.Contains(out, "alice-app") || !strings.Contains(out, "bob-app") || strings.Contains(out, "OWNER") {
 		t.Errorf("bob's fcm ls:\n%s", out)
 	}
-	for _, args := range [][]string{{"logs", "alice-app"}, {"stop", "alice-app"}, {"destroy", "alice-app"}, {"config", "alice-app"}, {"console", "ls", "alice-app"}} {
+	// Nor her checkpoints: listing, taking, removing, restoring or forking
+	// them is a 404, as for a VM that does not exist.
+	alice.must("checkpoint", "create", "alice-app", "-m", "alice's")
+	for _, args := range [][]string{{"logs", "alice-app"}, {"stop", "alice-app"}, {"destroy", "alice-app"}, {"config", "alice-app"}, {"console", "ls", "alice-app"},
+		{"checkpoint", "ls", "alice-app"}, {"checkpoint", "create", "alice-app"}, {"checkpoint", "rm", "alice-app", "v1"},
+		{"restore", "alice-app", "v1", "--yes"}, {"fork", "alice-app", "--from", "v1"}, {"fork", "alice-app"}} {
 		if out, code := bob.fcm(args...); code == 0 || !strings.Contains(out, `no vm named "alice-app"`) {
 			t.Errorf("bob: fcm %v: exit %d:\n%s", args, code, out)
 		}
+	}
+	bobAPI := &client.Client{Host: "http://" + daemonListen, Token: bob.token()}
+	var apiErr *api.Error
+	if _, err := bobAPI.Checkpoints(ctx, "alice-app"); !errors.As(err, &apiErr) || apiErr.Code != api.CodeNotFound {
+		t.Errorf("bob listing alice's checkpoints through the API: %v", err)
+	}
+	if out := alice.must("checkpoint", "ls", "alice-app"); !strings.Contains(out, "alice's") {
+		t.Errorf("alice's checkpoints after bob's tries:\n%s", out)
 	}
 	ws, resp, err := websocket.Dial(ctx, "ws://"+daemonListen+"/v1/vms/alice-app/sessions/brook/attach",
 		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + bob.token()}}})

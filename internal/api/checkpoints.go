@@ -12,6 +12,9 @@ type Checkpoint struct {
 	// Bytes is what it holds that nothing else shares: what removing it
 	// gives back to the host.
 	Bytes int64 `json:"bytes"`
+	// Paused is how long the VM was paused for it, in the answer to its
+	// create ("" when it was not running).
+	Paused string `json:"paused,omitempty"`
 }
 
 // CreateCheckpointRequest is POST /v1/vms/{name}/checkpoints.
@@ -21,3 +24,15 @@ type CreateCheckpointRequest struct {
 
 // MaxCheckpointMessage bounds a checkpoint's message, in bytes.
 const MaxCheckpointMessage = 500
+
+// RestoreRequest is POST /v1/vms/{name}/restore: the checkpoint to put the
+// VM back on.
+type RestoreRequest struct {
+	Checkpoint string `json:"checkpoint"` // v3
+}
+
+// ForkRequest is POST /v1/vms/{name}/fork.
+type ForkRequest struct {
+	From string `json:"from,omitempty"` // a checkpoint (v3); "": the VM's current disk
+	Name string `json:"name,omitempty"` // the fork's name; "": a generated one
+}

@@ -45,7 +45,11 @@ func newCheckpointCreateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Checkpoint %s created (%s)\n", c.ID, time.Since(t).Round(time.Millisecond))
+			paused := ""
+			if c.Paused != "" {
+				paused = ", the VM paused for " + c.Paused
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Checkpoint %s created (%s%s)\n", c.ID, time.Since(t).Round(time.Millisecond), paused)
 			return nil
 		},
 	}

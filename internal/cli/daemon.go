@@ -3,9 +3,11 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
@@ -15,6 +17,7 @@ import (
 	"github.com/fcmhost/fcm/internal/image"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
+	"github.com/fcmhost/fcm/internal/vmstore"
 	"github.com/spf13/cobra"
 )
 
@@ -145,6 +148,9 @@ The guest image must exist first: sudo fcm image build.`,
 	f.StringVar(&maxBuildOutput, "max-build-output", "256M", "the most one release of an app may print (build, release command): past it the release is stopped and fails; the host keeps the first 4 MiB of each")
 	o.Suspend = true
 	f.Var(onOff{&o.Suspend}, "suspend", "on: VMs can be suspended to disk (fcm suspend, and by themselves when idle: --suspend-after) and are woken by a request to their URL, a command or fcm resume; with QEMU their RAM is then a file in their directory, allocated whole at boot (sparse with --disk-overcommit above 1) and counted in the disk admission, which the host writes back to as the guest changes it; off: guest RAM anonymous, no suspend")
+	o.Store = vmstore.ModeAuto
+	f.Var(storeFlag{&o.Store}, "store", "where VM disks and checkpoints live: dir: in the data dir; xfs-loop: in an XFS filesystem in a sparse loop file in the data dir (<data-dir>/store.xfs, mounted at <data-dir>/store), where copies share blocks; auto: dir where the data dir's filesystem can share blocks between files (XFS, btrfs), else xfs-loop (ext4). Checkpoints and forks take milliseconds and almost no disk where blocks are shared; elsewhere they copy the disk. VMs made before keep working where they are")
+	f.IntVar(&o.KeepCheckpoints, "keep-checkpoints", vm.DefaultKeepCheckpoints, "how many checkpoints each VM keeps: a new one beyond it removes the oldest")
 	f.IntVar(&o.Standbys, "standbys", vm.DefaultStandbys, "with --suspend on: how many of the last suspended VMs keep a hypervisor started and waiting for their wake (no guest memory of its own), so that their wake skips its start; 0: none")
 	o.SuspendAfter = DefaultSuspendAfter
 	f.Var(suspendAfterFlag{&o.SuspendAfter}, "suspend-after", "with --suspend on: how long a new VM with a public URL may sit idle (no request through its URL, no console attached, no command or deploy running) before it is suspended, unless fcm create --suspend-after says otherwise; off: never by itself (VMs created with --no-expose never are unless asked)")
@@ -214,3 +220,24 @@ func (f suspendAfterFlag) Set(s string) error {
 }
 
 func (suspendAfterFlag) Type() string { return "duration|off" }
+
+// storeFlag is --store: auto, dir or xfs-loop.
+type storeFlag struct{ m *vmstore.Mode }
+
+func (f storeFlag) String() string {
+	if f.m == nil {
+		return ""
+	}
+	return string(*f.m)
+}
+
+func (f storeFlag) Set(s string) error {
+	m, err := vmstore.ParseMode(s)
+	if err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "--store "))
+	}
+	*f.m = m
+	return nil
+}
+
+func (f storeFlag) Type() string { return "auto|dir|xfs-loop" }

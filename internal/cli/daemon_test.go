@@ -382,7 +382,7 @@ func (d *usersDaemon) createVM(w http.ResponseWriter, r *http.Request, caller *f
 // 5 minutes unless told otherwise, as its --help says.
 func TestDaemonDefaults(t *testing.T) {
 	f := newDaemonCmd().Flags()
-	for name, want := range map[string]string{"suspend": "on", "suspend-after": "5m", "standbys": "4", "disk-overcommit": "1"} {
+	for name, want := range map[string]string{"suspend": "on", "suspend-after": "5m", "standbys": "4", "disk-overcommit": "1", "store": "auto", "keep-checkpoints": "20"} {
 		if got := f.Lookup(name).DefValue; got != want {
 			t.Errorf("--%s defaults to %q, want %q", name, got, want)
 		}

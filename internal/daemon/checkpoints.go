@@ -16,6 +16,8 @@ type Checkpointer interface {
 	CreateCheckpoint(ctx context.Context, name, id, message, by string) (*vm.Checkpoint, error)
 	Checkpoints(name, id string) ([]vm.Checkpoint, error)
 	RemoveCheckpoint(name, id string, n int) error
+	Restore(ctx context.Context, name, id string, n int, by string, progress vm.Progress) (*vm.Restored, error)
+	Fork(ctx context.Context, owner vm.Owner, name, id string, from int, newName string, progress vm.Progress) (*store.VM, error)
 }
 
 var _ Checkpointer = (*vm.Manager)(nil)
@@ -30,7 +32,11 @@ func (s *Server) checkpointer() (Checkpointer, error) {
 }
 
 func checkpointToAPI(c vm.Checkpoint) api.Checkpoint {
-	return api.Checkpoint{ID: c.ID(), Created: c.Created, Message: c.Message, By: c.By, Auto: c.Auto, Bytes: c.Bytes}
+	a := api.Checkpoint{ID: c.ID(), Created: c.Created, Message: c.Message, By: c.By, Auto: c.Auto, Bytes: c.Bytes}
+	if c.Paused > 0 {
+		a.Paused = c.Paused.Round(10 * time.Microsecond).String()
+	}
+	return a
 }
 
 // createCheckpoint is POST /v1/vms/{name}/checkpoints: 201 and the
@@ -53,17 +59,18 @@ func (s *Server) createCheckpoint(w http.ResponseWriter, r *http.Request, tok *s
 		s.fail(w, err)
 		return
 	}
-	by := tok.User
-	if by == "" {
-		by = "admin"
-	}
 	t := time.Now()
-	c, err := cp.CreateCheckpoint(context.WithoutCancel(r.Context()), found.Name, found.ID, req.Message, by)
+	c, err := cp.CreateCheckpoint(context.WithoutCancel(r.Context()), found.Name, found.ID, req.Message, whoOf(tok))
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
+	// The time the request took, the guest's sync, how long it was paused
+	// and fcm's share (all but the sync).
 	w.Header().Set("Fcm-Took", time.Since(t).Round(time.Millisecond).String())
+	w.Header().Set("Fcm-Guest-Sync", c.Sync.Round(time.Millisecond).String())
+	w.Header().Set("Fcm-Paused", c.Paused.Round(time.Microsecond).String())
+	w.Header().Set("Fcm-Share", c.Took.Round(time.Microsecond).String())
 	writeJSON(w, http.StatusCreated, checkpointToAPI(*c))
 }
 
@@ -111,4 +118,94 @@ func (s *Server) removeCheckpoint(w http.ResponseWriter, r *http.Request, tok *s
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// restoreVM is POST /v1/vms/{name}/restore: the VM back on a checkpoint's
+// disk, after an automatic checkpoint of what it replaces; progress is
+// streamed as for a start (the automatic checkpoint's id in the
+// "checkpoint" step), then the VM.
+func (s *Server) restoreVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.RestoreRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	n, err := vm.ParseCheckpointID(req.Checkpoint)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
+		return
+	}
+	cp, err := s.checkpointer()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	st := newStream(w, r)
+	res, err := cp.Restore(context.WithoutCancel(r.Context()), found.Name, found.ID, n, whoOf(tok), st.progress)
+	var v *store.VM
+	if err == nil {
+		v = res.VM
+		s.closeConsoles(v, "the VM was restored from a checkpoint")
+	}
+	st.finish(s, v, err, http.StatusOK)
+}
+
+// forkVM is POST /v1/vms/{name}/fork: a new VM of the caller's on a copy of
+// the VM's disk or of one of its checkpoints, with its app's releases and
+// config vars; progress is streamed as for a create.
+func (s *Server) forkVM(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	var req api.ForkRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	from := 0
+	if req.From != "" {
+		var err error
+		if from, err = vm.ParseCheckpointID(req.From); err != nil {
+			s.fail(w, err)
+			return
+		}
+	}
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
+		return
+	}
+	cp, err := s.checkpointer()
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	st := newStream(w, r)
+	v, err := cp.Fork(ctx, s.ownerOf(tok), found.Name, found.ID, from, req.Name, st.progress)
+	if err == nil && s.Deploys != nil {
+		var upTo time.Time
+		if from > 0 {
+			if cps, lerr := cp.Checkpoints(found.Name, found.ID); lerr == nil {
+				for _, c := range cps {
+					if c.N == from {
+						upTo = c.Created
+					}
+				}
+			}
+		}
+		if cerr := s.Deploys.CopyApp(ctx, found.ID, v.ID, upTo); cerr != nil {
+			s.logger().Error("fork: the app's releases and repository", "vm", v.Name, "from", found.Name, "err", cerr)
+		}
+		if rerr := s.Deploys.EnsureRepo(ctx, v.ID); rerr != nil {
+			s.logger().Error("git repository", "vm", v.Name, "err", rerr)
+		}
+	}
+	st.finish(s, v, err, http.StatusCreated)
+}
+
+// whoOf names who a token is for the record: its user, or admin.
+func whoOf(tok *store.Token) string {
+	if tok.User == "" {
+		return "admin"
+	}
+	return tok.User
 }

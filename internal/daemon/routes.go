@@ -80,6 +80,8 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/vms/{name}/checkpoints":        {rule: ruleVM, h: (*Server).createCheckpoint},
 		"GET /v1/vms/{name}/checkpoints":         {rule: ruleVM, h: (*Server).listCheckpoints},
 		"DELETE /v1/vms/{name}/checkpoints/{id}": {rule: ruleVM, h: (*Server).removeCheckpoint},
+		"POST /v1/vms/{name}/restore":            {rule: ruleVM, h: (*Server).restoreVM},
+		"POST /v1/vms/{name}/fork":               {rule: ruleVM, h: (*Server).forkVM},
 		"DELETE /v1/vms/{name}":                  {rule: ruleVM, h: (*Server).destroyVM},
 		"PATCH /v1/vms/{name}":                   {rule: ruleVM, h: (*Server).updateVM},
 

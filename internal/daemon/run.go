@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/fcmhost/fcm/internal/vmm"
 	_ "github.com/fcmhost/fcm/internal/vmm/firecracker" // registers the firecracker driver
 	"github.com/fcmhost/fcm/internal/vmm/qemu"
+	"github.com/fcmhost/fcm/internal/vmstore"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -80,6 +82,12 @@ type Options struct {
 	// MemoryReserveMiB is the memory kept for the host (--memory-reserve);
 	// zero: vm's default.
 	MemoryReserveMiB int
+	// Store is where VM disks and checkpoints live (--store): the data dir,
+	// or an XFS store in a loop file in it (see vmstore); "" is auto.
+	Store vmstore.Mode
+	// KeepCheckpoints is how many checkpoints each VM keeps
+	// (--keep-checkpoints; 0: vm.DefaultKeepCheckpoints).
+	KeepCheckpoints int
 	// Suspend lets VMs be suspended and woken (--suspend on).
 	Suspend bool
 	// Standbys is how many suspended VMs keep a hypervisor waiting for their
@@ -175,12 +183,22 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("guest image: %s is missing: build it with 'sudo fcm image build --out %s' (or pass --kernel/--initrd/--rootfs)", f, o.DataDir)
 		}
 	}
-	// Hypervisors run as per-VM users that must reach their own vms/<id> (0700,
-	// theirs): the data dir and vms/ are searchable (o+x), not listable.
-	if err := os.MkdirAll(filepath.Join(o.DataDir, "vms"), 0o711); err != nil {
+	vs, err := vmstore.Open(ctx, o.DataDir, cmp.Or(o.Store, vmstore.ModeAuto), o.Log)
+	if err != nil {
 		return err
 	}
-	for _, d := range []string{o.DataDir, filepath.Join(o.DataDir, "vms")} {
+	o.Log.Info("store", "kind", vs.Kind, "root", vs.Root, "reflink", vs.Reflink, "loop", vs.Loop)
+	if d := filepath.Join(vs.Root, "vms", "12345678"); len(d) > vmm.MaxDirLen {
+		return fmt.Errorf("--data-dir %s is too long: VM directories in its store (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
+	}
+	// Hypervisors run as per-VM users that must reach their own vms/<id> (0700,
+	// theirs): the data dir, the store and vms/ are searchable (o+x), not listable.
+	for _, d := range []string{filepath.Join(o.DataDir, "vms"), filepath.Join(vs.Root, "vms")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{o.DataDir, filepath.Join(o.DataDir, "vms"), vs.Root, filepath.Join(vs.Root, "vms")} {
 		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o011 != 0o011 {
 			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
 				return err
@@ -236,7 +254,7 @@ func Run(ctx context.Context, o Options) error {
 	// server is, before anything does.
 	var slept atomic.Pointer[func(*store.VM)]
 	mgr, err := vm.New(vm.Config{
-		DataDir: o.DataDir, Bases: bases, Driver: driver, Network: hostNet,
+		DataDir: o.DataDir, StoreDir: vs.Root, KeepCheckpoints: o.KeepCheckpoints, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
 		DiskReserve: o.DiskReserve, DiskOvercommit: o.DiskOvercommit, MemoryReserveMiB: o.MemoryReserveMiB,

@@ -2,9 +2,11 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -149,6 +151,31 @@ func (s *Service) EnsureRepo(ctx context.Context, vmID string) error {
 		}
 	}
 	return os.Rename(tmp, p)
+}
+
+// CopyApp gives the VM with id to, a fork of from's, from's app: a copy of
+// its repository (so that a push to the fork sends only what is new) and of
+// its releases' transcripts, and its releases and config vars made up to upTo
+// (all when zero; see store.Tx.CopyApp). A VM without an app gets nothing.
+func (s *Service) CopyApp(ctx context.Context, from, to string, upTo time.Time) error {
+	copies := [][2]string{{s.RepoPath(from), s.RepoPath(to)}, {s.appDir(from), s.appDir(to)}}
+	for _, c := range copies {
+		if _, err := os.Lstat(c[0]); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		tmp := c[1] + ".tmp"
+		os.RemoveAll(tmp)
+		// -a keeps the git user's ownership; a reflink where the data dir can.
+		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", c[0], tmp).CombinedOutput(); err != nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("copy %s: %w: %s", c[0], err, out)
+		}
+		if err := os.Rename(tmp, c[1]); err != nil {
+			os.RemoveAll(tmp)
+			return err
+		}
+	}
+	return s.Store.Update(func(tx *store.Tx) error { return tx.CopyApp(from, to, upTo) })
 }
 
 // Forget removes the app of the VM with id vmID: its repository, releases,

@@ -42,7 +42,9 @@ func Clone(ctx context.Context, src, dst string) (m Method, err error) {
 	if err := ctx.Err(); err != nil {
 		return "", fmt.Errorf("clone %s to %s: %w", src, dst, err)
 	}
-	in, err := os.Open(src)
+	// O_NOFOLLOW: a VM's directory is its hypervisor's uid's, and a symlink
+	// planted there must not make the daemon copy another file.
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", fmt.Errorf("clone %s to %s: %w", src, dst, err)
 	}

@@ -223,6 +223,45 @@ func (t *Tx) PutConfig(vmID string, vars map[string]string) error {
 	return t.tx.Bucket(bucketConfig).Put([]byte(vmID), data)
 }
 
+// CopyApp gives VM to (a fork of from) from's releases made up to upTo (all
+// of them when it is zero), each with its config vars, and the config vars
+// of the newest of them that succeeded (from's current ones when all are
+// copied): the fork runs the builds its disk holds, and its release history
+// and rollbacks are from's at that moment.
+func (t *Tx) CopyApp(from, to string, upTo time.Time) error {
+	all, err := t.Releases(from)
+	if err != nil {
+		return err
+	}
+	var vars map[string]string
+	for _, r := range all {
+		if !upTo.IsZero() && r.CreatedAt.After(upTo) {
+			continue
+		}
+		env, err := t.ReleaseEnv(r)
+		if err != nil {
+			return err
+		}
+		c := *r
+		c.VM, c.Env = to, env
+		if err := t.PutRelease(&c); err != nil {
+			return err
+		}
+		if r.Status == ReleaseSucceeded {
+			vars = env
+		}
+	}
+	if upTo.IsZero() || vars == nil {
+		if vars, err = t.Config(from); err != nil {
+			return err
+		}
+	}
+	if len(vars) == 0 {
+		return nil
+	}
+	return t.PutConfig(to, vars)
+}
+
 // DeleteApp removes a VM's releases, config vars and config versions.
 func (t *Tx) DeleteApp(vmID string) error {
 	if err := t.tx.Bucket(bucketConfig).Delete([]byte(vmID)); err != nil {

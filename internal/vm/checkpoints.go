@@ -19,11 +19,13 @@ import (
 	"github.com/fcmhost/fcm/internal/vmm"
 )
 
-// A VM's checkpoints are directories in its own: checkpoints/v<N>/ holds
-// data.img, a copy (a reflink where the store can) of the VM's disk when it
-// was taken, and manifest.json. A checkpoint being made is v<N>.new until it
-// is whole: its rename is its commit, so one a crash interrupted is never
-// listed, and the next daemon removes it.
+// A VM's checkpoints are directories of checkpoints/<vm id>/ beside vms/ in
+// its root (the store): v<N>/ holds data.img, a copy (a reflink where the
+// store can) of the VM's disk when it was taken, and manifest.json. They are
+// not in the VM's own directory, which belongs to its hypervisor's uid: a
+// compromised hypervisor could rename or replace anything there. A checkpoint
+// being made is v<N>.new until it is whole: its rename is its commit, so one
+// a crash interrupted is never listed, and the next daemon removes it.
 const (
 	checkpointsDir   = "checkpoints"
 	checkpointMeta   = "manifest.json"
@@ -39,6 +41,10 @@ type Checkpoint struct {
 	Auto    string    `json:"auto,omitempty"` // why fcm took it by itself
 	// Bytes is what it holds that nothing else shares (filled when listed).
 	Bytes int64 `json:"-"`
+	// How its making went (filled when made): the guest's sync before it,
+	// how long the guest was paused, and fcm's share of the time (all but
+	// the sync).
+	Sync, Paused, Took time.Duration `json:"-"`
 }
 
 // ID is how users name it: v<N>.
@@ -53,9 +59,14 @@ func ParseCheckpointID(s string) (int, error) {
 	return n, nil
 }
 
+// checkpointsOf is the directory of VM id's checkpoints.
+func (m *Manager) checkpointsOf(id string) string {
+	return filepath.Join(m.root(id), checkpointsDir, id)
+}
+
 // checkpointDir is checkpoint n's directory of VM id's.
 func (m *Manager) checkpointDir(id string, n int) string {
-	return filepath.Join(m.dir(id), checkpointsDir, "v"+strconv.Itoa(n))
+	return filepath.Join(m.checkpointsOf(id), "v"+strconv.Itoa(n))
 }
 
 // writeCheckpoint copies VM id's disk into checkpoint c, whole or not at
@@ -65,6 +76,9 @@ func (m *Manager) writeCheckpoint(ctx context.Context, id string, c Checkpoint) 
 	final := m.checkpointDir(id, c.N)
 	tmp := final + checkpointNewExt
 	if err := os.RemoveAll(tmp); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Dir(tmp)), 0o700); err != nil {
 		return "", err
 	}
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
@@ -100,7 +114,7 @@ func (m *Manager) writeCheckpoint(ctx context.Context, id string, c Checkpoint) 
 // checkpoints lists VM id's whole checkpoints, oldest first, with what each
 // holds of its own.
 func (m *Manager) checkpoints(id string) ([]Checkpoint, error) {
-	entries, err := os.ReadDir(filepath.Join(m.dir(id), checkpointsDir))
+	entries, err := os.ReadDir(m.checkpointsOf(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -113,7 +127,7 @@ func (m *Manager) checkpoints(id string) ([]Checkpoint, error) {
 		if !e.IsDir() || !strings.HasPrefix(e.Name(), "v") || err != nil {
 			continue // v<N>.new: not whole
 		}
-		b, err := os.ReadFile(filepath.Join(m.dir(id), checkpointsDir, e.Name(), checkpointMeta))
+		b, err := os.ReadFile(filepath.Join(m.checkpointsOf(id), e.Name(), checkpointMeta))
 		if err != nil {
 			return nil, err
 		}
@@ -121,7 +135,7 @@ func (m *Manager) checkpoints(id string) ([]Checkpoint, error) {
 		if err := json.Unmarshal(b, &c); err != nil || c.N != n {
 			return nil, fmt.Errorf("checkpoint %s of vm %s: a damaged manifest", e.Name(), id)
 		}
-		c.Bytes, _ = disk.Exclusive(filepath.Join(m.dir(id), checkpointsDir, e.Name(), dataFile))
+		c.Bytes, _ = disk.Exclusive(filepath.Join(m.checkpointsOf(id), e.Name(), dataFile))
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].N < out[j].N })
@@ -131,7 +145,7 @@ func (m *Manager) checkpoints(id string) ([]Checkpoint, error) {
 // removeHalfCheckpoints removes the checkpoints of VM id a crash left half
 // made.
 func (m *Manager) removeHalfCheckpoints(id string) {
-	matches, _ := filepath.Glob(filepath.Join(m.dir(id), checkpointsDir, "v*"+checkpointNewExt))
+	matches, _ := filepath.Glob(filepath.Join(m.checkpointsOf(id), "v*"+checkpointNewExt))
 	for _, p := range matches {
 		m.log.Info("removing a checkpoint a crash left half made", "vm", id, "dir", p)
 		os.RemoveAll(p)
@@ -193,10 +207,19 @@ const DefaultKeepCheckpoints = 20
 // stopped or suspended VM's disk is still already. A non-empty id: as for
 // Stop.
 func (m *Manager) CreateCheckpoint(ctx context.Context, name, id, message, by string) (*Checkpoint, error) {
+	return m.createCheckpoint(ctx, name, id, Checkpoint{Message: message, By: by})
+}
+
+// createCheckpoint is CreateCheckpoint of a checkpoint with c's message, who
+// and why; its number and time are filled in.
+func (m *Manager) createCheckpoint(ctx context.Context, name, id string, c Checkpoint) (*Checkpoint, error) {
 	if err := m.begin(name, "checkpointing"); err != nil {
 		return nil, err
 	}
 	defer m.end(name)
+	if err := m.checkStoreRoom(name); err != nil {
+		return nil, err
+	}
 	var vm *store.VM
 	op := &store.Op{Kind: "checkpoint", StartedAt: time.Now().UTC(), Steps: []string{stepCheckpointing}}
 	err := m.cfg.Store.Update(func(tx *store.Tx) error {
@@ -223,51 +246,64 @@ func (m *Manager) CreateCheckpoint(ctx context.Context, name, id, message, by st
 		return nil, err
 	}
 	m.crashPoint(op.Kind, stepCheckpointing)
-	c := Checkpoint{N: vm.LastCheckpoint, Created: time.Now().UTC(), Message: message, By: by}
-	var p vmm.Pauser
-	if vm.State == api.StateRunning {
-		inst, stray := m.liveInstance(ctx, vm)
-		if stray != nil || inst == nil {
-			m.endOp(op)
-			return nil, fmt.Errorf("%w: vm %q: its hypervisor is not running", ErrBadState, name)
-		}
-		var ok bool
-		if p, ok = inst.(vmm.Pauser); !ok {
-			m.endOp(op)
-			return nil, invalidf("the %s driver cannot pause a vm for a checkpoint", m.cfg.Driver.Name())
-		}
-		m.sync(ctx, vm)
-		if err := m.record(op, stepPause); err != nil {
-			m.endOp(op)
-			return nil, err
-		}
-		if err := p.Pause(ctx); err != nil {
-			m.endOp(op)
-			return nil, fmt.Errorf("vm %s: pause for the checkpoint: %w", name, err)
-		}
-	}
+	c.N, c.Created = vm.LastCheckpoint, time.Now().UTC()
+	var method disk.Method
 	t := time.Now()
-	method, err := m.writeCheckpoint(ctx, vm.ID, c)
-	paused := time.Since(t)
-	if p != nil {
-		if rerr := p.Resume(context.WithoutCancel(ctx)); rerr != nil {
-			m.log.Error("a vm paused for a checkpoint did not run again", "name", name, "err", rerr)
-			if err == nil {
-				err = fmt.Errorf("vm %s: it did not run again after the checkpoint: %w", name, rerr)
-			}
-		}
-	}
+	synced, paused, err := m.stillDisk(ctx, vm, op, func() (err error) {
+		method, err = m.writeCheckpoint(ctx, vm.ID, c)
+		return err
+	})
+	c.Sync, c.Paused, c.Took = synced, paused, time.Since(t)-synced
 	m.endOp(op)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint of vm %s: %w", name, err)
 	}
-	m.log.Info("checkpoint created", "name", name, "checkpoint", c.ID(), "copy", method, "paused", p != nil, "took", paused.Round(time.Microsecond))
+	m.log.Info("checkpoint created", "name", name, "checkpoint", c.ID(), "copy", method, "paused", paused.Round(time.Microsecond))
 	if gone, err := m.pruneCheckpoints(vm.ID, m.keepCheckpoints()); err != nil {
 		m.log.Warn("old checkpoints could not be removed", "name", name, "err", err)
 	} else if len(gone) > 0 {
 		m.log.Info("old checkpoints removed", "name", name, "removed", strings.Join(gone, ","))
 	}
 	return &c, nil
+}
+
+// stillDisk runs fn, a copy of VM vm's disk, while the disk is still: a
+// running guest first syncs its filesystems, then is paused (recorded in op
+// first, so that a crash lets it run again), its block requests in flight
+// complete, and it runs on after fn. It returns how long the guest was paused
+// (0 if it was not running).
+func (m *Manager) stillDisk(ctx context.Context, vm *store.VM, op *store.Op, fn func() error) (synced, paused time.Duration, err error) {
+	if vm.State != api.StateRunning {
+		return 0, 0, fn()
+	}
+	inst, stray := m.liveInstance(ctx, vm)
+	if stray != nil || inst == nil {
+		return 0, 0, fmt.Errorf("%w: vm %q: its hypervisor is not running", ErrBadState, vm.Name)
+	}
+	p, ok := inst.(vmm.Pauser)
+	if !ok {
+		return 0, 0, invalidf("the %s driver cannot pause a vm for a copy of its disk", m.cfg.Driver.Name())
+	}
+	t := time.Now()
+	m.sync(ctx, vm)
+	synced = time.Since(t)
+	if err := m.record(op, stepPause); err != nil {
+		return synced, 0, err
+	}
+	t = time.Now()
+	if err := p.Pause(ctx); err != nil {
+		return synced, 0, fmt.Errorf("vm %s: pause for a copy of its disk: %w", vm.Name, err)
+	}
+	err = fn()
+	rerr := p.Resume(context.WithoutCancel(ctx))
+	paused = time.Since(t) // from the stop's request to the cont's answer
+	if rerr != nil {
+		m.log.Error("a vm paused for a copy of its disk did not run again", "name", vm.Name, "err", rerr)
+		if err == nil {
+			err = fmt.Errorf("vm %s: it did not run again after the copy of its disk: %w", vm.Name, rerr)
+		}
+	}
+	return synced, paused, err
 }
 
 // keepCheckpoints is how many checkpoints a VM keeps.
@@ -343,4 +379,27 @@ func (m *Manager) RemoveCheckpoint(name, id string, n int) error {
 		return err
 	}
 	return os.RemoveAll(dir + checkpointNewExt)
+}
+
+// checkStoreRoom refuses a checkpoint (ErrInsufficientStorage) when the
+// filesystem VM name's disks are on, or the data dir's (which holds a loop
+// store's file), has no more free than the reserve: a reflink takes nothing
+// at first, but every block either side writes after it does.
+func (m *Manager) checkStoreRoom(name string) error {
+	v, err := m.cfg.Store.GetVM(name)
+	if err != nil {
+		return err
+	}
+	for _, dir := range []string{m.root(v.ID), m.cfg.DataDir} {
+		free, err := m.freeSpace(dir)
+		if err != nil {
+			return err
+		}
+		if free <= m.cfg.DiskReserve {
+			return &roomError{kind: ErrInsufficientStorage,
+				msg: fmt.Sprintf("not enough disk space for a checkpoint on %s: %s free, not more than the %s reserve (fcm daemon --disk-reserve): remove old checkpoints (fcm checkpoint rm) or free space on the host",
+					dir, gib(free), gib(m.cfg.DiskReserve))}
+		}
+	}
+	return nil
 }

@@ -77,6 +77,11 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateVMRequ
 // would go beyond their quota, or they are gone, as the VM is reserved. On any
 // error everything made is undone.
 func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRequest, progress Progress) (*store.VM, error) {
+	return m.create(ctx, owner, req, progress, nil)
+}
+
+// create is CreateFor, of a fork of src's disk when src is not nil.
+func (m *Manager) create(ctx context.Context, owner Owner, req api.CreateVMRequest, progress Progress, src *forkSource) (*store.VM, error) {
 	if progress == nil {
 		progress = noProgress
 	}
@@ -88,6 +93,10 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 	}
 	start := time.Now()
 	b, err := m.cfg.Bases.Current(ctx)
+	if src != nil {
+		// Its disk is an overlay over its source's base: the fork keeps it.
+		b, err = m.cfg.Bases.Get(src.vm.Base)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +119,7 @@ func (m *Manager) CreateFor(ctx context.Context, owner Owner, req api.CreateVMRe
 	m.log.Info("creating vm", "name", vm.Name, "id", vm.ID, "ip", vm.IP)
 	progress(vm, "reserve", fmt.Sprintf("name %s, address %s", vm.Name, vm.IP))
 
-	vm, err = m.build(ctx, vm, op, ident, progress)
+	vm, err = m.build(ctx, vm, op, ident, progress, src)
 	if err != nil {
 		m.log.Error("create failed; undoing", "name", vm.Name, "err", err)
 		if saved := m.keepConsole(vm); saved != "" {
@@ -227,7 +236,7 @@ func (m *Manager) isBusy(name string) bool {
 	return ok
 }
 
-func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *guest.Identity, progress Progress) (*store.VM, error) {
+func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *guest.Identity, progress Progress, src *forkSource) (*store.VM, error) {
 	if err := os.MkdirAll(m.dir(vm.ID), 0o700); err != nil {
 		return vm, err
 	}
@@ -236,6 +245,12 @@ func (m *Manager) build(ctx context.Context, vm *store.VM, op *store.Op, ident *
 		return vm, fmt.Errorf("disk: %w", err)
 	}
 	progress(vm, "disk", msg)
+	if src != nil {
+		if msg, err = m.forkDisk(ctx, src, vm); err != nil {
+			return vm, fmt.Errorf("fork: %w", err)
+		}
+		progress(vm, "fork", msg)
+	}
 	return m.boot(ctx, vm, op, progress)
 }
 

@@ -59,6 +59,8 @@ func (m *Manager) opFor(name, id, kind, busyAs string, allowed ...string) (vm *s
 			vm.State, op.Steps = api.StateSuspending, []string{stepSuspending}
 		case "wake":
 			vm.State, op.Steps = api.StateWaking, []string{stepWaking}
+		case "restore":
+			vm.State, op.Steps = api.StateStopping, []string{stepRestoring}
 		case "destroy":
 			op.Steps = []string{stepDestroying}
 		}
@@ -422,6 +424,9 @@ func (m *Manager) teardown(ctx context.Context, id string, vm *store.VM, op *sto
 	}
 	if err := record(stepRemoveDir); err != nil {
 		return err
+	}
+	if err := os.RemoveAll(m.checkpointsOf(id)); err != nil {
+		return fmt.Errorf("destroy vm %s: its checkpoints: %w", id, err)
 	}
 	if err := os.RemoveAll(m.dir(id)); err != nil {
 		return fmt.Errorf("destroy vm %s: %w", id, err)

@@ -5,6 +5,7 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,6 +43,10 @@ func parseMAC(s string) net.HardwareAddr {
 // Config is what a Manager is built from.
 type Config struct {
 	DataDir string
+	// StoreDir is where new VMs' directories and checkpoints go (see
+	// vmstore): <StoreDir>/vms/<id> and <StoreDir>/checkpoints/<id>; ""
+	// means DataDir. A VM made before it was set stays in <DataDir>/vms.
+	StoreDir string
 	// Bases holds the guest images; a new VM is made from the current one.
 	Bases *base.Store
 	// Templates makes the empty disks new VMs get (default: in
@@ -186,7 +191,9 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("vm: no image store (Config.Bases)")
 	}
 	if cfg.Templates == nil {
-		cfg.Templates = &disk.Templates{Dir: filepath.Join(cfg.DataDir, "templates")}
+		// Beside the VMs' disks: a VM's disk is a reflink of its template
+		// where the store can.
+		cfg.Templates = &disk.Templates{Dir: filepath.Join(cmp.Or(cfg.StoreDir, cfg.DataDir), "templates")}
 	}
 	m := &Manager{cfg: cfg, pool: pool, log: cfg.Log,
 		busy: map[string]string{}, instances: map[string]vmm.Instance{}, activity: newActivity(),
@@ -268,8 +275,23 @@ func (m *Manager) Shared(vm *store.VM) (*guest.Client, error) {
 	return c, nil
 }
 
-// dir is a VM's directory; ids are validated before they get here.
-func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.DataDir, "vms", id) }
+// dir is a VM's directory; ids are validated before they get here. New VMs
+// are made in the store; a VM made before the store was where it is stays in
+// the data dir, and works there.
+func (m *Manager) dir(id string) string {
+	legacy := filepath.Join(m.cfg.DataDir, "vms", id)
+	if m.cfg.StoreDir == "" || m.cfg.StoreDir == m.cfg.DataDir {
+		return legacy
+	}
+	if _, err := os.Lstat(legacy); err == nil {
+		return legacy
+	}
+	return filepath.Join(m.cfg.StoreDir, "vms", id)
+}
+
+// root is the directory VM id's directory is in the vms/ of: the store, or
+// the data dir for a VM made before it.
+func (m *Manager) root(id string) string { return filepath.Dir(filepath.Dir(m.dir(id))) }
 
 // spec is the hypervisor's view of a VM. Its hypervisor runs as a uid of its
 // own, derived from its address (vmm.UIDFor), in its own cgroup. A VM boots

@@ -83,13 +83,16 @@ func (m *Manager) resume(ctx context.Context, op *store.Op) error {
 			return err
 		}
 		return m.resumeSuspendOp(ctx, vm, op)
-	case "checkpoint":
+	case "checkpoint", "restore":
 		vm, err := m.cfg.Store.GetVM(op.VMName)
 		if errors.Is(err, store.ErrNotFound) {
 			return m.cfg.Store.Update(func(tx *store.Tx) error { return tx.DeleteOp(op.ID) })
 		}
 		if err != nil {
 			return err
+		}
+		if op.Kind == "restore" {
+			return m.resumeRestoreOp(ctx, vm, op)
 		}
 		return m.resumeCheckpointOp(ctx, vm, op)
 	case "start", "restart", "stop":

@@ -43,6 +43,9 @@ var Steps = []Step{
 	{"wake", stepCont},                // the guest runs on: its suspend image is spent
 	{"checkpoint", stepCheckpointing}, // the op, and the checkpoint's number taken
 	{"checkpoint", stepPause},         // the guest paused for the copy: recovery lets it run
+	{"restore", stepRestoring},        // the op, and the VM marked stopping (after its undo checkpoint)
+	{"restore", stepKill},             // its hypervisor killed
+	{"restore", stepSwap},             // the checkpoint's disk copied beside its own and renamed over it
 	{"destroy", stepDestroying},       // the op
 	{"destroy", stepKill},
 	{"destroy", stepUnplug},
@@ -67,6 +70,8 @@ const (
 	stepDestroying    = "destroying"    // destroy recorded
 	stepCheckpointing = "checkpointing" // checkpoint recorded, its number taken
 	stepPause         = "pause"         // the guest paused for a copy of its disk
+	stepRestoring     = "restoring"     // restore recorded
+	stepSwap          = "swap"          // a checkpoint's disk put in place of the VM's
 	stepHalt          = "halt"          // hypervisor powered off (killed after the stop timeout)
 	stepUnplug        = "unplug"        // tap and nft element removed
 	stepKill          = "kill"          // hypervisor killed
