@@ -203,7 +203,10 @@ func TestCheckpoint_RestoreFork(t *testing.T) {
 
 // TestCheckpoint_XFS: on a data dir on XFS the daemon keeps VM disks in the
 // data dir itself and copies them by reflink: a checkpoint of a VM with 1 GiB
-// written grows the host's used space by less than 1 MiB.
+// written grows the host's used space by less than 1 MiB. Restarted with
+// --store xfs-loop, the daemon makes the store; the VM made before it stays
+// where it is and works (it runs on, takes checkpoints), and a fork of it,
+// live, is made in the store.
 func TestCheckpoint_XFS(t *testing.T) {
 	backing := filepath.Join(t.TempDir(), "xfs.img")
 	sh(t, "truncate", "-s", "12G", backing)
@@ -219,6 +222,7 @@ func TestCheckpoint_XFS(t *testing.T) {
 		}
 		os.Remove(dataDir)
 	})
+	t.Cleanup(func() { unmountStore(t, dataDir) })
 	cleanupVMs(t, dataDir)
 	d, work := startDaemonHV(t, "qemu", dataDir, "--store", "auto"), t.TempDir()
 	if !strings.Contains(d.log(), "kind=dir") || !strings.Contains(d.log(), "reflink=true") {
@@ -235,5 +239,27 @@ func TestCheckpoint_XFS(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dataDir, "checkpoints", v.ID, "v1", "data.img")); err != nil {
 		t.Error(err)
 	}
+
+	d.stop(syscall.SIGTERM)
+	d = startDaemonHV(t, "qemu", dataDir, "--store", "xfs-loop")
+	if !strings.Contains(d.log(), "kind=xfs-loop") {
+		t.Fatalf("--store xfs-loop made no store:\n%s", d.log())
+	}
+	if v := d.vms(work)["xfsy"]; v.State != "running" {
+		t.Errorf("the VM made before the store is %s", v.State)
+	}
+	d.inVM(work, "xfsy", "echo after > /root/after && sync")
+	if out := d.mustCLI(work, "checkpoint", "create", "xfsy"); !strings.HasPrefix(out, "Checkpoint v2 created") {
+		t.Errorf("a checkpoint of the VM made before the store: %q", out)
+	}
+	d.mustCLI(work, "fork", "xfsy", "--name", "xfork")
+	f := d.vms(work)["xfork"]
+	if _, err := os.Stat(filepath.Join(dataDir, vmstore.MountPoint, "vms", f.ID, "data.img")); err != nil {
+		t.Errorf("the fork is not in the store: %v", err)
+	}
+	if got := d.inVM(work, "xfork", "cat /root/after; test -s /root/big && echo big"); got != "after\nbig" {
+		t.Errorf("the live fork's files: %q", got)
+	}
 	d.mustCLI(work, "destroy", "xfsy")
+	d.mustCLI(work, "destroy", "xfork")
 }

@@ -25,13 +25,16 @@ import (
 )
 
 // TestDaemon_CrashTable kills the daemon with SIGKILL right after each step
-// every operation records (create, start, stop, destroy, and the daemon's own
-// restart of a VM after a host restart: the list is vm.Steps, so a new step
-// is a new row), through the test-only hook FCM_TEST_CRASH_AT,
-// then restarts it and checks what a user would: the VM is running, stopped
-// (start and stop) or gone (create and destroy), nothing leaked (tap, nft
-// element, lease, directory, hypervisor, route), and the operation retried
-// succeeds. The rows share one data dir and one VM, one after the other.
+// every operation records (create, start, stop, destroy, suspend, wake,
+// checkpoint, restore, and the daemon's own restart of a VM after a host
+// restart: the list is vm.Steps, so a new step is a new row), through the
+// test-only hook FCM_TEST_CRASH_AT, then restarts it and checks what a user
+// would: the VM is running, stopped (start and stop), suspended (suspend and
+// wake), running (checkpoint and restore: on a whole disk) or gone (create
+// and destroy), nothing leaked (tap, nft element, lease, directory,
+// hypervisor, route, a half-made checkpoint or a restore's copy), and the
+// operation retried succeeds. The rows share one data dir and one VM, one
+// after the other.
 func TestDaemon_CrashTable(t *testing.T) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)

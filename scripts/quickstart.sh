@@ -18,7 +18,7 @@ command -v go >/dev/null || { echo "quickstart: Go 1.26+ is needed (https://go.d
 
 say "host packages"
 missing=
-for tool in qemu-system-x86_64 debootstrap mkfs.ext4 lz4 nft ip make caddy curl npm; do
+for tool in qemu-system-x86_64 debootstrap mkfs.ext4 mkfs.xfs lz4 nft ip make caddy curl npm; do
 	command -v "$tool" >/dev/null || missing=1
 done
 if [ -n "$missing" ]; then make deps; else echo "all present"; fi
