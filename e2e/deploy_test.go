@@ -350,6 +350,26 @@ func TestDeploy_QuickStart(t *testing.T) {
 		}
 	})
 
+	t.Run("a fork is a preview of the app", func(t *testing.T) {
+		d.mustCLI(work, "fork", "hello", "--name", "hello-preview")
+		defer d.mustCLI(work, "destroy", "hello-preview")
+		fork := d.vms(work)["hello-preview"]
+		if _, body, _ := httpBody(fmt.Sprintf("http://%s:3000/", fork.IP)); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("the fork's app says %q", body)
+		}
+		if out := d.mustCLI(work, "config", "-a", "hello-preview"); !strings.Contains(out, "GREETING=hola") {
+			t.Errorf("the fork's config vars: %s", out)
+		}
+		if out := d.mustCLI(work, "releases", "-a", "hello-preview"); !strings.Contains(out, "Current: v7") || !strings.Contains(out, "v1  Deploy "+first[:7]) {
+			t.Errorf("the fork's releases:\n%s", out)
+		}
+		// Its own from here: a config change there is not the source's.
+		d.mustCLI(work, "config", "set", "-a", "hello-preview", "GREETING=preview")
+		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
+			t.Errorf("a config change in the fork reached the source: %q", body)
+		}
+	})
+
 	// The daemon killed during a release (here, not in a subtest: the test goes on
 	// with the restarted daemon).
 	{

@@ -204,6 +204,14 @@ func (m *Manager) Stop(ctx context.Context, name, id string) (*store.VM, error) 
 // the stop timeout plus the time a kill may take; on error the caller marks
 // the VM error.
 func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, set setter) (*store.VM, error) {
+	return m.haltTap(ctx, vm, op, set, false)
+}
+
+// haltTap is halt, keeping the VM's tap when keepTap says a boot follows at
+// once (deleting a network device waits for the kernel's grace periods,
+// tens of milliseconds); if the daemon dies before that boot, the next one
+// removes the tap of a VM that does not run.
+func (m *Manager) haltTap(ctx context.Context, vm *store.VM, op *store.Op, set setter, keepTap bool) (*store.VM, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StopTimeout+killWait)
 	defer cancel()
 	recordStop := func(step string) error {
@@ -225,7 +233,7 @@ func (m *Manager) halt(ctx context.Context, vm *store.VM, op *store.Op, set sett
 	if err := recordStop(stepUnplug); err != nil {
 		return vm, err
 	}
-	if ip, err := netip.ParseAddr(vm.IP); err == nil {
+	if ip, err := netip.ParseAddr(vm.IP); err == nil && !keepTap {
 		if err := m.cfg.Network.RemoveVM(ctx, vm.Tap, ip); err != nil {
 			return vm, fmt.Errorf("stop vm %s: %w", vm.Name, err)
 		}

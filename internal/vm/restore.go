@@ -21,8 +21,9 @@ type Restored struct {
 	From Checkpoint
 	Undo Checkpoint
 	// Took is fcm's time from the hypervisor's kill to the new disk in
-	// place, before the guest's boot starts.
-	Took time.Duration
+	// place, before the guest's boot starts: Kill, the old hypervisor's
+	// end, and Swap, the checkpoint's disk put in place, are in it.
+	Took, Kill, Swap time.Duration
 }
 
 // swapNewExt names the copy of a checkpoint's disk a restore writes before
@@ -95,6 +96,7 @@ func (m *Manager) Restore(ctx context.Context, name, id string, n int, by string
 		m.markError(vm.ID, op.ID, err)
 		return nil, err
 	}
+	kill := time.Since(t)
 	if err := m.record(op, stepSwap); err != nil {
 		return nil, err
 	}
@@ -109,21 +111,25 @@ func (m *Manager) Restore(ctx context.Context, name, id string, n int, by string
 		return nil, err
 	}
 	took := time.Since(t)
+	swap := took - kill
 	progress(vm, "disk", fmt.Sprintf("on %s's disk (%s) in %s", from.ID(), method, took.Round(time.Millisecond)))
-	out, err := m.halt(ctx, vm, op, to(api.StateStopped, ""))
+	t = time.Now()
+	boot := prev != api.StateStopped && vm.DesiredState() == api.DesiredRunning
+	out, err := m.haltTap(ctx, vm, op, to(api.StateStopped, ""), boot)
 	if err != nil {
 		m.markError(vm.ID, op.ID, err)
 		return nil, err
 	}
-	m.log.Info("vm restored", "name", name, "checkpoint", from.ID(), "undo", undo.ID(), "copy", method, "took", took.Round(time.Microsecond))
+	m.log.Info("vm restored", "name", name, "checkpoint", from.ID(), "undo", undo.ID(), "copy", method,
+		"kill", kill.Round(time.Microsecond), "swap", swap.Round(time.Microsecond), "unplug", time.Since(t).Round(time.Microsecond))
 	ended = true
 	m.end(name)
-	if prev != api.StateStopped && out.DesiredState() == api.DesiredRunning {
+	if boot {
 		if out, err = m.startAs(ctx, "start", name, vm.ID, progress); err != nil {
 			return nil, fmt.Errorf("vm %s is on %s's disk, but its boot failed: %w", name, from.ID(), err)
 		}
 	}
-	return &Restored{VM: out, From: from, Undo: *undo, Took: took}, nil
+	return &Restored{VM: out, From: from, Undo: *undo, Took: took, Kill: kill, Swap: swap}, nil
 }
 
 // killHypervisor ends VM vm's hypervisor at once, answering or not, with any
