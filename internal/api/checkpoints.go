@@ -2,6 +2,20 @@ package api
 
 import "time"
 
+// Checkpoints, restore and fork.
+//
+// A checkpoint is a copy of a VM's disk at one moment, taken live. They are
+// routes of their VM: only its owner (and the admin) reaches them, and
+// anyone else gets 404 as for a VM that does not exist.
+//
+// Routes (all JSON; restore and fork stream progress as start and create do):
+//
+//	POST   /v1/vms/{name}/checkpoints       CreateCheckpointRequest -> 201 Checkpoint
+//	GET    /v1/vms/{name}/checkpoints       -> []Checkpoint, oldest first
+//	DELETE /v1/vms/{name}/checkpoints/{id}  -> 204
+//	POST   /v1/vms/{name}/restore           RestoreRequest -> VM
+//	POST   /v1/vms/{name}/fork              ForkRequest -> 201 VM (the fork)
+
 // Checkpoint is one of a VM's checkpoints: a copy of its disk as it was.
 type Checkpoint struct {
 	ID      string    `json:"id"` // v1, v2, ...: numbered per VM, never reused

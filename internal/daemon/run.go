@@ -183,28 +183,6 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("guest image: %s is missing: build it with 'sudo fcm image build --out %s' (or pass --kernel/--initrd/--rootfs)", f, o.DataDir)
 		}
 	}
-	vs, err := vmstore.Open(ctx, o.DataDir, cmp.Or(o.Store, vmstore.ModeAuto), o.Log)
-	if err != nil {
-		return err
-	}
-	o.Log.Info("store", "kind", vs.Kind, "root", vs.Root, "reflink", vs.Reflink, "loop", vs.Loop)
-	if d := filepath.Join(vs.Root, "vms", "12345678"); len(d) > vmm.MaxDirLen {
-		return fmt.Errorf("--data-dir %s is too long: VM directories in its store (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
-	}
-	// Hypervisors run as per-VM users that must reach their own vms/<id> (0700,
-	// theirs): the data dir, the store and vms/ are searchable (o+x), not listable.
-	for _, d := range []string{filepath.Join(o.DataDir, "vms"), filepath.Join(vs.Root, "vms")} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return err
-		}
-	}
-	for _, d := range []string{o.DataDir, filepath.Join(o.DataDir, "vms"), vs.Root, filepath.Join(vs.Root, "vms")} {
-		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o011 != 0o011 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
-				return err
-			}
-		}
-	}
 	st, err := store.Open(filepath.Join(o.DataDir, "fcm.db"), 500*time.Millisecond)
 	if errors.Is(err, store.ErrLocked) {
 		if o.RotateAdminToken {
@@ -229,6 +207,30 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	o.Log.Info("hypervisor", "driver", driver.Name(), "why", why)
+	// The store (a mount, on ext4) is made once everything that refuses a
+	// start has passed.
+	vs, err := vmstore.Open(ctx, o.DataDir, cmp.Or(o.Store, vmstore.ModeAuto), o.Log)
+	if err != nil {
+		return err
+	}
+	o.Log.Info("store", "kind", vs.Kind, "root", vs.Root, "reflink", vs.Reflink, "loop", vs.Loop)
+	if d := filepath.Join(vs.Root, "vms", "12345678"); len(d) > vmm.MaxDirLen {
+		return fmt.Errorf("--data-dir %s is too long: VM directories in its store (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
+	}
+	// Hypervisors run as per-VM users that must reach their own vms/<id> (0700,
+	// theirs): the data dir, the store and vms/ are searchable (o+x), not listable.
+	for _, d := range []string{filepath.Join(o.DataDir, "vms"), filepath.Join(vs.Root, "vms")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{o.DataDir, filepath.Join(o.DataDir, "vms"), vs.Root, filepath.Join(vs.Root, "vms")} {
+		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+				return err
+			}
+		}
+	}
 
 	host, _, err := net.SplitHostPort(o.Listen)
 	if err != nil {

@@ -135,6 +135,9 @@ func openXFSLoop(ctx context.Context, dataDir string, log *slog.Logger) (*Store,
 		if _, err := run(ctx, "mount", "-t", "xfs", "-o", "discard,nosuid,nodev", loop, mnt); err != nil {
 			return nil, err
 		}
+		if err := autoclear(loop); err != nil {
+			return nil, err
+		}
 		if !fresh {
 			log.Info("store: mounted the XFS store", "file", img, "loop", loop, "at", mnt)
 		}
@@ -255,4 +258,25 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 		return "", fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// autoclear has loop device dev detach itself once nothing uses it (the
+// store unmounted, or the mount namespace it was mounted in gone), as
+// mount -o loop does: no loop device is left on a file that is gone. Set
+// only while the store is mounted: the last close would clear it at once.
+func autoclear(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", dev, err)
+	}
+	info.Flags |= unix.LO_FLAGS_AUTOCLEAR
+	if err := unix.IoctlLoopSetStatus64(int(f.Fd()), info); err != nil {
+		return fmt.Errorf("%s: autoclear: %w", dev, err)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,8 +60,19 @@ func TestOpen_Ext4(t *testing.T) {
 	if err != nil || again.Loop != s.Loop || again.Root != s.Root {
 		t.Fatalf("a second Open: %+v, %v; the first: %+v", again, err, s)
 	}
-	// A host restart: no mount, no loop device.
-	detach(t, s)
+	// Unmounted, the loop device detaches itself (autoclear): none is left
+	// on a file that goes away. Then a host restart: no mount, no loop.
+	sh(t, "umount", s.Root)
+	for i := 0; ; i++ {
+		out, _ := exec.Command("losetup", "-n", "-O", "NAME", "-j", filepath.Join(dataDir, ImageFile)).Output()
+		if len(bytes.TrimSpace(out)) == 0 {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("the store's loop device %s is still attached after its unmount", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	s, err = Open(ctx, dataDir, ModeAuto, nil)
 	if err != nil {
 		t.Fatal(err)
