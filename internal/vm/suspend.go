@@ -163,8 +163,9 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 }
 
 // syncGuest has the guest write what it holds for its disks (best effort,
-// bounded): should its suspend image be lost (a host restart) or refused (its
-// disk changed), its cold boot finds them there.
+// bounded), before a suspend (should its suspend image be lost, a host
+// restart, or refused, its disk changed, its cold boot finds them there) and
+// before a copy of its disk (a checkpoint or a fork holds them).
 func (m *Manager) syncGuest(ctx context.Context, vm *store.VM) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -174,10 +175,10 @@ func (m *Manager) syncGuest(ctx context.Context, vm *store.VM) {
 		_, err = c.Run(ctx, "sync")
 	}
 	if err != nil {
-		m.log.Warn("suspend: the guest's sync failed; suspending anyway", "name", vm.Name, "err", err)
+		m.log.Warn("the guest's sync failed; going on without it", "name", vm.Name, "err", err)
 		return
 	}
-	m.log.Info("suspend: the guest synced its disks", "name", vm.Name, "took", time.Since(t).Round(time.Millisecond))
+	m.log.Info("the guest synced its disks", "name", vm.Name, "took", time.Since(t).Round(time.Millisecond))
 }
 
 // fixGuest sets a woken guest's clock (it stood still while it slept) and
