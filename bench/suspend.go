@@ -308,7 +308,7 @@ func runSuspendBench(ctx context.Context, w io.Writer, cycles int) error {
 			diskBenchDur(setupTook), imageID(b.img)),
 		fmt.Sprintf("two runs, the same VMs: the daemon with --standbys %d (after a suspend it starts a QEMU waiting under -incoming defer; the cycle waits for it, as a later request would find it), then restarted with --standbys 0 (QEMU started on the wake's path)", vm.DefaultStandbys),
 		fmt.Sprintf("a cycle (%d per size and run): wait until Caddy routes the VM straight to it; fcm suspend (API); wait until Caddy routes it to the daemon's waker; one GET of its URL with curl (a new process and connection: DNS via --resolve, TLS, HTTP/2), answered 200 with the VM's page", cycles),
-		"fcm's share of a suspend: the daemon log's `vm suspended took=` (QMP stop, device state migrated to a file beside the memory file, QEMU quit and reaped); before it the guest syncs its disks over SSH (`suspend: the guest synced its disks took=`, the guest's own work: a new SSH connection under TCG when none is open), which fcm suspend (API) includes; of a wake: the log's `waker: request forwarded waited=` (from the waker getting Caddy's request to forwarding it to the running guest: QEMU started with -incoming defer, device state loaded, cont), `waker: vm woken by a request took=` is the wake alone, `vm woken took=` the manager's restore",
+		"fcm's share of a suspend: the daemon log's `vm suspended took=` (QMP stop, device state migrated to a file beside the memory file, QEMU quit and reaped); before it the guest syncs its disks over SSH (`the guest synced its disks took=`, the guest's own work: a new SSH connection under TCG when none is open), which fcm suspend (API) includes; of a wake: the log's `waker: request forwarded waited=` (from the waker getting Caddy's request to forwarding it to the running guest: QEMU started with -incoming defer, device state loaded, cont), `waker: vm woken by a request took=` is the wake alone, `vm woken took=` the manager's restore",
 		"host RSS of a suspended VM: the summed VmRSS of every process whose command line has the VM's directory, and of its former QEMU pid if it still lived (0 when none)",
 		fmt.Sprintf("cold boot: fcm stop, then fcm start of the same VM (%d per size; the suspend image is discarded on stop), until its URL answers with its page", sleepColdBoots),
 		fmt.Sprintf("machine: %d cores (%s), MemTotal %s; load average %s at the start, %s at the end (the host is shared: other work slows TCG)",
@@ -341,7 +341,7 @@ func (b *sleepBench) cycle(ctx context.Context, r *sizeResult, i int) error {
 		return err
 	}
 	r.suspendLog = append(r.suspendLog, took)
-	if sync, err := b.nthLogDur(i, "suspend: the guest synced its disks", "name", r.name, "took"); err == nil {
+	if sync, err := b.nthLogDur(i, "the guest synced its disks", "name", r.name, "took"); err == nil {
 		r.guestSync = append(r.guestSync, sync)
 	}
 	dir := b.vmDir(v.ID) + "/"
