@@ -357,10 +357,10 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if _, body, _ := httpBody(fmt.Sprintf("http://%s:3000/", fork.IP)); !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("the fork's app says %q", body)
 		}
-		if out := d.mustCLI(work, "config", "-a", "hello-preview"); !strings.Contains(out, "GREETING=hola") {
+		if out := d.mustCLI(work, "config", "hello-preview"); !strings.Contains(out, "GREETING=hola") {
 			t.Errorf("the fork's config vars: %s", out)
 		}
-		if out := d.mustCLI(work, "releases", "-a", "hello-preview"); !strings.Contains(out, "Current: v7") || !strings.Contains(out, "v1  Deploy "+first[:7]) {
+		if out := d.mustCLI(work, "releases", "hello-preview"); !strings.Contains(out, "Current: v7") || !strings.Contains(out, "v1  Deploy "+first[:7]) {
 			t.Errorf("the fork's releases:\n%s", out)
 		}
 		// Its own from here: a config change there is not the source's.
