@@ -84,7 +84,7 @@ EOF
 chmod 755 /usr/sbin/fcm-init`
 
 // TestTenants_GuestCannotGrowTheDaemon: one VM, its owner root in it. 100
-// ps, 100 run and 200 logs commands and 500 status page views leave the
+// ps, 100 run and 100 logs commands and 500 status page views leave the
 // daemon with the file descriptors it had and one SSH connection to the VM
 // (the one they share); a guest
 // agent that prints 2 GiB on every release path (deploy, config change,
@@ -128,7 +128,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 	defer cancel()
 	c := &client.Client{Host: "http://" + daemonListen, Token: d.token(), HTTP: &http.Client{}}
 
-	t.Run("400 commands and 500 page views leak nothing", func(t *testing.T) {
+	t.Run("300 commands and 500 page views leak nothing", func(t *testing.T) {
 		if _, err := c.Processes(ctx, "loud"); err != nil {
 			t.Fatal(err)
 		}
@@ -136,11 +136,11 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		before := openFDs(t, pid) // with the VM's shared SSH connection open
 
-		// 100 ps, 100 run and 200 logs (each about a second of the emulated
+		// 100 each of ps, run and logs (each about a second of the emulated
 		// guest's), four at a time, as several clients would.
 		start := time.Now()
 		jobs := make(chan int)
-		errs := make(chan error, 400)
+		errs := make(chan error, 300)
 		var wg sync.WaitGroup
 		for range 4 {
 			wg.Add(1)
@@ -148,7 +148,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 				defer wg.Done()
 				for i := range jobs {
 					var err error
-					switch i % 4 {
+					switch i % 3 {
 					case 0:
 						_, err = c.Processes(ctx, "loud")
 					case 1:
@@ -162,7 +162,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 				}
 			}()
 		}
-		for i := range 400 {
+		for i := range 300 {
 			jobs <- i
 		}
 		close(jobs)
@@ -171,7 +171,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 		for err := range errs {
 			t.Error(err)
 		}
-		t.Logf("400 commands in %s", time.Since(start).Round(time.Millisecond))
+		t.Logf("300 commands in %s", time.Since(start).Round(time.Millisecond))
 		for i := range 500 {
 			for _, path := range []string{"/", "/vms/loud"} {
 				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+daemonListen+path, nil)
@@ -188,7 +188,7 @@ func TestTenants_GuestCannotGrowTheDaemon(t *testing.T) {
 		c.HTTP.CloseIdleConnections()
 		time.Sleep(time.Second)
 		if after := openFDs(t, pid); after > before+2 {
-			t.Errorf("the daemon has %d open files after 400 commands and 500 page views, %d before", after, before)
+			t.Errorf("the daemon has %d open files after 300 commands and 500 page views, %d before", after, before)
 		}
 		if n := sshConnections(t, vm.IP); n > 1 {
 			t.Errorf("%d SSH connections to the guest are open, want the one its commands share", n)
