@@ -523,3 +523,50 @@ func RemoveParent() error {
 	}
 	return nil
 }
+
+// Usage is what VM id's cgroup has used: CPU time since it was made, and the
+// memory it holds now (the hypervisor's, guest RAM included).
+type Usage struct {
+	CPUSeconds  float64
+	MemoryBytes int64
+}
+
+// ReadUsage reads VM id's cgroup usage: cpu.stat usage_usec and
+// memory.current on v2; cpuacct.usage and memory.usage_in_bytes on v1.
+func ReadUsage(id string) (Usage, error) {
+	h, err := detect()
+	if err != nil {
+		return Usage{}, err
+	}
+	dirs := h.dirs(id)
+	var u Usage
+	if h.v2 {
+		stat, err := os.ReadFile(filepath.Join(dirs[0], "cpu.stat"))
+		if err != nil {
+			return u, err
+		}
+		for _, line := range strings.Split(string(stat), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "usage_usec" {
+				usec, _ := strconv.ParseInt(f[1], 10, 64)
+				u.CPUSeconds = float64(usec) / 1e6
+			}
+		}
+		u.MemoryBytes, err = readInt(filepath.Join(dirs[0], "memory.current"))
+		return u, err
+	}
+	ns, err := readInt(filepath.Join(dirs[1], "cpuacct.usage"))
+	if err != nil {
+		return u, err
+	}
+	u.CPUSeconds = float64(ns) / 1e9
+	u.MemoryBytes, err = readInt(filepath.Join(dirs[0], "memory.usage_in_bytes"))
+	return u, err
+}
+
+func readInt(path string) (int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+}

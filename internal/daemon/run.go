@@ -23,6 +23,7 @@ import (
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
+	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/network"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
@@ -88,6 +89,9 @@ type Options struct {
 	// KeepCheckpoints is how many checkpoints each VM keeps
 	// (--keep-checkpoints; 0: vm.DefaultKeepCheckpoints).
 	KeepCheckpoints int
+	// MetricsListen is where Prometheus metrics are served (--metrics-listen);
+	// "" or "off": nowhere.
+	MetricsListen string
 	// Suspend lets VMs be suspended and woken (--suspend on).
 	Suspend bool
 	// Standbys is how many suspended VMs keep a hypervisor waiting for their
@@ -255,7 +259,8 @@ func Run(ctx context.Context, o Options) error {
 	// What the daemon does when it suspends a VM by itself: set once the
 	// server is, before anything does.
 	var slept atomic.Pointer[func(*store.VM)]
-	mgr, err := vm.New(vm.Config{
+	mets := newMetrics(o.MetricsListen, st)
+	mgr, err := vm.New(vm.Config{Observe: observe(mets),
 		DataDir: o.DataDir, StoreDir: vs.Root, KeepCheckpoints: o.KeepCheckpoints, Bases: bases, Driver: driver, Network: hostNet,
 		Subnet: netCfg.Subnet, Store: st, Key: key, Log: o.Log, Bridge: netCfg.Bridge,
 		MaxCPUs: o.MaxCPUs, MaxMemoryMiB: o.MaxMemoryMiB, MaxDiskBytes: o.MaxDiskBytes, BootTimeout: o.BootTimeout, NameHold: o.NameHold,
@@ -281,6 +286,7 @@ func Run(ctx context.Context, o Options) error {
 	var rec *edge.Reconciler
 	if edgeCfg != nil {
 		rec = edge.New(*edgeCfg, Sites(st), o.Log)
+		rec.Failed = mets.EdgeError
 		go rec.Run(ctx)
 		o.Log.Info("edge", "caddy", edgeCfg.Admin, "domain", edgeCfg.Domain, "daemon", edgeCfg.URL(edge.DaemonHost))
 	}
@@ -299,7 +305,7 @@ func Run(ctx context.Context, o Options) error {
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		MaxMemoryPerUser: o.MaxMemoryPerUser, MaxCPUsPerUser: o.MaxCPUsPerUser,
-		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases"))}
+		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases")), Metrics: mets}
 	onSleep := func(v *store.VM) {
 		server.closeConsoles(v, "the VM was suspended: reconnecting wakes it")
 		server.routeChanged(nil, v) // to the waker
@@ -315,7 +321,8 @@ func Run(ctx context.Context, o Options) error {
 	o.Git.UID, o.Git.GID = deploy.DefaultGitUID, deploy.DefaultGitUID // git never runs as root
 	server.Deploys = &deploy.Service{DataDir: o.DataDir, DiskReserve: o.DiskReserve, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
-		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track, Awake: server.awake}
+		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track, Awake: server.awake,
+		Deployed: func(ok bool, took time.Duration) { mets.Deploy(ok); mets.Observe(metrics.OpDeploy, took.Seconds()) }}
 	if err := server.Deploys.Prepare(ctx); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}
@@ -329,6 +336,12 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("git over SSH: listen on %s: %w (--git-listen picks another address, off turns it off)", o.GitListen, err)
 		}
 		defer gitLn.Close()
+	}
+	var metricsAddr net.Addr
+	if mets != nil {
+		if metricsAddr, err = serveMetrics(ctx, mets, o.MetricsListen); err != nil {
+			return err
+		}
 	}
 	protectFromOOM(o.Log) // all checked: the daemon serves from here
 	srv := newHTTPServer(server.Handler())
@@ -354,6 +367,9 @@ func Run(ctx context.Context, o Options) error {
 		} else {
 			fmt.Fprintln(o.Out, "No edge (--caddy-admin off): VMs are reached at http://<ip>:<port> from this host")
 		}
+	}
+	if metricsAddr != nil && o.Out != nil {
+		fmt.Fprintf(o.Out, "Prometheus metrics at http://%s/metrics\n", metricsAddr)
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()

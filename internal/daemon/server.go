@@ -21,6 +21,7 @@ import (
 	"github.com/fcmhost/fcm/internal/console"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/edge"
+	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/vm"
 )
@@ -78,6 +79,9 @@ type Server struct {
 	Version          string
 	Hypervisor       string
 	Log              *slog.Logger
+	// Metrics counts the API's requests by route (fcm daemon
+	// --metrics-listen); nil: none.
+	Metrics *metrics.Metrics
 
 	consolesOnce sync.Once
 	live         liveConns     // console WebSockets and log follows, ended on revocation
@@ -91,11 +95,11 @@ type Server struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for pattern, rt := range s.routes() {
-		mux.Handle(pattern, s.guard(rt))
+		mux.Handle(pattern, s.counted(pattern, s.guard(rt)))
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/", s.counted("unmatched", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
-	})
+	})))
 	apiH := bodyDeadline(mux)
 	wk := s.waker()
 	return s.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -132,6 +136,30 @@ func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// counted counts each request of route pattern in the metrics, with the
+// status it was answered with (the request log's statusWriter has it).
+func (s *Server) counted(pattern string, h http.Handler) http.Handler {
+	if s.Metrics == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		code := http.StatusOK
+		for rw := w; rw != nil; {
+			if sw, ok := rw.(*statusWriter); ok {
+				code = sw.status
+				break
+			}
+			u, ok := rw.(interface{ Unwrap() http.ResponseWriter })
+			if !ok {
+				break
+			}
+			rw = u.Unwrap()
+		}
+		s.Metrics.Request(pattern, code)
+	})
 }
 
 // logged writes one line per request: who (remote address, the client

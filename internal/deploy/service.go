@@ -55,7 +55,10 @@ type Service struct {
 	Live func(tok *store.Token, vmID string, end func(reason string)) (forget func())
 	// Awake, when set, returns a VM running, waking it first if it sleeps
 	// (suspended), and counts it in use until done is called.
-	Awake    func(ctx context.Context, vm *store.VM) (woke *store.VM, done func(), err error)
+	Awake func(ctx context.Context, vm *store.VM) (woke *store.VM, done func(), err error)
+	// Deployed, when set, is told how each deploy (a push's release) ended
+	// and how long it took, from its build's start.
+	Deployed func(ok bool, took time.Duration)
 	Git      GitOptions // git's limits and unprivileged user (gitlimits.go)
 	gitState            // receive-packs and SSH handshakes in progress (gitlimits.go)
 
@@ -242,8 +245,13 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 	defer out.record(s, vm.ID, rel.Version)()
 	fmt.Fprintf(out, "-----> Building %s v%d from %s (%s)\n", vm.Name, rel.Version, short(commit), strings.TrimPrefix(ref, "refs/heads/"))
 	spec := release.Spec{Version: rel.Version, Build: rel.Build, Commit: commit, Port: vm.Port, Env: rel.Env, RunRelease: true}
+	t := time.Now()
 	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
-	return s.finish(vm, rel, prev, err, out)
+	err = s.finish(vm, rel, prev, err, out)
+	if s.Deployed != nil {
+		s.Deployed(err == nil, time.Since(t))
+	}
+	return err
 }
 
 // refValue is ref's commit in the repository of app vmID, the zero id when it has none.

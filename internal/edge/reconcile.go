@@ -19,6 +19,9 @@ type Reconciler struct {
 	// Interval is how often Caddy is checked when nothing has changed (to notice
 	// a restart that lost the routes).
 	Interval time.Duration
+	// Failed, when set, is told of each pass that could not give Caddy the
+	// routes it should have.
+	Failed func()
 
 	kick chan struct{}
 
@@ -114,6 +117,9 @@ func (r *Reconciler) Run(ctx context.Context) {
 		r.mu.Unlock()
 
 		wait := r.Interval
+		if err != nil && r.Failed != nil {
+			r.Failed()
+		}
 		switch {
 		case err != nil:
 			if !repeated {

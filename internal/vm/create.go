@@ -131,6 +131,7 @@ func (m *Manager) create(ctx context.Context, owner Owner, req api.CreateVMReque
 		return nil, err
 	}
 	m.log.Info("vm created", "name", vm.Name, "took", time.Since(start).Round(time.Millisecond))
+	m.observe("create", time.Since(start))
 	return vm, nil
 }
 
@@ -278,6 +279,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 	if err := m.reserveMemory(spec); err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
 	}
+	booted := time.Now()
 	inst, err := m.cfg.Driver.Start(ctx, spec)
 	if err != nil {
 		return vm, fmt.Errorf("boot: %w", err)
@@ -295,6 +297,7 @@ func (m *Manager) boot(ctx context.Context, vm *store.VM, op *store.Op, progress
 		return vm, fmt.Errorf("boot: %w", err)
 	}
 	progress(vm, "ssh", fmt.Sprintf("SSH ready in %s", time.Since(t).Round(time.Millisecond)))
+	m.observe("boot", time.Since(booted))
 
 	err = m.cfg.Store.Update(func(tx *store.Tx) error {
 		cur, err := tx.VM(vm.Name)

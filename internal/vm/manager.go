@@ -102,6 +102,10 @@ type Config struct {
 	// BootConcurrency bounds the boots the daemon does by itself at once
 	// (restarts, see Heal); 0: DefaultBootConcurrency.
 	BootConcurrency int
+	// Observe, when set, is told how long each create (to SSH ready), boot
+	// (hypervisor start to SSH ready), suspend and wake took: op is "create",
+	// "boot", "suspend" or "wake".
+	Observe func(op string, took time.Duration)
 	// Ready waits until a booted VM is usable; default: its SSH answers with the
 	// pinned host key. Benchmarks of the daemon's own overhead replace it.
 	Ready func(ctx context.Context, vm *store.VM) error
@@ -355,4 +359,11 @@ func ToAPI(vm *store.VM) api.VM {
 		a.URL = fmt.Sprintf("http://%s:%d", vm.IP, vm.Port)
 	}
 	return a
+}
+
+// observe tells Config.Observe how long op took.
+func (m *Manager) observe(op string, took time.Duration) {
+	if m.cfg.Observe != nil {
+		m.cfg.Observe(op, took)
+	}
 }

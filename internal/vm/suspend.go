@@ -104,6 +104,7 @@ func (m *Manager) suspend(ctx context.Context, name, id, why string) (*store.VM,
 		m.log.Warn("suspend image: its record could not be written; a wake will not check it", "name", name, "err", err)
 	}
 	m.log.Info("vm suspended", "name", name, "took", time.Since(t).Round(time.Millisecond))
+	m.observe("suspend", time.Since(t))
 	out, err := m.finish(vm, op, func(v *store.VM) {
 		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateSuspended, why, 0, time.Now().UTC()
 		if why != "" {
@@ -150,6 +151,7 @@ func (m *Manager) Wake(ctx context.Context, name, id string) (*store.VM, error) 
 	}
 	took := time.Since(t)
 	m.log.Info("vm woken", "name", name, "took", took.Round(time.Millisecond), "pid", inst.PID())
+	m.observe("wake", took)
 	out, err := m.finish(vm, op, func(v *store.VM) {
 		v.State, v.Reason, v.PID, v.SuspendedAt = api.StateRunning, "", inst.PID(), time.Time{}
 	})
