@@ -119,7 +119,7 @@ deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		qemu-system-x86 debootstrap debian-archive-keyring e2fsprogs xfsprogs lz4 \
 		iproute2 nftables tmux procps ca-certificates git make gcc cpio caddy curl ruby \
-		chromium
+		chromium prometheus
 	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
 
 clean:

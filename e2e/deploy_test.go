@@ -196,7 +196,9 @@ func TestDeploy_QuickStart(t *testing.T) {
 	cleanupVMs(t, dataDir)
 	// VMs may be suspended (a push wakes one, below), but none sleeps by itself.
 	sleepy := []string{"--suspend", "on", "--suspend-after", "off"}
-	d := startDaemonHV(t, "qemu", dataDir, sleepy...)
+	// A real Prometheus scrapes the daemon's metrics throughout.
+	d := startDaemonHV(t, "qemu", dataDir, append(sleepy, "--metrics-listen", metricsListen)...)
+	prom := startPrometheus(t, metricsListen)
 	work := t.TempDir()
 	d.mustGit(work, "init", "-q", "-b", "main")
 	out := d.mustCLI(work, "create", "--name", "hello")
@@ -368,6 +370,28 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
 			t.Errorf("a config change in the fork reached the source: %q", body)
 		}
+	})
+
+	t.Run("metrics through a real Prometheus", func(t *testing.T) {
+		atLeast := func(n float64) func(float64) bool { return func(v float64) bool { return v >= n } }
+		waitQuery(t, prom, `fcm_vms{state="running"}`, atLeast(1))
+		waitQuery(t, prom, `fcm_api_requests_total{route="POST /v1/vms",code="200"}`, atLeast(1))
+		waitQuery(t, prom, `fcm_api_requests_total{route="POST /v1/vms/{name}/fork"}`, atLeast(1))
+		waitQuery(t, prom, `fcm_api_requests_total{route="DELETE /v1/vms/{name}"}`, atLeast(1))  // the fork's destroy
+		waitQuery(t, prom, `fcm_operation_duration_seconds_count{op="create"}`, atLeast(2)) // a fork is a create
+		waitQuery(t, prom, `fcm_operation_duration_seconds_count{op="deploy"}`, atLeast(3))
+		waitQuery(t, prom, `fcm_deploys_total{result="succeeded"}`, atLeast(2))
+		waitQuery(t, prom, `fcm_deploys_total{result="failed"}`, atLeast(1)) // the crashing push
+		if create := waitQuery(t, prom, `fcm_operation_duration_seconds_sum{op="create"} / fcm_operation_duration_seconds_count{op="create"}`, atLeast(0.5)); create > 120 {
+			t.Errorf("a create took %.1f s on average, by the metrics", create)
+		}
+		waitQuery(t, prom, `fcm_vm_memory_bytes{vm="hello"}`, atLeast(64<<20))
+		waitQuery(t, prom, `fcm_vm_network_receive_bytes_total{vm="hello"}`, atLeast(1))
+		// A busy loop of 4 s in the guest: its CPU seconds grow by about that.
+		before := waitQuery(t, prom, `fcm_vm_cpu_seconds_total{vm="hello"}`, atLeast(1))
+		d.mustCLI(work, "run", "--", "sh", "-c", `end=$(($(date +%s)+4)); while [ $(date +%s) -lt $end ]; do :; done`)
+		after := waitQuery(t, prom, `fcm_vm_cpu_seconds_total{vm="hello"}`, atLeast(before+3))
+		t.Logf("hello's CPU seconds: %.1f before a 4 s busy loop, %.1f after", before, after)
 	})
 
 	// The daemon killed during a release (here, not in a subtest: the test goes on
