@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fcmhost/fcm/internal/api"
 )
 
 // gitEnv is a person's git: an identity, no system or global config.
@@ -365,6 +368,37 @@ func TestDeploy_QuickStart(t *testing.T) {
 		if out := d.mustCLI(work, "releases", "hello-preview"); !strings.Contains(out, "Current: v7") || !strings.Contains(out, "v1  Deploy "+first[:7]) {
 			t.Errorf("the fork's releases:\n%s", out)
 		}
+		// fcm stats of the fork: a busy loop is about one vCPU busy; memory
+		// grows by what the guest allocates (a fresh VM has touched little).
+		stats := func() api.VMStats {
+			var st api.VMStats
+			if err := json.Unmarshal([]byte(d.mustCLI(work, "stats", "hello-preview", "--json")), &st); err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+		idle := stats()
+		busy := exec.Command(os.Getenv("FCM_BIN"), "run", "-a", "hello-preview", "--", "sh", "-c", `end=$(($(date +%s)+6)); while [ $(date +%s) -lt $end ]; do :; done`)
+		busy.Dir = work
+		busy.Env = append(os.Environ(), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token())
+		if err := busy.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		during := stats()
+		busy.Wait()
+		if during.CPUPercent < 80 || during.State != "running" || during.Uptime <= 0 || during.NetworkIn <= 0 || during.DiskBytes <= 0 {
+			t.Errorf("fcm stats during a busy loop: %+v (idle: %.0f%% CPU)", during, idle.CPUPercent)
+		}
+		d.mustCLI(work, "run", "-a", "hello-preview", "--", "sh", "-c", "head -c 300M /dev/zero | tail > /dev/null")
+		if after := stats(); after.MemoryBytes < idle.MemoryBytes+200<<20 {
+			t.Errorf("fcm stats: memory %d MiB after the guest allocated 300 MiB, %d MiB before", after.MemoryBytes>>20, idle.MemoryBytes>>20)
+		}
+		if out := d.mustCLI(work, "stats", "hello-preview"); !strings.Contains(out, "hello-preview  running, up ") || !strings.Contains(out, "of 1.0 GiB") {
+			t.Errorf("fcm stats:\n%s", out)
+		}
+		t.Logf("fcm stats hello-preview: CPU %.0f%% idle, %.0f%% busy; memory %d MiB", idle.CPUPercent, during.CPUPercent, idle.MemoryBytes>>20)
+
 		// Its own from here: a config change there is not the source's.
 		d.mustCLI(work, "config", "set", "-a", "hello-preview", "GREETING=preview")
 		if _, body, _ := httpBody(url); !strings.Contains(body, "Hello again, hola") {
@@ -377,8 +411,8 @@ func TestDeploy_QuickStart(t *testing.T) {
 		waitQuery(t, prom, `fcm_vms{state="running"}`, atLeast(1))
 		waitQuery(t, prom, `fcm_api_requests_total{route="POST /v1/vms",code="200"}`, atLeast(1))
 		waitQuery(t, prom, `fcm_api_requests_total{route="POST /v1/vms/{name}/fork"}`, atLeast(1))
-		waitQuery(t, prom, `fcm_api_requests_total{route="DELETE /v1/vms/{name}"}`, atLeast(1))  // the fork's destroy
-		waitQuery(t, prom, `fcm_operation_duration_seconds_count{op="create"}`, atLeast(2)) // a fork is a create
+		waitQuery(t, prom, `fcm_api_requests_total{route="DELETE /v1/vms/{name}"}`, atLeast(1)) // the fork's destroy
+		waitQuery(t, prom, `fcm_operation_duration_seconds_count{op="create"}`, atLeast(2))     // a fork is a create
 		waitQuery(t, prom, `fcm_operation_duration_seconds_count{op="deploy"}`, atLeast(3))
 		waitQuery(t, prom, `fcm_deploys_total{result="succeeded"}`, atLeast(2))
 		waitQuery(t, prom, `fcm_deploys_total{result="failed"}`, atLeast(1)) // the crashing push

@@ -443,3 +443,9 @@ func (c *Client) RotateAdminToken(ctx context.Context) (*api.RotateTokenResponse
 	var out api.RotateTokenResponse
 	return &out, c.call(ctx, http.MethodPost, "/v1/tokens/admin/rotate", nil, &out)
 }
+
+// Stats reads what VM name uses now, and its last hour.
+func (c *Client) Stats(ctx context.Context, name string) (*api.VMStats, error) {
+	var st api.VMStats
+	return &st, c.call(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name)+"/stats", nil, &st)
+}

@@ -73,6 +73,7 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/vms":                           {rule: ruleToken, h: (*Server).createVM},
 		"GET /v1/vms":                            {rule: ruleToken, h: (*Server).listVMs},
 		"GET /v1/vms/{name}":                     {rule: ruleVM, h: (*Server).getVM},
+		"GET /v1/vms/{name}/stats":               {rule: ruleVM, h: (*Server).vmStats},
 		"POST /v1/vms/{name}/start":              {rule: ruleVM, h: (*Server).startVM},
 		"POST /v1/vms/{name}/stop":               {rule: ruleVM, h: (*Server).stopVM},
 		"POST /v1/vms/{name}/suspend":            {rule: ruleVM, h: (*Server).suspendVM},

@@ -26,6 +26,7 @@ import (
 	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/network"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/usage"
 	"github.com/fcmhost/fcm/internal/vm"
 	"github.com/fcmhost/fcm/internal/vmm"
 	_ "github.com/fcmhost/fcm/internal/vmm/firecracker" // registers the firecracker driver
@@ -305,7 +306,8 @@ func Run(ctx context.Context, o Options) error {
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		MaxMemoryPerUser: o.MaxMemoryPerUser, MaxCPUsPerUser: o.MaxCPUsPerUser,
-		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases")), Metrics: mets}
+		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases")), Metrics: mets, Usage: &usage.Sampler{}}
+	go server.sampleUsage(ctx)
 	onSleep := func(v *store.VM) {
 		server.closeConsoles(v, "the VM was suspended: reconnecting wakes it")
 		server.routeChanged(nil, v) // to the waker

@@ -23,6 +23,7 @@ import (
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/usage"
 	"github.com/fcmhost/fcm/internal/vm"
 )
 
@@ -82,6 +83,8 @@ type Server struct {
 	// Metrics counts the API's requests by route (fcm daemon
 	// --metrics-listen); nil: none.
 	Metrics *metrics.Metrics
+	// Usage keeps the running VMs' last hour of usage; nil: no history.
+	Usage *usage.Sampler
 
 	consolesOnce sync.Once
 	live         liveConns     // console WebSockets and log follows, ended on revocation

@@ -293,6 +293,9 @@ func (m *Manager) dir(id string) string {
 	return filepath.Join(m.cfg.StoreDir, "vms", id)
 }
 
+// DiskPath is where VM id's own disk is.
+func (m *Manager) DiskPath(id string) string { return filepath.Join(m.dir(id), dataFile) }
+
 // root is the directory VM id's directory is in the vms/ of: the store, or
 // the data dir for a VM made before it.
 func (m *Manager) root(id string) string { return filepath.Dir(filepath.Dir(m.dir(id))) }
