@@ -554,13 +554,43 @@ func ReadUsage(id string) (Usage, error) {
 		u.MemoryBytes, err = readInt(filepath.Join(dirs[0], "memory.current"))
 		return u, err
 	}
-	ns, err := readInt(filepath.Join(dirs[1], "cpuacct.usage"))
+	if u.MemoryBytes, err = readInt(filepath.Join(dirs[0], "memory.usage_in_bytes")); err != nil {
+		return u, err
+	}
+	// cpuacct where it is mounted with cpu; else what the cgroup's processes
+	// (the hypervisor) used, from /proc.
+	if ns, err := readInt(filepath.Join(dirs[1], "cpuacct.usage")); err == nil {
+		u.CPUSeconds = float64(ns) / 1e9
+		return u, nil
+	}
+	pids, err := Procs(id)
 	if err != nil {
 		return u, err
 	}
-	u.CPUSeconds = float64(ns) / 1e9
-	u.MemoryBytes, err = readInt(filepath.Join(dirs[0], "memory.usage_in_bytes"))
-	return u, err
+	for _, pid := range pids {
+		u.CPUSeconds += processCPUSeconds(pid)
+	}
+	return u, nil
+}
+
+// processCPUSeconds is the user and system time process pid (all its
+// threads) used: fields 14 and 15 of /proc/<pid>/stat, in ticks of 1/100 s.
+func processCPUSeconds(pid int) float64 {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(stat)[i+1:]) // f[0] is field 3, the state
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
 }
 
 func readInt(path string) (int64, error) {

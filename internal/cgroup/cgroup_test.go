@@ -205,3 +205,14 @@ func TestCgroup_KillAndRemove(t *testing.T) {
 		t.Errorf("after Kill and Remove, Procs = %v, %v", pids, err)
 	}
 }
+
+// TestProcessCPUSeconds: this process's CPU time, read from /proc, grows
+// while it spins.
+func TestProcessCPUSeconds(t *testing.T) {
+	before := processCPUSeconds(os.Getpid())
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+	}
+	if after := processCPUSeconds(os.Getpid()); after-before < 0.1 {
+		t.Errorf("CPU seconds %.2f -> %.2f after 300 ms of spinning", before, after)
+	}
+}
