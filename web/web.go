@@ -41,6 +41,8 @@ func size(n int64) string {
 		return fmt.Sprintf("%dG", n>>30)
 	case n >= 1<<30:
 		return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(n)/(1<<30)), ".0") + "G"
+	case n < 1<<20:
+		return fmt.Sprintf("%dK", n>>10)
 	default:
 		return fmt.Sprintf("%dM", n>>20)
 	}

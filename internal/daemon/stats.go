@@ -117,3 +117,39 @@ func processUptime(pid int) (time.Duration, error) {
 	}
 	return time.Duration((secs - ticks/100) * float64(time.Second)), nil
 }
+
+// Chart size of the VM page's last hour, in SVG units: a point every 10 s.
+const chartWidth, chartHeight = 360, 60
+
+// usageView is VM v's usage for its page, nil when it is not running or has
+// no sample yet.
+func (s *Server) usageView(v *store.VM) *usageView {
+	if s.Usage == nil || v.State != api.StateRunning {
+		return nil
+	}
+	smp, cpu, ok := s.Usage.Latest(v.ID)
+	if !ok {
+		return nil
+	}
+	u := &usageView{CPUPercent: cpu, Memory: smp.MemoryBytes, MemorySize: int64(v.MemoryMiB) << 20, Disk: smp.DiskBytes,
+		DiskSize: v.DiskBytes, In: smp.RxBytes, Out: smp.TxBytes, ChartWidth: chartWidth, ChartHeight: chartHeight}
+	hist := s.Usage.History(v.ID)
+	u.Samples = len(hist)
+	if len(hist) == 0 {
+		return u
+	}
+	end := hist[len(hist)-1].At
+	point := func(at time.Time, frac float64) string {
+		x := float64(chartWidth) - end.Sub(at).Seconds()/time.Hour.Seconds()*chartWidth
+		y := float64(chartHeight) * (1 - min(max(frac, 0), 1))
+		return fmt.Sprintf("%.1f,%.1f", x, y)
+	}
+	var cpuPts, memPts []string
+	full := float64(100 * max(v.CPUs, 1))
+	for _, p := range hist {
+		cpuPts = append(cpuPts, point(p.At, p.CPUPercent/full))
+		memPts = append(memPts, point(p.At, float64(p.MemoryBytes)/float64(max(u.MemorySize, 1))))
+	}
+	u.CPUPoints, u.MemoryPoints = strings.Join(cpuPts, " "), strings.Join(memPts, " ")
+	return u
+}

@@ -63,6 +63,19 @@ type vmPage struct {
 	VM          api.VM
 	Releases    []api.Release
 	ConfigNames []string // names only: values may be secrets
+	Usage       *usageView
+}
+
+// usageView is what a running VM uses, as the VM page shows it: its newest
+// sample and its last hour's CPU and memory as SVG polyline points.
+type usageView struct {
+	CPUPercent              float64
+	Memory, MemorySize      int64
+	Disk, DiskSize          int64
+	In, Out                 int64
+	CPUPoints, MemoryPoints string
+	ChartWidth, ChartHeight int
+	Samples                 int
 }
 
 // sessionToken is the browser's session, if its cookie holds a valid token;
@@ -128,7 +141,7 @@ func (s *Server) vmPage(w http.ResponseWriter, r *http.Request, tok *store.Token
 	if !ok {
 		return
 	}
-	p := vmPage{Title: v.Name + " · fcm", Who: s.who(tok), VM: s.toAPI(v), Releases: s.releases(v)}
+	p := vmPage{Title: v.Name + " · fcm", Who: s.who(tok), VM: s.toAPI(v), Releases: s.releases(v), Usage: s.usageView(v)}
 	p.VM.Owner = s.ownerNames(tok)(v)
 	if s.Deploys != nil {
 		cfg, err := s.Deploys.Config(v)

@@ -17,6 +17,7 @@ import (
 	"github.com/fcmhost/fcm/internal/auth/browsertest"
 	"github.com/fcmhost/fcm/internal/deploy"
 	"github.com/fcmhost/fcm/internal/store"
+	"github.com/fcmhost/fcm/internal/usage"
 	"github.com/fcmhost/fcm/internal/vm"
 )
 
@@ -354,5 +355,29 @@ func TestStatusPage_ShowsWhy(t *testing.T) {
 	_, _, body = page(t, h, "/vms/alice-vm", p.alice)
 	if !strings.Contains(body, `data-field="reason">crashed 5 times in 10 min`) {
 		t.Errorf("alice-vm's page does not say why it is crashed:\n%s", body)
+	}
+}
+
+// TestVMPage_Usage: a running VM's page shows its newest usage sample and a
+// chart of its last hour; with no sample yet, no usage section.
+func TestVMPage_Usage(t *testing.T) {
+	p := newPeople(t)
+	sampler := &usage.Sampler{}
+	s := &Server{Store: p.store, VMs: &fakeVMs{}, Guests: noGuests{}, Log: slogTo(io.Discard), Usage: sampler}
+	h := s.Handler()
+	if _, _, body := page(t, h, "/vms/alice-vm", p.alice); strings.Contains(body, `id="usage"`) {
+		t.Errorf("a page with no usage sample yet has a usage section:\n%s", body)
+	}
+	t0 := time.Now().Add(-time.Minute)
+	for i, cpu := range []float64{100, 105, 106} {
+		sampler.Add("aaaa1111", usage.Sample{At: t0.Add(time.Duration(i) * 10 * time.Second), CPUSeconds: cpu,
+			MemoryBytes: 300 << 20, RxBytes: 2048, TxBytes: 5 << 20, DiskBytes: 700 << 20})
+	}
+	_, _, body := page(t, h, "/vms/alice-vm", p.alice)
+	for _, want := range []string{`id="usage"`, `<dd data-field="cpu">10%</dd>`, `<dd data-field="disk">700M of 0K</dd>`,
+		`<dd data-field="network">in 2K, out 5M</dd>`, `<polyline class="cpu" points="`, "2 samples, one every 10 s"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("alice-vm's page lacks %s:\n%s", want, body)
+		}
 	}
 }
