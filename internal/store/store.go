@@ -30,7 +30,7 @@ var (
 	bucketLeases = []byte("leases") // ip -> vm id
 	bucketTokens = []byte("tokens") // sha256(secret) hex -> Token
 	bucketOps    = []byte("ops")    // op id -> Op
-	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketEnvs, bucketKeys, bucketUsers, bucketAccess, bucketTombstones}
+	allBuckets   = [][]byte{bucketVMs, bucketIDs, bucketLeases, bucketTokens, bucketOps, bucketReleases, bucketConfig, bucketEnvs, bucketKeys, bucketUsers, bucketAccess, bucketTombstones, bucketEvents}
 )
 
 // VM is the stored record of one VM.
