@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -448,4 +449,21 @@ func (c *Client) RotateAdminToken(ctx context.Context) (*api.RotateTokenResponse
 func (c *Client) Stats(ctx context.Context, name string) (*api.VMStats, error) {
 	var st api.VMStats
 	return &st, c.call(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name)+"/stats", nil, &st)
+}
+
+// Events reads the audit trail: of VM vm ("" for all the caller may read),
+// in the last since (0: all), after event seq after.
+func (c *Client) Events(ctx context.Context, vm string, since time.Duration, after uint64) ([]api.AuditEvent, error) {
+	q := url.Values{}
+	if vm != "" {
+		q.Set("vm", vm)
+	}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	if after > 0 {
+		q.Set("after", strconv.FormatUint(after, 10))
+	}
+	var out []api.AuditEvent
+	return out, c.call(ctx, http.MethodGet, "/v1/events?"+q.Encode(), nil, &out)
 }

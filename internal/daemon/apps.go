@@ -88,6 +88,9 @@ func (s *Server) changeConfig(w http.ResponseWriter, r *http.Request, tok *store
 	if !ok {
 		return
 	}
+	if n := noteOf(r); n != nil {
+		n.detail = configNames(req) // names only: values may be secrets
+	}
 	cfg, err := s.Deploys.SetConfig(r.Context(), v, deploy.Person(s.Store, tok), req)
 	if err != nil {
 		s.fail(w, err)

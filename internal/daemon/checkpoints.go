@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
@@ -61,6 +62,9 @@ func (s *Server) createCheckpoint(w http.ResponseWriter, r *http.Request, tok *s
 	}
 	t := time.Now()
 	c, err := cp.CreateCheckpoint(context.WithoutCancel(r.Context()), found.Name, found.ID, req.Message, whoOf(tok))
+	if note := noteOf(r); note != nil && err == nil {
+		note.detail = c.ID()
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -144,6 +148,9 @@ func (s *Server) restoreVM(w http.ResponseWriter, r *http.Request, tok *store.To
 		return
 	}
 	st := newStream(w, r)
+	if note := noteOf(r); note != nil {
+		note.detail = "to v" + strconv.Itoa(n)
+	}
 	res, err := cp.Restore(context.WithoutCancel(r.Context()), found.Name, found.ID, n, whoOf(tok), st.progress)
 	var v *store.VM
 	if err == nil {
@@ -180,6 +187,12 @@ func (s *Server) forkVM(w http.ResponseWriter, r *http.Request, tok *store.Token
 	}
 	ctx := context.WithoutCancel(r.Context())
 	st := newStream(w, r)
+	if note := noteOf(r); note != nil {
+		note.detail = "of " + found.Name
+		if from > 0 {
+			note.detail += " at v" + strconv.Itoa(from)
+		}
+	}
 	v, err := cp.Fork(ctx, s.ownerOf(tok), found.Name, found.ID, from, req.Name, st.progress)
 	if err == nil && s.Deploys != nil {
 		var upTo time.Time

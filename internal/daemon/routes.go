@@ -49,6 +49,9 @@ type route struct {
 	// sleeping VM is woken first, and it counts as in use until the
 	// request ends (see awake).
 	use bool
+	// audit names the change the route makes, recorded in the audit trail
+	// once answered (auditActions; set by Handler); "": none.
+	audit string
 }
 
 // routes is the API: pattern -> rule and handler.
@@ -108,6 +111,7 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/vms/{name}/run":                      {rule: ruleVM, h: (*Server).run, use: true},
 
 		"GET /v1/whoami":               {rule: ruleToken, h: (*Server).whoami},
+		"GET /v1/events":               {rule: ruleToken, h: (*Server).listEvents},
 		"GET /v1/tokens":               {rule: ruleToken, h: (*Server).listTokens},
 		"DELETE /v1/tokens/{id}":       {rule: ruleToken, h: (*Server).revokeToken},
 		"POST /v1/tokens/admin/rotate": {rule: ruleAdmin, h: (*Server).rotateToken},
@@ -190,6 +194,10 @@ func (s *Server) guard(rt route) http.Handler {
 				v = woke
 			}
 			r = r.WithContext(context.WithValue(r.Context(), vmKey{}, v))
+		}
+		if rt.audit != "" {
+			s.audited(rt.audit, tok, w, r, func(w http.ResponseWriter, r *http.Request) { rt.h(s, w, r, tok) })
+			return
 		}
 		rt.h(s, w, r, tok)
 	})

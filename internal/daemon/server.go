@@ -98,6 +98,7 @@ type Server struct {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for pattern, rt := range s.routes() {
+		rt.audit = auditAction(pattern)
 		mux.Handle(pattern, s.counted(pattern, s.guard(rt)))
 	}
 	mux.Handle("/", s.counted("unmatched", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -426,6 +427,7 @@ func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request, tok *store.To
 // event, so an error before any progress is still a plain 4xx JSON error.
 type stream struct {
 	w       http.ResponseWriter
+	note    *auditNote // the request's audit note, if its route records one
 	enabled bool
 	started bool
 	begin   time.Time
@@ -433,7 +435,7 @@ type stream struct {
 }
 
 func newStream(w http.ResponseWriter, r *http.Request) *stream {
-	return &stream{w: w, enabled: strings.Contains(r.Header.Get("Accept"), "application/x-ndjson"), begin: time.Now()}
+	return &stream{w: w, note: noteOf(r), enabled: strings.Contains(r.Header.Get("Accept"), "application/x-ndjson"), begin: time.Now()}
 }
 
 func (st *stream) send(ev api.Event) {
@@ -459,6 +461,14 @@ func (st *stream) progress(vm *store.VM, step, message string) {
 }
 
 func (st *stream) finish(s *Server, v *store.VM, err error, okStatus int) {
+	if st.note != nil {
+		// A streamed answer's status is 200 whatever happens: the audit
+		// trail takes the outcome from here.
+		st.note.err = err
+		if v != nil && st.note.vm == nil {
+			st.note.vm = v
+		}
+	}
 	if err == nil {
 		s.routeChanged(st, v)
 	}
