@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -226,6 +227,35 @@ func TestUsers(t *testing.T) {
 	}
 	if out := alice.must("checkpoint", "ls", "alice-app"); !strings.Contains(out, "alice's") {
 		t.Errorf("alice's checkpoints after bob's tries:\n%s", out)
+	}
+	// The audit trail: alice's logins and changes are hers to read, with who
+	// and the result; bob's refused tries on her VM never reached it and are
+	// nowhere; bob reads none of hers; the admin reads all.
+	var evs []api.AuditEvent
+	for _, line := range strings.Split(strings.TrimSpace(alice.must("events", "--json")), "\n") {
+		var e api.AuditEvent
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("fcm events --json: %v: %q", err, line)
+		}
+		evs = append(evs, e)
+	}
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if e.Who != "alice@example.com" {
+			t.Errorf("alice reads an event of %s: %+v", e.Who, e)
+		}
+		seen[e.Action+" "+e.Result] = true
+	}
+	for _, want := range []string{"login ok", "create ok", "checkpoint ok"} {
+		if !seen[want] {
+			t.Errorf("alice's events lack %q: %+v", want, evs)
+		}
+	}
+	if out := bob.must("events"); strings.Contains(out, "alice@example.com") || !strings.Contains(out, "bob-app") {
+		t.Errorf("bob reads alice's events:\n%s", out)
+	}
+	if out, _ := d.cli(t.TempDir(), "events", "alice-app"); !strings.Contains(out, "alice@example.com") || !strings.Contains(out, "checkpoint (v1)") {
+		t.Errorf("the admin's fcm events alice-app:\n%s", out)
 	}
 	ws, resp, err := websocket.Dial(ctx, "ws://"+daemonListen+"/v1/vms/alice-app/sessions/brook/attach",
 		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + bob.token()}}})

@@ -305,11 +305,20 @@ func (s *Service) mint(userID string) (*api.LoginResult, *Failure) {
 			refused = &Failure{http.StatusForbidden, api.CodeNotAllowed, "your user was removed while logging in"}
 			return nil
 		}
-		if refused, err = admitted(tx, u); err != nil || refused != nil {
+		if refused, err = admitted(tx, u); err != nil {
 			return err
+		}
+		// The audit trail has every login, and every refusal of one.
+		ev := &store.AuditEvent{At: s.now().UTC(), Who: u.Email, Action: "login", Result: "ok"}
+		if refused != nil {
+			ev.Result = refused.Message
+			return tx.AddAuditEvent(ev)
 		}
 		tok := &store.Token{ID: store.NewTokenID(), Name: "fcm login", User: u.ID, ExpiresAt: s.now().Add(s.cfg.TokenTTL).UTC()}
 		if err := tx.PutToken(secret, tok); err != nil {
+			return err
+		}
+		if err := tx.AddAuditEvent(ev); err != nil {
 			return err
 		}
 		res = &api.LoginResult{Token: secret, User: APIUser(u)}

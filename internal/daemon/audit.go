@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fcmhost/fcm/internal/api"
+	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/store"
 )
 
@@ -189,4 +191,18 @@ func configNames(c api.ConfigChange) string {
 		parts = append(parts, "unset "+strings.Join(c.Unset, ", "))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// deployed records a git push's deploy in the metrics and the audit trail.
+func (s *Server) deployed(v *store.VM, user string, version int, commit string, err error, took time.Duration) {
+	s.Metrics.Deploy(err == nil)
+	s.Metrics.Observe(metrics.OpDeploy, took.Seconds())
+	e := &store.AuditEvent{At: time.Now().UTC(), Who: user, Action: "deploy", VM: v.Name, VMID: v.ID, Owner: v.Owner,
+		Detail: fmt.Sprintf("v%d of %.7s", version, commit), Result: "ok"}
+	if err != nil {
+		e.Result = err.Error()
+	}
+	if err := s.Store.Update(func(tx *store.Tx) error { return tx.AddAuditEvent(e) }); err != nil {
+		s.logger().Error("audit trail", "action", "deploy", "err", err)
+	}
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/fcmhost/fcm/internal/edge"
 	"github.com/fcmhost/fcm/internal/guest"
 	"github.com/fcmhost/fcm/internal/image"
-	"github.com/fcmhost/fcm/internal/metrics"
 	"github.com/fcmhost/fcm/internal/network"
 	"github.com/fcmhost/fcm/internal/store"
 	"github.com/fcmhost/fcm/internal/usage"
@@ -324,7 +323,7 @@ func Run(ctx context.Context, o Options) error {
 	server.Deploys = &deploy.Service{DataDir: o.DataDir, DiskReserve: o.DiskReserve, Store: st, Guests: mgr, HookBin: self, Git: o.Git,
 		DaemonURL: "http://" + ln.Addr().String(), Log: o.Log, URL: func(v *store.VM) string { return appURL(server, v) },
 		MaxOutput: o.MaxBuildOutput, BuildTimeout: o.BuildTimeout, Live: server.track, Awake: server.awake,
-		Deployed: func(ok bool, took time.Duration) { mets.Deploy(ok); mets.Observe(metrics.OpDeploy, took.Seconds()) }}
+		Deployed: server.deployed}
 	if err := server.Deploys.Prepare(ctx); err != nil {
 		return fmt.Errorf("git repositories: %w", err)
 	}

@@ -56,9 +56,10 @@ type Service struct {
 	// Awake, when set, returns a VM running, waking it first if it sleeps
 	// (suspended), and counts it in use until done is called.
 	Awake func(ctx context.Context, vm *store.VM) (woke *store.VM, done func(), err error)
-	// Deployed, when set, is told how each deploy (a push's release) ended
-	// and how long it took, from its build's start.
-	Deployed func(ok bool, took time.Duration)
+	// Deployed, when set, is told of each deploy (a push's release) once it
+	// ended: the app's VM, who pushed, the release and its commit, how it
+	// went (err nil: released) and how long it took from its build's start.
+	Deployed func(vm *store.VM, user string, version int, commit string, err error, took time.Duration)
 	Git      GitOptions // git's limits and unprivileged user (gitlimits.go)
 	gitState            // receive-packs and SSH handshakes in progress (gitlimits.go)
 
@@ -249,7 +250,7 @@ func (s *Service) deploy(ctx context.Context, p *push, upd RefUpdate, tree io.Re
 	err = s.runGuest(ctx, vm, release.DeployRequest{Spec: spec, Build: true}, tree, out)
 	err = s.finish(vm, rel, prev, err, out)
 	if s.Deployed != nil {
-		s.Deployed(err == nil, time.Since(t))
+		s.Deployed(vm, p.user, rel.Version, commit, err, time.Since(t))
 	}
 	return err
 }
