@@ -257,6 +257,24 @@ func TestUsers(t *testing.T) {
 	if out, _ := d.cli(t.TempDir(), "events", "alice-app"); !strings.Contains(out, "alice@example.com") || !strings.Contains(out, "checkpoint (v1)") {
 		t.Errorf("the admin's fcm events alice-app:\n%s", out)
 	}
+	// --follow prints a new event within a second of the change.
+	follow := exec.Command(os.Getenv("FCM_BIN"), "events", "--follow")
+	follow.Env = append(os.Environ(), "FCM_HOST=http://"+daemonListen, "FCM_TOKEN="+d.token())
+	var followed syncBuffer
+	follow.Stdout, follow.Stderr = &followed, &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer follow.Process.Kill()
+	time.Sleep(time.Second)
+	alice.must("checkpoint", "create", "alice-app")
+	done := time.Now()
+	for !strings.Contains(followed.String(), "checkpoint (v2)") && time.Since(done) < time.Second {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(followed.String(), "checkpoint (v2)") {
+		t.Errorf("fcm events --follow printed no new event within a second:\n%s", followed.String())
+	}
 	ws, resp, err := websocket.Dial(ctx, "ws://"+daemonListen+"/v1/vms/alice-app/sessions/brook/attach",
 		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + bob.token()}}})
 	if err == nil {
