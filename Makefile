@@ -19,9 +19,9 @@ OIDC_EXAMPLE_VERSION := v3.51.17
 OIDC_EXAMPLE := /var/cache/fcm/tools/zitadel-oidc-$(OIDC_EXAMPLE_VERSION)/server
 TOOL_ENV := FCM_PEBBLE=$(TOOLS)/pebble FCM_PEBBLE_CHALLTESTSRV=$(TOOLS)/pebble-challtestsrv FCM_CADDY=$(CADDY) FCM_OIDC_EXAMPLE=$(OIDC_EXAMPLE)
 
-.PHONY: build web release image test-image test-tools test fuzz bench vet deps caddy clean
+.PHONY: build web web-update release image test-image test-tools test fuzz bench vet deps caddy clean
 
-build: web
+build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/fcm
 
 # The client for the platforms the daemon serves downloads of: per platform
@@ -32,7 +32,7 @@ build: web
 # never sends half of one.
 RELEASES ?= bin/releases
 PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
-release: web
+release:
 	@set -e; mkdir -p $(RELEASES); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; names=; \
 	for p in $(PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; name=fcm-$$os-$$arch.tar.gz; names="$$names $$name"; \
@@ -46,16 +46,22 @@ release: web
 	cd $(RELEASES) && sha256sum $$names > .SHA256SUMS.new && mv -f .SHA256SUMS.new SHA256SUMS; \
 	echo "release $(RELEASES)/SHA256SUMS ($(VERSION))"
 
-# The web console's terminal (xterm.js, pinned by web/package-lock.json),
-# copied into web/vendor for go:embed; rebuilt when the lockfile changes.
-WEB_VENDOR := web/vendor/xterm.js
-web: $(WEB_VENDOR)
+# The web console's terminal (xterm.js, pinned by web/package-lock.json) is
+# committed in web/xterm, so that `go install` alone gives a working console.
+# `make web` checks it is what the lockfile pins (npm ci, then byte for byte);
+# after changing package.json, `make web-update` copies the new files in.
+XTERM_FILES := @xterm/xterm/lib/xterm.js @xterm/xterm/css/xterm.css @xterm/addon-fit/lib/addon-fit.js
+web: web/node_modules/.package-lock.json
+	@for f in $(XTERM_FILES); do \
+		cmp -s web/node_modules/$$f web/xterm/$$(basename $$f) || \
+		{ echo "web/xterm/$$(basename $$f) is not what web/package-lock.json pins ($$f): run make web-update"; exit 1; }; \
+	done; echo "web/xterm matches web/package-lock.json"
 
-$(WEB_VENDOR): web/package.json web/package-lock.json
+web-update: web/node_modules/.package-lock.json
+	for f in $(XTERM_FILES); do cp web/node_modules/$$f web/xterm/; done
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --prefer-offline
-	cp web/node_modules/@xterm/xterm/lib/xterm.js web/node_modules/@xterm/xterm/css/xterm.css \
-		web/node_modules/@xterm/addon-fit/lib/addon-fit.js web/vendor/
-	touch $(WEB_VENDOR)
 
 # The product image (variant full) in /var/lib/firecracker.
 image: build
@@ -124,4 +130,3 @@ deps:
 
 clean:
 	rm -rf bin web/node_modules
-	find web/vendor -type f ! -name README -delete

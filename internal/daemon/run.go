@@ -187,6 +187,10 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("guest image: %s is missing: build it with 'sudo fcm image build --out %s' (or pass --kernel/--initrd/--rootfs)", f, o.DataDir)
 		}
 	}
+	// A new --data-dir is made here, after the checks above refused nothing.
+	if err := os.MkdirAll(o.DataDir, 0o711); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
 	st, err := store.Open(filepath.Join(o.DataDir, "fcm.db"), 500*time.Millisecond)
 	if errors.Is(err, store.ErrLocked) {
 		if o.RotateAdminToken {

@@ -55,7 +55,7 @@ func (s *Server) consolePage(w http.ResponseWriter, r *http.Request, tok *store.
 		return
 	}
 	var buf bytes.Buffer
-	if err := web.ConsolePage.Execute(&buf, web.ConsoleData{VM: v.Name, Session: id, Built: web.ConsoleBuilt()}); err != nil {
+	if err := web.ConsolePage.Execute(&buf, web.ConsoleData{VM: v.Name, Session: id}); err != nil {
 		s.fail(w, err)
 		return
 	}

@@ -19,7 +19,6 @@ import (
 	"github.com/fcmhost/fcm/internal/auth"
 	"github.com/fcmhost/fcm/internal/auth/browsertest"
 	"github.com/fcmhost/fcm/internal/console"
-	"github.com/fcmhost/fcm/web"
 )
 
 // fakeSession stands in for a VM's session behind the attach WebSocket (the
@@ -109,9 +108,6 @@ func (f *fakeSession) handler(t *testing.T) http.Handler {
 // at the terminal's size, sends keys and shows output, follows the window,
 // and after a dropped connection reconnects where its output stopped.
 func TestConsolePage_Browser(t *testing.T) {
-	if !web.ConsoleBuilt() {
-		t.Fatal("the terminal's files are not built into the binary: run make web")
-	}
 	p := newPeople(t)
 	f := &fakeSession{}
 	mux := http.NewServeMux()
