@@ -44,7 +44,8 @@ func TestEdge_Deploy(t *testing.T) {
 	t.Cleanup(env.Close)
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
-	d := startDaemonHV(t, "qemu", dataDir, edgeFlags(env)...)
+	bob := []string{"FCM_HOST=http://" + daemonListen, "FCM_TOKEN=" + seedUser(t, dataDir, "u_0b0b0b0b0b0b", "bob@example.com")}
+	d := startDaemonHV(t, "qemu", dataDir, append(edgeFlags(env), "--resolver", edgetest.DNS, "--allow", "@example.com")...)
 	waitCurl(t, env, "https://fcm."+edgeDomain+"/health", "200") // its certificate issued
 	work := t.TempDir()
 	out, err := personShell(t, env, d.token(), work, `
@@ -102,6 +103,8 @@ git commit -qam "slow release" && git push fcm main
 		t.Errorf("%s served %q after the second push", url, body)
 	}
 
+	t.Run("custom domain", func(t *testing.T) { customDomain(t, env, d, work, vm, bob) })
+
 	t.Run("an app's cookies for the parent domain do not reach the control plane", func(t *testing.T) {
 		// The app at https://<vm>.<domain> plants, for all of <domain>, a valid
 		// session token (the admin's, in the unprefixed name a plain-HTTP
@@ -146,4 +149,63 @@ git add . && git commit -qm planter && git push fcm main
 	})
 
 	d.mustCLI(work, "destroy", vm)
+
+	// The domain went with the VM: no longer served, and free for bob.
+	if _, status := curl(t, env, "https://app.example.test/"); strings.HasPrefix(status, "200") {
+		t.Errorf("https://app.example.test/ still served after its VM was destroyed: %s", status)
+	}
+	if out, code := runFCM(t, t.TempDir(), bob, "domains", "add", "bobs", "app.example.test"); code != 0 || !strings.Contains(out, "bobs is served at https://app.example.test") {
+		t.Errorf("bob adds the domain of a destroyed VM: exit %d\n%s", code, out)
+	}
+}
+
+// customDomain: the app of VM vm at https://app.example.test through Caddy,
+// with a certificate Pebble issued for that name; a name whose DNS points
+// elsewhere is added with the record to create; bob (whose env it is)
+// cannot take the name; a Caddy restart brings it back.
+func customDomain(t *testing.T, env *edgetest.Env, d *daemonProc, work, vm string, bob []string) {
+	if err := env.SetA("elsewhere.example.test", "203.0.113.7"); err != nil {
+		t.Fatal(err)
+	}
+	out := d.mustCLI(work, "domains", "add", "elsewhere.example.test")
+	if want := "DNS: elsewhere.example.test does not point at this host yet (it resolves to 203.0.113.7): add an A record for " + edgeAddr + " (or a CNAME to " + vm + "." + edgeDomain + ")"; !strings.Contains(out, want) {
+		t.Errorf("domains add of a name pointing elsewhere:\n%s\nwant %q", out, want)
+	}
+	d.mustCLI(work, "domains", "rm", "elsewhere.example.test")
+
+	out = d.mustCLI(work, "domains", "add", "app.example.test")
+	for _, want := range []string{vm + " is served at https://app.example.test (route applied)", "DNS: app.example.test points at this host (" + edgeAddr + ")"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("domains add:\n%s\nwant %q", out, want)
+		}
+	}
+	if body, _ := waitCurl(t, env, "https://app.example.test/", "200"); !strings.Contains(body, "Hello again") {
+		t.Errorf("https://app.example.test/ served %q, want the app", body)
+	}
+	resp, err := env.Client().Get("https://app.example.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if leaf := resp.TLS.PeerCertificates[0]; len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "app.example.test" || !strings.Contains(leaf.Issuer.CommonName, "Pebble") {
+		t.Errorf("certificate for %v issued by %q, want app.example.test from Pebble", leaf.DNSNames, leaf.Issuer.CommonName)
+	}
+	if out := d.mustCLI(work, "domains"); !strings.Contains(out, "https://app.example.test") || !strings.Contains(out, "applied") {
+		t.Errorf("domains:\n%s", out)
+	}
+
+	// Bob, with a VM of his own, cannot take it, and learns nothing of whose it is.
+	runFCM(t, t.TempDir(), bob, "create", "--name", "bobs", "--no-git")
+	out, code := runFCM(t, t.TempDir(), bob, "domains", "add", "bobs", "app.example.test")
+	if code == 0 || strings.TrimSpace(out) != "fcm: app.example.test is taken: another VM on this host serves it" {
+		t.Errorf("bob adds alice's domain: exit %d\n%s", code, out)
+	}
+
+	env.StopCaddy()
+	if err := env.StartCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	if body, _ := waitCurl(t, env, "https://app.example.test/", "200"); !strings.Contains(body, "Hello again") {
+		t.Errorf("after a Caddy restart https://app.example.test/ served %q", body)
+	}
 }

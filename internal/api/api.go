@@ -59,7 +59,8 @@ type VM struct {
 	DiskBytes  int64     `json:"disk_bytes"`
 	Port       int       `json:"port"`
 	URL        string    `json:"url,omitempty"`
-	Route      string    `json:"route,omitempty"` // the URL's route in Caddy: applied or pending`
+	Route      string    `json:"route,omitempty"`   // the URL's route in Caddy: applied or pending
+	Domains    []string  `json:"domains,omitempty"` // custom domains it is also served at
 	Hypervisor string    `json:"hypervisor"`
 	Owner      string    `json:"owner,omitempty"` // the owner's email ("admin" for the admin token); told to the admin only
 	PID        int       `json:"pid,omitempty"`

@@ -104,12 +104,7 @@ func newCheckpointRmCmd() *cobra.Command {
 		Use:     "rm [vm] <id>",
 		Short:   "Remove a checkpoint",
 		Example: `  fcm checkpoint rm v3`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) < 1 || len(args) > 2 {
-				return usageError{cmd: "checkpoint rm", err: fmt.Errorf("want a checkpoint id (v3), after the vm's name or alone")}
-			}
-			return nil
-		},
+		Args:    vmThen("checkpoint rm", "a checkpoint id (v3)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[len(args)-1]
 			name, err := target(cmd, args[:len(args)-1])

@@ -27,12 +27,7 @@ fcm asks before it restores; without a terminal to ask on, it refuses unless
 --yes is given.`,
 		Example: `  fcm restore v1
   fcm restore web v3 --yes`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) < 1 || len(args) > 2 {
-				return usageError{cmd: "restore", err: fmt.Errorf("want a checkpoint id (v3), after the vm's name or alone")}
-			}
-			return nil
-		},
+		Args: vmThen("restore", "a checkpoint id (v3)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[len(args)-1]
 			name, err := target(cmd, args[:len(args)-1])

@@ -67,7 +67,7 @@ http:// beyond this machine.`,
 		return usageError{cmd: strings.TrimPrefix(c.CommandPath(), "fcm "), err: err}
 	})
 	root.AddCommand(hostCommands()...)
-	root.AddCommand(newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(), newSuspendCmd(), newResumeCmd(), newUpdateCmd(), newCheckpointCmd(), newRestoreCmd(), newForkCmd(), newStatsCmd(), newEventsCmd(),
+	root.AddCommand(newCreateCmd(), newLsCmd(), newStartCmd(), newStopCmd(), newSuspendCmd(), newResumeCmd(), newUpdateCmd(), newCheckpointCmd(), newRestoreCmd(), newForkCmd(), newDomainsCmd(), newStatsCmd(), newEventsCmd(),
 		newDestroyCmd(), newConsoleCmd(), newSessionsCmd(), newAttachCmd(), newVersionCmd(),
 		newGitRemoteCmd(), newGitCredentialCmd(),
 		newReleasesCmd(), newRollbackCmd(), newConfigCmd(), newLogsCmd(), newPsCmd(), newRestartCmd(), newRunCmd(),

@@ -166,6 +166,8 @@ var auditActions = map[string]string{
 	"DELETE /v1/vms/{name}/checkpoints/{id}": "checkpoint rm",
 	"POST /v1/vms/{name}/restore":            "restore",
 	"POST /v1/vms/{name}/fork":               "fork",
+	"POST /v1/vms/{name}/domains":            "domain add",
+	"DELETE /v1/vms/{name}/domains/{domain}": "domain rm",
 	"POST /v1/keys":                          "key add",
 	"DELETE /v1/keys/{fingerprint...}":       "key rm",
 	"DELETE /v1/tokens/{id}":                 "token revoke",

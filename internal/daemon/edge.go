@@ -18,7 +18,7 @@ const (
 
 // SiteOf is how the edge sees a VM, and whether it has a route at all.
 func SiteOf(v *store.VM) (edge.Site, bool) {
-	return edge.Site{Name: v.Name, IP: v.IP, Port: v.Port, State: v.State}, !v.NoExpose
+	return edge.Site{Name: v.Name, IP: v.IP, Port: v.Port, State: v.State, Domains: v.Domains}, !v.NoExpose
 }
 
 // Sites lists the VMs that get a route, for the edge's reconciler.
@@ -50,6 +50,7 @@ func (s *Server) toAPI(v *store.VM) api.VM {
 		return a
 	}
 	a.URL = s.Edge.Config().URL(v.Name)
+	a.Domains = v.Domains
 	a.Route = RoutePending
 	if s.Edge.Applied(site) {
 		a.Route = RouteApplied

@@ -87,6 +87,9 @@ func (s *Server) apiRoutes() map[string]route {
 		"POST /v1/vms/{name}/restore":            {rule: ruleVM, h: (*Server).restoreVM},
 		"POST /v1/vms/{name}/fork":               {rule: ruleVM, h: (*Server).forkVM},
 		"DELETE /v1/vms/{name}":                  {rule: ruleVM, h: (*Server).destroyVM},
+		"GET /v1/vms/{name}/domains":             {rule: ruleVM, h: (*Server).listDomains},
+		"POST /v1/vms/{name}/domains":            {rule: ruleVM, h: (*Server).addDomain},
+		"DELETE /v1/vms/{name}/domains/{domain}": {rule: ruleVM, h: (*Server).removeDomain},
 		"PATCH /v1/vms/{name}":                   {rule: ruleVM, h: (*Server).updateVM},
 
 		"GET /v1/sessions":                        {rule: ruleToken, h: (*Server).listAllSessions},

@@ -100,7 +100,7 @@ func concrete(pattern string) (method, path string) {
 		method, path = "GET", pattern
 	}
 	r := strings.NewReplacer("{name}", "alice-vm", "{id}", "brook", "{fingerprint...}", "SHA256:abc",
-		"{version}", "1", "{user}", "alice@example.com")
+		"{version}", "1", "{user}", "alice@example.com", "{domain}", "app.example.org")
 	path = r.Replace(path)
 	if path == "/git/" {
 		path = "/git/alice-vm.git/info/refs?service=git-upload-pack"

@@ -89,6 +89,9 @@ type Options struct {
 	// KeepCheckpoints is how many checkpoints each VM keeps
 	// (--keep-checkpoints; 0: vm.DefaultKeepCheckpoints).
 	KeepCheckpoints int
+	// Resolver is the DNS server (host:port) asked whether a custom domain
+	// points at this host (--resolver); "": the system's.
+	Resolver string
 	// MetricsListen is where Prometheus metrics are served (--metrics-listen);
 	// "" or "off": nowhere.
 	MetricsListen string
@@ -167,6 +170,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if d := filepath.Join(o.DataDir, "vms", "12345678"); len(d) > vmm.MaxDirLen {
 		return fmt.Errorf("--data-dir %s is too long: VM directories under it (%d bytes) must stay within %d bytes for their unix sockets", o.DataDir, len(d), vmm.MaxDirLen)
+	}
+	if o.Resolver != "" {
+		if _, port, err := net.SplitHostPort(o.Resolver); err != nil || port == "" {
+			return fmt.Errorf("--resolver %q: want a DNS server's host:port, e.g. 1.1.1.1:53", o.Resolver)
+		}
 	}
 	if err := checkDataDir(o.DataDir); err != nil {
 		return err
@@ -309,7 +317,8 @@ func Run(ctx context.Context, o Options) error {
 	server := &Server{Store: st, VMs: mgr, Guests: mgr, Images: mgr, Version: o.Version, Hypervisor: driver.Name(), Log: o.Log, Edge: rec,
 		AdminToken: adminToken, Auth: logins, MaxVMsPerUser: o.Login.MaxVMsPerUser,
 		MaxMemoryPerUser: o.MaxMemoryPerUser, MaxCPUsPerUser: o.MaxCPUsPerUser,
-		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases")), Metrics: mets, Usage: &usage.Sampler{}}
+		ReleasesDir: pick(o.ReleasesDir, filepath.Join(o.DataDir, "releases")), Metrics: mets, Usage: &usage.Sampler{},
+		Resolver: resolver(o.Resolver)}
 	go server.sampleUsage(ctx)
 	onSleep := func(v *store.VM) {
 		server.closeConsoles(v, "the VM was suspended: reconnecting wakes it")
@@ -469,4 +478,16 @@ func protectFromOOM(log *slog.Logger) {
 		cur, _ := os.ReadFile("/proc/self/oom_score_adj")
 		log.Warn("the daemon's oom_score_adj stays "+strings.TrimSpace(string(cur))+": it may not be lowered here (CAP_SYS_RESOURCE)", "err", err)
 	}
+}
+
+// resolver asks the DNS server at addr (host:port), or is nil (the
+// system's) for "".
+func resolver(addr string) *net.Resolver {
+	if addr == "" {
+		return nil
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
 }

@@ -85,6 +85,9 @@ type Server struct {
 	Metrics *metrics.Metrics
 	// Usage keeps the running VMs' last hour of usage; nil: no history.
 	Usage *usage.Sampler
+	// Resolver answers whether a custom domain points at this host (fcm
+	// daemon --resolver); nil: the system's.
+	Resolver *net.Resolver
 
 	consolesOnce sync.Once
 	live         liveConns     // console WebSockets and log follows, ended on revocation

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -112,6 +113,27 @@ type Site struct {
 	IP    string
 	Port  int
 	State string // running: proxied; otherwise a 503 saying so
+	// Domains are the VM's own names (fcm domains add), served as its
+	// <name>.<domain> is, each with its own certificate.
+	Domains []string
+}
+
+// Same says whether two sites get the same route.
+func (s Site) Same(o Site) bool {
+	return s.Name == o.Name && s.IP == o.IP && s.Port == o.Port && s.State == o.State && slices.Equal(s.Domains, o.Domains)
+}
+
+// ValidateCustomDomain checks a name a VM is to be served at besides
+// <vm>.<domain>: a DNS name of two labels or more, not the domain fcm's own
+// names live under nor one of them.
+func (c Config) ValidateCustomDomain(d string) error {
+	if err := ValidateDomain(d); err != nil {
+		return err
+	}
+	if d == c.Domain || strings.HasSuffix(d, "."+c.Domain) {
+		return fmt.Errorf("%s is under %s, whose names fcm gives out itself (each VM is <name>.%s): pick a name of your own", d, c.Domain, c.Domain)
+	}
+	return nil
 }
 
 // Host is the VM's public name.
@@ -153,7 +175,11 @@ func (c Config) route(s Site) map[string]any {
 			"headers": map[string]any{"Content-Type": []any{"text/plain; charset=utf-8"}},
 			"body":    unavailable(s)}}
 	}
-	return map[string]any{"@id": RouteID(s.Name), "match": []any{map[string]any{"host": []any{c.Host(s.Name)}}},
+	hosts := []any{c.Host(s.Name)}
+	for _, d := range s.Domains {
+		hosts = append(hosts, d)
+	}
+	return map[string]any{"@id": RouteID(s.Name), "match": []any{map[string]any{"host": hosts}},
 		"handle": handle, "terminal": true}
 }
 
@@ -194,8 +220,8 @@ func (c Config) daemonDial() string {
 }
 
 // policy is fcm's TLS automation policy: which CA issues the certificates of
-// every name under the domain.
-func (c Config) policy() map[string]any {
+// every name under the domain and of the sites' own domains.
+func (c Config) policy(sites []Site) map[string]any {
 	issuer := map[string]any{"module": "internal"}
 	if !c.TLS.Internal {
 		ca := c.TLS.CA
@@ -210,5 +236,14 @@ func (c Config) policy() map[string]any {
 			issuer["trusted_roots_pem_files"] = []any{c.TLS.CARoot}
 		}
 	}
-	return map[string]any{"@id": policyID, "subjects": []any{"*." + c.Domain}, "issuers": []any{issuer}}
+	subjects := []any{"*." + c.Domain}
+	var own []string
+	for _, s := range sites {
+		own = append(own, s.Domains...)
+	}
+	sort.Strings(own)
+	for _, d := range own {
+		subjects = append(subjects, d)
+	}
+	return map[string]any{"@id": policyID, "subjects": subjects, "issuers": []any{issuer}}
 }

@@ -88,7 +88,7 @@ func (r *Reconciler) Applied(s Site) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	have, ok := r.applied[s.Name]
-	return r.ok && ok && have == s
+	return r.ok && ok && have.Same(s)
 }
 
 // Run reconciles until ctx ends: at once, on every Trigger, every Interval,
@@ -157,7 +157,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (int, error) {
 	}
 	wrote := 0
 	// The issuer first, so the certificates of new names come from the right CA.
-	policy := r.cfg.policy()
+	policy := r.cfg.policy(sites)
 	have, err := r.caddy.Get(ctx, "/id/"+policyID)
 	if err != nil {
 		return 0, err

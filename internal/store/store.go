@@ -35,23 +35,26 @@ var (
 
 // VM is the stored record of one VM.
 type VM struct {
-	ID         string `json:"id"`
-	Name       string `json:"name"`
-	Owner      string `json:"owner"` // the token (later, user) that created it
-	State      string `json:"state"`
-	Reason     string `json:"reason,omitempty"`
-	IP         string `json:"ip"`
-	MAC        string `json:"mac"`
-	Tap        string `json:"tap"`
-	CPUs       int    `json:"cpus"`
-	MemoryMiB  int    `json:"memory_mib"`
-	SwapMiB    int    `json:"swap_mib"`
-	DiskBytes  int64  `json:"disk_bytes"`
-	Port       int    `json:"port"`
-	NoExpose   bool   `json:"no_expose,omitempty"` // no route through the edge
-	Hypervisor string `json:"hypervisor"`
-	PID        int    `json:"pid,omitempty"`
-	HostKey    string `json:"host_key"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Owner     string `json:"owner"` // the token (later, user) that created it
+	State     string `json:"state"`
+	Reason    string `json:"reason,omitempty"`
+	IP        string `json:"ip"`
+	MAC       string `json:"mac"`
+	Tap       string `json:"tap"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	SwapMiB   int    `json:"swap_mib"`
+	DiskBytes int64  `json:"disk_bytes"`
+	Port      int    `json:"port"`
+	NoExpose  bool   `json:"no_expose,omitempty"` // no route through the edge
+	// Domains are its custom domains (fcm domains add), each one VM's only;
+	// replaced whole, never changed in place.
+	Domains    []string `json:"domains,omitempty"`
+	Hypervisor string   `json:"hypervisor"`
+	PID        int      `json:"pid,omitempty"`
+	HostKey    string   `json:"host_key"`
 	// Base is the id of the guest image the VM's root is made from, and Layout
 	// how: "overlay" (the base read-only, the VM's own disk above it), or ""
 	// for a VM made before bases were shared (one disk holding a full copy).

@@ -6,6 +6,7 @@
 package edgetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -35,6 +36,10 @@ const (
 	ACMEDir    = "https://127.0.0.1:14000/dir"
 	pebbleMgmt = "https://127.0.0.1:15000"
 	dnsAddr    = "127.0.0.1:8053"
+	dnsMgmt    = "http://127.0.0.1:8055"
+	// DNS is the test's DNS server (pebble-challtestsrv): every name resolves
+	// to Addr unless SetA says otherwise.
+	DNS = dnsAddr
 )
 
 // Env is a running Caddy, Pebble and DNS server.
@@ -96,7 +101,7 @@ func (e *Env) start() error {
 		return err
 	}
 	if err := e.run(chall, nil, "-dnsserver", dnsAddr, "-defaultIPv4", e.Addr, "-defaultIPv6", "",
-		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", "127.0.0.1:8055"); err != nil {
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", strings.TrimPrefix(dnsMgmt, "http://")); err != nil {
 		return err
 	}
 	certFile, keyFile := filepath.Join(e.Dir, "pebble-cert.pem"), filepath.Join(e.Dir, "pebble-key.pem")
@@ -328,4 +333,20 @@ func selfSigned(certFile, keyFile string) error {
 		return err
 	}
 	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+}
+
+// SetA makes the test's DNS answer host with the IPv4 address addr (and no
+// IPv6 one), as an A record someone created would.
+func (e *Env) SetA(host, addr string) error {
+	body, _ := json.Marshal(map[string]any{"host": host + ".", "addresses": []string{addr}})
+	resp, err := http.Post(dnsMgmt+"/add-a", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("challtestsrv add-a %s: %s %s", host, resp.Status, b)
+	}
+	return nil
 }
