@@ -199,6 +199,13 @@ func TestCheckpoint_RestoreFork(t *testing.T) {
 	if _, err := os.Stat(cpDir); err == nil {
 		t.Error("a destroyed VM's checkpoints are still there")
 	}
+	// Each change is in the audit trail once (the checkpoints a restore
+	// takes are the restore's).
+	wantEventsOnce(t, d.auditEvents(t), "checkpoint by admin on origin (v1): ok",
+		"restore by admin on origin (to v1): ok", "restore by admin on origin (to v2): ok",
+		"fork by admin on twin (of origin at v1): ok", "fork by admin on ghost (of origin): ok",
+		"checkpoint rm by admin on origin (v9): HTTP 404", "checkpoint rm by admin on origin (v3): ok",
+		"destroy by admin on origin: ok", "destroy by admin on twin: ok")
 }
 
 // TestCheckpoint_XFS: on a data dir on XFS the daemon keeps VM disks in the

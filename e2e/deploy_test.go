@@ -587,4 +587,18 @@ http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever(
 	if _, err := os.Stat(filepath.Join(dataDir, "repos", id+".git")); !os.IsNotExist(err) {
 		t.Errorf("destroy left the repository: %v", err)
 	}
+	// Each change is in the audit trail once: deploys by who pushed, with
+	// the release, the commit and how it went; config changes by name only.
+	wantEventsLikeOnce(t, d.auditEvents(t, "hello"), `create by admin on hello: ok`,
+		`deploy by admin on hello \(v1 of `+first[:7]+`\): ok`,
+		`deploy by admin on hello \(v3 of [0-9a-f]{7}\): the build in hello failed: Process exited with status 1`,
+		`config by admin on hello \(set GREETING\): ok`,
+		`rollback by admin on hello \(v6: Rollback to v1\): ok`, `rollback by admin on hello \(v7: Rollback to v5\): ok`,
+		`suspend by admin on hello: ok`,
+		`deploy by admin on hello \(v10 of [0-9a-f]{7}\): canceled: the pusher went away`,
+		`config by admin on hello \(unset FCM_HEALTHCHECK_TIMEOUT\): ok`,
+		`stop by admin on hello: ok`, `start by admin on hello: ok`, `destroy by admin on hello: ok`)
+	if evs := d.auditEvents(t, "hello-preview"); len(evs) != 3 || eventKey(evs[0]) != "fork by admin on hello-preview (of hello): ok" {
+		t.Errorf("the fork's events: %+v", evs)
+	}
 }

@@ -208,4 +208,7 @@ func customDomain(t *testing.T, env *edgetest.Env, d *daemonProc, work, vm strin
 	if body, _ := waitCurl(t, env, "https://app.example.test/", "200"); !strings.Contains(body, "Hello again") {
 		t.Errorf("after a Caddy restart https://app.example.test/ served %q", body)
 	}
+	wantEventsOnce(t, d.auditEvents(t), "domain add by admin on "+vm+" (elsewhere.example.test): ok",
+		"domain rm by admin on "+vm+" (elsewhere.example.test): ok", "domain add by admin on "+vm+" (app.example.test): ok",
+		"create by bob@example.com on bobs: ok", "domain add by bob@example.com on bobs (app.example.test): HTTP 409")
 }

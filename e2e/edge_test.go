@@ -250,6 +250,8 @@ func TestEdge(t *testing.T) {
 	if ids := strings.Join(routeIDs(caddyServer(t)), ","); ids != "fcm-daemon" {
 		t.Errorf("routes after destroying every VM: %s", ids)
 	}
+	wantEventsOnce(t, d.auditEvents(t), "create by admin on web4: ok", "destroy by admin on web2: ok",
+		"stop by admin on web1: ok", "start by admin on web1: ok", "destroy by admin on web1: ok")
 }
 
 // TestEdge_BadInput: a bad domain, TLS mode or port is refused in one line.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -134,6 +135,22 @@ func suspendResume(t *testing.T, hv string) {
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)
 	d, work := startDaemonHV(t, hv, dataDir, flags...), t.TempDir()
+	defer func() {
+		// Every suspend and resume asked for is in the audit trail, in order
+		// (wakes on a request are nobody's change).
+		var got []string
+		for _, e := range d.auditEvents(t, "dozy") {
+			got = append(got, eventKey(e))
+		}
+		want := []string{"create by admin on dozy: ok", "suspend by admin on dozy: ok", "suspend by admin on dozy: HTTP 409"}
+		for range 3 {
+			want = append(want, "suspend by admin on dozy: ok", "resume by admin on dozy: ok")
+		}
+		want = append(want, "suspend by admin on dozy: ok", "stop by admin on dozy: ok", "start by admin on dozy: ok", "destroy by admin on dozy: ok")
+		if !slices.Equal(got, want) {
+			t.Errorf("dozy's audit trail:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}()
 	d.mustCLI(work, "create", "--name", "dozy")
 	url := "https://dozy." + edgeDomain + "/"
 	waitCurl(t, env, url, "200")

@@ -298,6 +298,13 @@ func TestUsers(t *testing.T) {
 	if code == 0 || !strings.Contains(out, `no app named "alice-app"`) {
 		t.Errorf("bob's git push over SSH to alice's app: exit %d:\n%s", code, out)
 	}
+	var bobKeys []api.Key
+	if err := json.Unmarshal([]byte(bob.must("keys", "ls", "--json")), &bobKeys); err != nil || len(bobKeys) != 1 {
+		t.Fatalf("bob's keys: %v %+v", err, bobKeys)
+	}
+	bob.must("keys", "rm", bobKeys[0].Fingerprint)
+	d.mustCLI(work, "users", "allow", "@new.example")
+	d.mustCLI(work, "users", "deny", "@new.example")
 
 	// The admin sees both, with their owners.
 	out = d.mustCLI(work, "ls")
@@ -315,7 +322,19 @@ func TestUsers(t *testing.T) {
 		t.Errorf("bob's token after logout: %v", err)
 	}
 
-	// alice is removed, her VM kept for the admin: her token is refused at once.
+	// The admin revokes alice's login; she is removed, her VM kept for the
+	// admin: her token is refused at once.
+	toks, err := admin.ListTokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliceToken := ""
+	for _, tk := range toks {
+		if tk.User == "alice@example.com" {
+			aliceToken = tk.ID
+		}
+	}
+	d.mustCLI(work, "token", "revoke", aliceToken)
 	out = d.mustCLI(work, "users", "rm", "alice@example.com", "--vms", "keep")
 	if !strings.Contains(out, "alice@example.com") {
 		t.Errorf("fcm users rm:\n%s", out)
@@ -334,6 +353,22 @@ func TestUsers(t *testing.T) {
 	if vms, err := admin.ListVMs(ctx); err != nil || len(vms) != 0 {
 		t.Errorf("VMs after bob was removed (destroyed): %+v, %v", vms, err)
 	}
+
+	// Each change above is in the trail once, with who made it and how it
+	// went, refusals included (the other kinds: where tests make them).
+	wantEventsOnce(t, d.auditEvents(t),
+		"login by alice@example.com: ok", "login by bob@example.com: ok",
+		"login by carol@other.org: carol@other.org may not log in to this fcm host: ask its admin to run 'fcm users allow carol@other.org'",
+		"create by alice@example.com on alice-app: ok",
+		`create by bob@example.com: vm "alice-app": already exists`,
+		"create by alice@example.com: you have 1 VMs, the most this host allows per user (1, fcm daemon --max-vms-per-user): destroy one first (fcm destroy <vm>), or ask this host's admin",
+		"create by bob@example.com on bob-app: ok",
+		"checkpoint by alice@example.com on alice-app (v1): ok",
+		"key add by bob@example.com ("+bobKeys[0].Fingerprint+"): ok", "key rm by bob@example.com ("+bobKeys[0].Fingerprint+"): ok",
+		"users allow by admin (@new.example): ok", "users deny by admin (@new.example): ok",
+		"logout by bob@example.com: ok", "token revoke by admin ("+aliceToken+"): ok",
+		"users rm by admin (alice@example.com): ok", "destroy by admin on alice-app: ok",
+		"users rm by admin (bob@example.com): HTTP 409", "users rm by admin (bob@example.com): ok")
 }
 
 func owner(vms []api.VM, name string) string {

@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -96,6 +99,14 @@ func TestWeb_StatusPage(t *testing.T) {
 			t.Fatalf("after %s on the page the daemon says %+v, %v", step.button, v, err)
 		}
 	}
+	// A busy loop in alice-web, for its usage on its page below (the daemon
+	// samples every 10 s); it ends by itself, or with the VM.
+	busy := exec.Command(os.Getenv("FCM_BIN"), "run", "alice-web", "--", "sh", "-c", `end=$(($(date +%s)+40)); while [ $(date +%s) -lt $end ]; do :; done`)
+	busy.Dir, busy.Env = alice.home, append(withoutFCMEnv(), "HOME="+alice.home)
+	if err := busy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { busy.Process.Kill(); busy.Wait() }()
 	if same, err := tabRun(b, chromedp.Evaluate[string](`window.fcmSamePage || "reloaded"`)); err != nil || same != "yes" {
 		t.Errorf("the page was reloaded while the state changed (%q, %v)", same, err)
 	}
@@ -137,6 +148,37 @@ fetch(%q, {method: "POST", credentials: "include"}).then(r => { document.title =
 	if v, err := admin.GetVM(ctx, "alice-web"); err != nil || v.State != "running" {
 		t.Errorf("after the other origin's stop alice-web is %+v, %v", v, err)
 	}
+
+	// alice-web's page shows its usage: about one vCPU busy, its memory of
+	// its size, and the chart of the last hour.
+	field := func(name string) string {
+		s, err := tabRun(b, chromedp.Evaluate[string](fmt.Sprintf(`(() => { const e = document.querySelector('#usage [data-field=%q]'); return e ? e.textContent : ""; })()`, name)))
+		if err != nil {
+			t.Fatalf("read %s on alice-web's page: %v", name, err)
+		}
+		return s
+	}
+	var cpu string
+	for deadline := time.Now().Add(45 * time.Second); ; time.Sleep(time.Second) {
+		if _, err := b.Open(ctx, base+"/vms/alice-web"); err != nil {
+			t.Fatal(err)
+		}
+		cpu = field("cpu")
+		if n, err := strconv.Atoi(strings.TrimSuffix(cpu, "%")); err == nil && n >= 80 && n <= 120 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice-web's page shows CPU %q during a busy loop, want about 100%%", cpu)
+		}
+	}
+	if mem := field("memory"); !regexp.MustCompile(`^\d+(\.\d)?[KMG] of 256M$`).MatchString(mem) {
+		t.Errorf("alice-web's page shows memory %q, want <used> of 256M", mem)
+	}
+	points, err := tabRun(b, chromedp.Evaluate[string](`(() => { const e = document.querySelector('figure.chart polyline.cpu'); return e ? e.getAttribute('points') : ""; })()`))
+	if err != nil || strings.Count(strings.TrimSpace(points), " ") < 1 {
+		t.Errorf("alice-web's usage chart has CPU points %q (%v), want two or more", points, err)
+	}
+	saveScreenshot(t, b, "vm-page-usage.png", 1280, 900)
 }
 
 // tabRun runs a on the browser's tab (each call in a time limit of its own).
@@ -172,25 +214,27 @@ func waitPageText(t *testing.T, b *browsertest.Browser, sel, want string) {
 // statusPageScreenshots saves the page as a desktop and a phone show it.
 func statusPageScreenshots(t *testing.T, b *browsertest.Browser) {
 	t.Helper()
+	saveScreenshot(t, b, "status-page.png", 1280, 800)
+	saveScreenshot(t, b, "status-page-phone.png", 390, 844)
+}
+
+// saveScreenshot saves the tab's page, at w x h, as name in $FCM_TEST_OUTPUT.
+func saveScreenshot(t *testing.T, b *browsertest.Browser, name string, w, h int64) {
+	t.Helper()
 	dir := os.Getenv("FCM_TEST_OUTPUT")
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	for _, s := range []struct {
-		name string
-		w, h int64
-	}{{"status-page.png", 1280, 800}, {"status-page-phone.png", 390, 844}} {
-		if err := tabDo(b, chromedp.EmulateViewport(s.w, s.h), chromedp.Sleep(300*time.Millisecond)); err != nil {
-			t.Fatalf("resize for a screenshot: %v", err)
-		}
-		buf, err := tabRun(b, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot: %v", err)
-		}
-		path := filepath.Join(dir, s.name)
-		if err := os.WriteFile(path, buf, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("screenshot: %s", path)
+	if err := tabDo(b, chromedp.EmulateViewport(w, h), chromedp.Sleep(300*time.Millisecond)); err != nil {
+		t.Fatalf("resize for a screenshot: %v", err)
 	}
+	buf, err := tabRun(b, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
 }

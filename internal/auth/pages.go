@@ -123,6 +123,11 @@ func (s *Service) Callback(w http.ResponseWriter, r *http.Request, addr string) 
 		return
 	}
 	if refused != nil {
+		// The audit trail has every refusal of a login too (the admin's to read).
+		ev := &store.AuditEvent{At: s.now().UTC(), Who: ident.email, Action: "login", Result: refused.Message}
+		if err := s.store.Update(func(tx *store.Tx) error { return tx.AddAuditEvent(ev) }); err != nil {
+			s.log.Error("audit trail", "action", "login", "err", err)
+		}
 		fail(refused)
 		return
 	}

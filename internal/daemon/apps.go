@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -59,6 +60,9 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request, tok *store.Tok
 		return
 	}
 	rel, err := s.Deploys.Rollback(r.Context(), v, deploy.Person(s.Store, tok), req.Version)
+	if rel != nil {
+		noteDetail(r, fmt.Sprintf("v%d: %s", rel.Version, rel.Description)) // "v6: Rollback to v1"
+	}
 	if err != nil {
 		s.fail(w, err)
 		return

@@ -21,6 +21,14 @@ type auditNote struct {
 	vm     *store.VM
 	detail string
 	err    error
+	action string // what the request turned out to be, when not the route's
+}
+
+// noteDetail sets r's audit detail, if the route records one.
+func noteDetail(r *http.Request, detail string) {
+	if n := noteOf(r); n != nil {
+		n.detail = detail
+	}
 }
 
 type auditKey struct{}
@@ -38,6 +46,9 @@ func (s *Server) audited(action string, tok *store.Token, w http.ResponseWriter,
 	note := &auditNote{}
 	r = r.WithContext(context.WithValue(r.Context(), auditKey{}, note))
 	h(w, r)
+	if note.action != "" {
+		action = note.action
+	}
 	e := &store.AuditEvent{At: time.Now().UTC(), Who: s.whoName(tok), From: clientAddr(r), Action: action, Detail: note.detail, Result: "ok"}
 	v := note.vm
 	if v == nil {

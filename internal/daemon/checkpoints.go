@@ -23,13 +23,20 @@ type Checkpointer interface {
 
 var _ Checkpointer = (*vm.Manager)(nil)
 
-// checkpointer is the VMs' Checkpointer, or an error saying there is none.
-func (s *Server) checkpointer() (Checkpointer, error) {
+// checkpointsOf is the request's VM and the VMs' Checkpointer; it answers
+// the request itself (false) when there is no such VM of the caller's, or
+// this daemon cannot take checkpoints.
+func (s *Server) checkpointsOf(w http.ResponseWriter, r *http.Request, tok *store.Token) (*store.VM, Checkpointer, bool) {
+	found, ok := s.lookup(w, r, tok)
+	if !ok {
+		return nil, nil, false
+	}
 	c, ok := s.VMs.(Checkpointer)
 	if !ok {
-		return nil, fmt.Errorf("%w: this daemon cannot take checkpoints", vm.ErrInvalid)
+		s.fail(w, fmt.Errorf("%w: this daemon cannot take checkpoints", vm.ErrInvalid))
+		return nil, nil, false
 	}
-	return c, nil
+	return found, c, true
 }
 
 func checkpointToAPI(c vm.Checkpoint) api.Checkpoint {
@@ -51,13 +58,8 @@ func (s *Server) createCheckpoint(w http.ResponseWriter, r *http.Request, tok *s
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("the message is %d bytes: at most %d", len(req.Message), api.MaxCheckpointMessage))
 		return
 	}
-	found, ok := s.lookup(w, r, tok)
+	found, cp, ok := s.checkpointsOf(w, r, tok)
 	if !ok {
-		return
-	}
-	cp, err := s.checkpointer()
-	if err != nil {
-		s.fail(w, err)
 		return
 	}
 	t := time.Now()
@@ -80,13 +82,8 @@ func (s *Server) createCheckpoint(w http.ResponseWriter, r *http.Request, tok *s
 
 // listCheckpoints is GET /v1/vms/{name}/checkpoints, oldest first.
 func (s *Server) listCheckpoints(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	found, ok := s.lookup(w, r, tok)
+	found, cp, ok := s.checkpointsOf(w, r, tok)
 	if !ok {
-		return
-	}
-	cp, err := s.checkpointer()
-	if err != nil {
-		s.fail(w, err)
 		return
 	}
 	cps, err := cp.Checkpoints(found.Name, found.ID)
@@ -103,16 +100,12 @@ func (s *Server) listCheckpoints(w http.ResponseWriter, r *http.Request, tok *st
 
 // removeCheckpoint is DELETE /v1/vms/{name}/checkpoints/{id}.
 func (s *Server) removeCheckpoint(w http.ResponseWriter, r *http.Request, tok *store.Token) {
-	found, ok := s.lookup(w, r, tok)
+	noteDetail(r, r.PathValue("id"))
+	found, cp, ok := s.checkpointsOf(w, r, tok)
 	if !ok {
 		return
 	}
 	n, err := vm.ParseCheckpointID(r.PathValue("id"))
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	cp, err := s.checkpointer()
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -138,13 +131,8 @@ func (s *Server) restoreVM(w http.ResponseWriter, r *http.Request, tok *store.To
 		s.fail(w, err)
 		return
 	}
-	found, ok := s.lookup(w, r, tok)
+	found, cp, ok := s.checkpointsOf(w, r, tok)
 	if !ok {
-		return
-	}
-	cp, err := s.checkpointer()
-	if err != nil {
-		s.fail(w, err)
 		return
 	}
 	st := newStream(w, r)
@@ -176,13 +164,8 @@ func (s *Server) forkVM(w http.ResponseWriter, r *http.Request, tok *store.Token
 			return
 		}
 	}
-	found, ok := s.lookup(w, r, tok)
+	found, cp, ok := s.checkpointsOf(w, r, tok)
 	if !ok {
-		return
-	}
-	cp, err := s.checkpointer()
-	if err != nil {
-		s.fail(w, err)
 		return
 	}
 	ctx := context.WithoutCancel(r.Context())

@@ -57,6 +57,7 @@ func (s *Server) addKey(w http.ResponseWriter, r *http.Request, tok *store.Token
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
 	}
+	noteDetail(r, k.Fingerprint)
 	if err := s.checkKeyProof(tok, req, pub); err != nil {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
 		return
@@ -89,6 +90,7 @@ func (s *Server) checkKeyProof(tok *store.Token, req api.AddKeyRequest, pub ssh.
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, tok *store.Token) {
 	fp := normalizeFingerprint(r.PathValue("fingerprint"))
+	noteDetail(r, fp)
 	err := s.Store.Update(func(tx *store.Tx) error {
 		k, err := tx.KeyByFingerprint(fp)
 		if err != nil || k.Owner != tok.Owner() {

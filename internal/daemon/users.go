@@ -68,6 +68,11 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, tok *store.
 	if id == "current" {
 		id = tok.ID
 	}
+	if n := noteOf(r); n != nil && id == tok.ID {
+		n.action = "logout" // fcm logout: this token, by itself
+	} else {
+		noteDetail(r, id)
+	}
 	var gone []*store.Token
 	var refused string
 	err := s.Store.Update(func(tx *store.Tx) (err error) {
@@ -186,6 +191,7 @@ func (s *Server) setAccess(w http.ResponseWriter, r *http.Request, allow bool) {
 	if !decode(w, r, &req) {
 		return
 	}
+	noteDetail(r, req.Pattern)
 	pattern, err := store.NormalizePattern(req.Pattern)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error())
@@ -209,6 +215,7 @@ func (s *Server) setAccess(w http.ResponseWriter, r *http.Request, allow bool) {
 // and keys go at once; their VMs are destroyed or given to the admin, as
 // ?vms= says. Without it a user who owns VMs is not removed (409 has_vms).
 func (s *Server) removeUser(w http.ResponseWriter, r *http.Request, tok *store.Token) {
+	noteDetail(r, r.PathValue("user"))
 	choice := r.URL.Query().Get("vms")
 	if choice != "" && choice != "destroy" && choice != "keep" {
 		writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("vms=%q: want destroy or keep", choice))
