@@ -22,6 +22,7 @@ import (
 // base's bytes never change, and the second VM sees none of the first's
 // changes; the first keeps its own across a reboot.
 func TestBase_SharedReadOnlyAndIsolated(t *testing.T) {
+	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)

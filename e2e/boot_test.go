@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+var bridgeMu sync.Mutex
+
 // testVM is one VM of a test with everything the host made for it.
 type testVM struct {
 	spec   vmm.Spec
@@ -36,6 +39,8 @@ type testVM struct {
 // setupBridge makes the bridge the VMs' taps join, with the gateway address.
 func setupBridge(t *testing.T) {
 	t.Helper()
+	bridgeMu.Lock() // tests that run in parallel make it once
+	defer bridgeMu.Unlock()
 	if _, err := net.InterfaceByName("fcm0"); err == nil {
 		return
 	}
@@ -132,6 +137,7 @@ func (v *testVM) run(t *testing.T, cmd string) string {
 }
 
 func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
+	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +292,7 @@ func (v *testVM) destroy(t *testing.T) {
 // what buildpacks will build apps with, the user they run as, and what the guest
 // kernel needs for per-release network namespaces behind NAT.
 func TestQEMU_FullImageHasAppToolchains(t *testing.T) {
+	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)

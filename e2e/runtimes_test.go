@@ -13,6 +13,9 @@ import (
 // full image, each with a real dependency from the test's own package server,
 // and reads through the app's URL what only that dependency could produce.
 func TestDeploy_Runtimes(t *testing.T) {
+	// The one daemon test that runs beside others: the serial ones are over
+	// by then, and the parallel others boot VMs of their own with no daemon.
+	t.Parallel()
 	inet := startInternet(t) // before the daemon, which picks its uplinks at start
 	dataDir := shortTempDir(t)
 	cleanupVMs(t, dataDir)

@@ -81,6 +81,9 @@ func TestDomains(t *testing.T) {
 	if code, body := do(p.alice, "GET", "/v1/vms/alice-vm", ""); code != 200 || !strings.Contains(body, `"domains":["app.example.org"]`) {
 		t.Errorf("alice's VM: %d %s", code, body)
 	}
+	if w := get(t, h, "/vms/alice-vm", p.alice); !strings.Contains(w.Body.String(), `<dd data-field="domains"><a href="https://app.example.org" rel="noopener">https://app.example.org</a></dd>`) {
+		t.Errorf("alice-vm's page does not link its domain:\n%s", w.Body.String())
+	}
 	sites, _ := Sites(p.store)()
 	for _, site := range sites {
 		if want := site.Name == "alice-vm"; want != (len(site.Domains) == 1 && site.Domains[0] == "app.example.org") {
