@@ -144,7 +144,11 @@ func suspendResume(t *testing.T, hv string) {
 			got = append(got, eventKey(e))
 		}
 		want := []string{"create by admin on dozy: ok", "suspend by admin on dozy: ok", "suspend by admin on dozy: HTTP 409"}
-		for range 3 {
+		rounds := 2
+		if hv == "qemu" {
+			rounds = 3 // and one woken by a standby QEMU
+		}
+		for range rounds {
 			want = append(want, "suspend by admin on dozy: ok", "resume by admin on dozy: ok")
 		}
 		want = append(want, "suspend by admin on dozy: ok", "stop by admin on dozy: ok", "start by admin on dozy: ok", "destroy by admin on dozy: ok")
