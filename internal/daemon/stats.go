@@ -132,7 +132,7 @@ func (s *Server) usageView(v *store.VM) *usageView {
 		return nil
 	}
 	u := &usageView{CPUPercent: cpu, Memory: smp.MemoryBytes, MemorySize: int64(v.MemoryMiB) << 20, Disk: smp.DiskBytes,
-		DiskSize: v.DiskBytes, In: smp.RxBytes, Out: smp.TxBytes, ChartWidth: chartWidth, ChartHeight: chartHeight}
+		DiskSize: v.DiskBytes, In: smp.RxBytes, Out: smp.TxBytes, ChartWidth: chartWidth, ChartHeight: chartHeight, ChartMid: chartHeight / 2}
 	hist := s.Usage.History(v.ID)
 	u.Samples = len(hist)
 	if len(hist) == 0 {

@@ -75,6 +75,7 @@ type usageView struct {
 	In, Out                 int64
 	CPUPoints, MemoryPoints string
 	ChartWidth, ChartHeight int
+	ChartMid                int // the 50% line's y
 	Samples                 int
 }
 
