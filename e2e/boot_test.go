@@ -137,7 +137,6 @@ func (v *testVM) run(t *testing.T, cmd string) string {
 }
 
 func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
-	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)
