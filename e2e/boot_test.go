@@ -44,7 +44,11 @@ func setupBridge(t *testing.T) {
 	if _, err := net.InterfaceByName("fcm0"); err == nil {
 		return
 	}
-	sh(t, "ip", "link", "add", "fcm0", "type", "bridge")
+	// A MAC of its own, as the daemon gives its bridge: otherwise the bridge
+	// takes its lowest port's, and a tap added for one test's VM changes the
+	// gateway's MAC under another's running VM, whose packets to the host then
+	// go nowhere until its ARP entry goes stale (about 45 s).
+	sh(t, "ip", "link", "add", "fcm0", "address", "02:fc:ac:10:00:01", "type", "bridge")
 	sh(t, "ip", "addr", "add", "172.16.0.1/24", "dev", "fcm0")
 	sh(t, "ip", "link", "set", "fcm0", "up")
 }
@@ -137,6 +141,7 @@ func (v *testVM) run(t *testing.T, cmd string) string {
 }
 
 func TestQEMU_BootSSHAndPowerOff(t *testing.T) {
+	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)

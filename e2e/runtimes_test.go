@@ -14,8 +14,7 @@ import (
 // and reads through the app's URL what only that dependency could produce.
 func TestDeploy_Runtimes(t *testing.T) {
 	// The one daemon test that runs beside others: the serial ones are over
-	// by then, and the parallel others (TestQEMU_FullImageHasAppToolchains,
-	// TestBase_SharedReadOnlyAndIsolated) boot VMs of their own with no daemon.
+	// by then, and the parallel others boot VMs of their own with no daemon.
 	t.Parallel()
 	inet := startInternet(t) // before the daemon, which picks its uplinks at start
 	dataDir := shortTempDir(t)

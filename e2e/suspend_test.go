@@ -23,6 +23,7 @@ import (
 // (its QEMU exits, leaving a small state file) and restored from the same
 // files: the same boot, its process still running, its files there.
 func TestQEMU_SuspendRestore(t *testing.T) {
+	t.Parallel() // a VM of its own on fcm0, no daemon: beside TestDeploy_Runtimes
 	d, err := qemu.New(qemu.Options{})
 	if err != nil {
 		t.Fatal(err)
