@@ -77,7 +77,9 @@ func newVMFrom(t *testing.T, imageDir, id, hostname string, ip net.IP) *testVM {
 	if _, err := vm.MakeDisks(context.Background(), dir, &disk.Templates{Dir: templateDir(t)}, 2<<30, 64, ident); err != nil {
 		t.Fatal(err)
 	}
-	tap := "tap_" + id
+	// Not tap_<id>, a daemon's: a daemon test's cleanup (cleanupVMs) removes
+	// every tap_ link, and these VMs may run beside one (TestDeploy_Runtimes).
+	tap := "rtap_" + id
 	sh(t, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
 	t.Cleanup(func() { exec.Command("ip", "link", "del", tap).Run() })
 	sh(t, "ip", "link", "set", tap, "master", "fcm0", "up")
